@@ -1,0 +1,44 @@
+"""Config model of the served application (the `args` of `serve.app:build_app`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServedModel(_Strict):
+    name: str = Field(description="Model name reported in responses and /v1/models.")
+    version: str = Field(description="Model version reported in responses and /v1/models.")
+    model_uri: str = Field(description="Folder of the merged checkpoint (a training bundle).")
+
+
+class ServeConfig(_Strict):
+    base: ServedModel = Field(description="Stage-1 five-class base model.")
+    specialist: ServedModel = Field(description="Stage-2 high-risk specialist.")
+    fusion_uri: str | None = Field(
+        None, description="fusion.json from the calibration job (correction + threshold); "
+        "None uses the defaults of hazard.fusion and always consults the specialist."
+    )
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Inference engine: transformers (CPU/GPU) or vllm (GPU)."
+    )
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype.")
+    api_key_env: str | None = Field(
+        "HAZARD_API_KEY", description="Env var holding the API key; auth is on when it is set."
+    )
+    max_batch_items: int = Field(32, ge=1, description="Most items in one /v1/score/batch call.")
+    max_image_bytes: int = Field(10_000_000, ge=1, description="Largest encoded image (bytes).")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (w x h).")
+    max_body_bytes: int = Field(
+        64_000_000, ge=1, description="Largest request body; base64 adds a third to image bytes."
+    )
+    model_batch_size: int = Field(8, ge=1, description="Images per model forward (serve.batch).")
+    model_batch_wait_s: float = Field(
+        0.01, ge=0, description="How long a model replica waits to fill a batch."
+    )
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 when overloaded.")

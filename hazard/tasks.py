@@ -1,0 +1,55 @@
+"""Task specs and their prompts.
+
+A task says what the model is asked and what a valid answer is. The flagship task is
+`corridor_risk` (five labels, DESIGN.md); the others are the shapes Qwen2.5-VL fine-tuning
+projects use and are carried through the data pipeline with the same schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hazard.labels import RISK_LABELS
+
+CORRIDOR_RISK_PROMPT = (
+    "Grade the fire risk in this picture. Answer with one label: "
+    + ", ".join(RISK_LABELS)
+    + "."
+)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: its name, the prompt template and the closed answer set (None = free text)."""
+
+    name: str
+    prompt: str
+    labels: tuple[str, ...] | None = None
+    multi_image: bool = False
+
+
+TASKS: dict[str, TaskSpec] = {
+    "corridor_risk": TaskSpec("corridor_risk", CORRIDOR_RISK_PROMPT, RISK_LABELS),
+    "high_risk_binary": TaskSpec(
+        "high_risk_binary",
+        "Is there a high fire risk in this picture? Answer with one label: high_risk, other.",
+        ("other", "high_risk"),
+    ),
+    "multiple_choice": TaskSpec(
+        "multiple_choice", "Answer with the letter of the correct option.", ("A", "B", "C", "D"), True
+    ),
+    "classification": TaskSpec("classification", "Classify the picture.", None),
+    "score": TaskSpec("score", "Rate the safety of this picture from 1 to 10.", None),
+    "counting": TaskSpec("counting", "How many objects are there? Answer with a number.", None),
+    "grounding": TaskSpec(
+        "grounding", "Give the box of the object as [x1, y1, x2, y2] in 0-1000.", None
+    ),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The TaskSpec called `name`; ValueError naming the known tasks otherwise."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}") from None

@@ -1,0 +1,63 @@
+"""The `hazard` command: one subcommand per step of the pipeline.
+
+    hazard data synth OUT_DIR        write a synthetic labelled corridor folder
+    hazard data prepare --config …   import, validate, augment, write Parquet (Ray Data)
+    hazard train --config …          train a stage (Ray Train, DeepSpeed, LoRA)
+    hazard calibrate --config …      fit the fusion on validation data
+    hazard serve --config …          run the HTTP app on Ray Serve until interrupted
+    hazard score IMAGE… --url …      score images against a running endpoint
+    hazard model build-tiny          build (once) the cached tiny Qwen2.5-VL
+    hazard demo                      everything above, end to end, on the tiny model
+
+Each job subcommand runs the same module that `ray job submit -- python -m ray_jobs.<job>` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _forward(module: str):
+    """A handler that passes the remaining arguments to `module.main`."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(args.rest)
+
+    return run
+
+
+def _job(sub, name: str, module: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, add_help=False,
+                       description=f"{help_text} (runs `python -m {module}`; "
+                                   f"`hazard {name} --help` shows its options)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_forward(module))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hazard", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n")[1])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="data steps").add_subparsers(dest="step", required=True)
+    _job(data, "prepare", "ray_jobs.prepare_data", "import, validate, augment and write Parquet")
+    _job(data, "synth", "hazard.synthetic", "write a synthetic labelled corridor image folder")
+    _job(sub, "train", "ray_jobs.train", "train one cascade stage on Ray Train")
+    _job(sub, "calibrate", "ray_jobs.calibrate", "fit the fusion on validation data")
+    _job(sub, "serve", "ray_jobs.serve_app", "run the HTTP application on Ray Serve")
+    _job(sub, "score", "ray_jobs.score", "score images against a running endpoint")
+    _job(sub, "demo", "ray_jobs.demo", "run the whole pipeline end to end on the tiny model")
+    model = sub.add_parser("model", help="model utilities").add_subparsers(dest="step",
+                                                                           required=True)
+    _job(model, "build-tiny", "hazard.tiny_qwen", "build the cached tiny Qwen2.5-VL")
+
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

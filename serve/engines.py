@@ -1,0 +1,98 @@
+"""Inference engines: turn a batch of images into probabilities over a model's label set.
+
+`ScoringEngine` is the interface the Serve deployments use. `TransformersEngine` runs anywhere
+(CPU and GPU) through `hazard.vlm`; `VLLMEngine` runs on GPU, reading the same restricted
+next-token distribution from vLLM's logprobs. Both read answers, never generate free text.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+from PIL import Image
+
+from hazard.bundle import read_bundle
+
+
+class ScoringEngine(ABC):
+    """Scores images against the bundle's prompt and label set."""
+
+    def __init__(self, model_uri: str):
+        meta = read_bundle(model_uri)
+        self.model_uri = model_uri
+        self.prompt: str = meta["prompt"]
+        self.labels: tuple[str, ...] = tuple(meta["labels"])
+
+    @abstractmethod
+    def score(self, images: list[list[Image.Image]]) -> np.ndarray:
+        """Probabilities of shape [len(images), len(labels)]; rows sum to 1."""
+
+
+class TransformersEngine(ScoringEngine):
+    """Hugging Face transformers on CPU or GPU (the default, and the engine tests run)."""
+
+    def __init__(self, model_uri: str, dtype: str = "float32"):
+        super().__init__(model_uri)
+        import torch
+
+        from hazard.vlm import load_model, load_processor
+
+        self.processor = load_processor(model_uri)
+        self.model = load_model(model_uri, dtype).eval()
+        if torch.cuda.is_available():
+            self.model.to("cuda")
+
+    def score(self, images: list[list[Image.Image]]) -> np.ndarray:
+        from hazard.vlm import label_probabilities
+
+        probs = label_probabilities(self.model, self.processor, images, self.prompt, self.labels)
+        return probs.cpu().numpy()
+
+
+class VLLMEngine(ScoringEngine):
+    """vLLM on GPU: one prefill per image, logprobs of the labels' first tokens.
+
+    Needs labels whose first tokens differ (checked at start-up), as the Qwen tokenizer gives
+    for the five risk labels; the transformers engine also handles colliding labels.
+    """
+
+    def __init__(self, model_uri: str, dtype: str = "bfloat16"):
+        super().__init__(model_uri)
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as exc:  # no CPU build of vLLM on the package index
+            raise RuntimeError("engine 'vllm' needs vLLM on a GPU node; use 'transformers'") from exc
+        from hazard.vlm import first_tokens_collide, label_token_ids, load_processor, prompt_text
+
+        self.processor = load_processor(model_uri)
+        ids = label_token_ids(self.processor, self.labels)
+        if first_tokens_collide(ids):
+            raise ValueError(f"labels {self.labels} share first tokens; use engine 'transformers'")
+        self.first_ids = [i[0] for i in ids]
+        self.text = prompt_text(self.processor, self.prompt, 1)
+        self.llm = LLM(model=model_uri, dtype=dtype, limit_mm_per_prompt={"image": 1})
+        self.params = SamplingParams(
+            max_tokens=1, temperature=0.0, logprobs=len(self.first_ids),
+            allowed_token_ids=self.first_ids,
+        )
+
+    def score(self, images: list[list[Image.Image]]) -> np.ndarray:
+        requests = [{"prompt": self.text, "multi_modal_data": {"image": imgs[0]}} for imgs in images]
+        outputs = self.llm.generate(requests, self.params, use_tqdm=False)
+        rows = []
+        for out in outputs:
+            lp = out.outputs[0].logprobs[0]
+            logits = np.array([lp[t].logprob if t in lp else -1e9 for t in self.first_ids])
+            e = np.exp(logits - logits.max())
+            rows.append(e / e.sum())
+        return np.stack(rows)
+
+
+def make_engine(kind: str, model_uri: str, dtype: str) -> ScoringEngine:
+    """Engine factory used by the Serve deployments."""
+    if kind == "transformers":
+        return TransformersEngine(model_uri, dtype)
+    if kind == "vllm":
+        return VLLMEngine(model_uri, dtype)
+    raise ValueError(f"unknown engine {kind!r}; expected 'transformers' or 'vllm'")

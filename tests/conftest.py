@@ -1,0 +1,26 @@
+"""Shared fixtures: the cached tiny Qwen2.5-VL and paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    """The tiny checkpoint (built and pre-trained once per machine, then cached)."""
+    from hazard.tiny_qwen import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_path):
+    """(model, processor) loaded through the same from_pretrained path as the 7B/3B."""
+    from hazard.vlm import load_model, load_processor
+
+    return load_model(tiny_model_path).eval(), load_processor(tiny_model_path)
