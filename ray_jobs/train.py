@@ -35,6 +35,7 @@ def build_datasets(cfg: TrainConfig):
     """Train/val Ray Datasets; the train set gets `high_risk_oversample` copies of high-risk rows."""
     import ray.data
 
+    ray.data.DataContext.get_current().enable_progress_bars = False  # keep job logs readable
     train_dir = Path(cfg.data_dir) / "train"
     if not train_dir.exists() and "://" not in cfg.data_dir:
         raise ConfigError(f"no training data at {train_dir}: run the data job first")
@@ -43,7 +44,7 @@ def build_datasets(cfg: TrainConfig):
         high = train.filter(lambda row: row["answer"] == HIGH_RISK)
         train = train.union(*[high] * (cfg.optim.high_risk_oversample - 1))
     counts = {r["answer"]: r["count()"] for r in train.groupby("answer").count().take_all()}
-    return train.random_shuffle(seed=cfg.optim.seed), counts
+    return train.randomize_block_order(seed=cfg.optim.seed), counts
 
 
 def run(cfg: TrainConfig) -> dict:

@@ -1,0 +1,101 @@
+"""What the data stages share: the in-flight row schema, rejection columns and stage accounting.
+
+Between stages, rows carry SAMPLE_SCHEMA plus three internal columns:
+- `_order` (int64): the row's position in the source listing, for deterministic tie-breaks;
+- `_reject_reason` (string, null = kept) and `_reject_detail` (string): set by the stage that
+  rejects the row. `split_rejected` separates kept rows from rejected ones after each stage;
+  rejected rows become quarantine records and go no further.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import ray
+from ray.data.expressions import col
+
+from hazard.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA
+
+ORDER = "_order"
+REJECT_REASON = "_reject_reason"
+REJECT_DETAIL = "_reject_detail"
+
+STAGE_SCHEMA = pa.schema(
+    [f.with_nullable(True) for f in SAMPLE_SCHEMA]
+    + [
+        pa.field(ORDER, pa.int64()),
+        pa.field(REJECT_REASON, pa.string()),
+        pa.field(REJECT_DETAIL, pa.string()),
+    ]
+)
+"""SAMPLE_SCHEMA (all nullable while in flight) plus the internal columns."""
+
+
+def stage_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts with STAGE_SCHEMA keys; missing keys are null) as a STAGE_SCHEMA table."""
+    return pa.Table.from_pylist(rows, schema=STAGE_SCHEMA)
+
+
+def reject(row: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
+    """`row` marked as rejected (a new dict; the first rejection wins)."""
+    if row.get(REJECT_REASON):
+        return row
+    return {**row, REJECT_REASON: reason, REJECT_DETAIL: detail}
+
+
+@dataclass
+class StageStats:
+    """Row accounting of one stage: rows_in + rows_added == rows_out + sum(rejected)."""
+
+    name: str
+    rows_in: int
+    rows_out: int
+    rows_added: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_in + self.rows_added == self.rows_out + sum(self.rejected.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
+
+
+def split_rejected(
+    ds: ray.data.Dataset, stage: str
+) -> tuple[ray.data.Dataset, list[dict[str, Any]]]:
+    """(kept rows, materialized; quarantine records of the rejected rows, sorted by id)."""
+    kept = ds.filter(expr=col(REJECT_REASON).is_null()).materialize()
+    rejected = (
+        ds.filter(expr=col(REJECT_REASON).is_not_null())
+        .select_columns(["id", "source_uri", REJECT_REASON, REJECT_DETAIL, ORDER])
+        .take_all()
+    )
+    rejected.sort(key=lambda r: (r[ORDER] if r[ORDER] is not None else -1, r["id"] or ""))
+    records = [
+        {
+            "id": r["id"],
+            "source_uri": r["source_uri"],
+            "stage": stage,
+            "reason": r[REJECT_REASON],
+            "detail": r[REJECT_DETAIL],
+        }
+        for r in rejected
+    ]
+    return kept, records
+
+
+def count_reasons(records: list[dict[str, Any]]) -> dict[str, int]:
+    """{reason: count}, sorted by reason."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def quarantine_table(records: list[dict[str, Any]]) -> pa.Table:
+    """Quarantine records as a QUARANTINE_SCHEMA table."""
+    return pa.Table.from_pylist(records, schema=QUARANTINE_SCHEMA)

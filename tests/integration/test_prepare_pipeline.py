@@ -1,0 +1,267 @@
+"""The data preparation pipeline end to end on real Ray (local, 2 CPUs).
+
+A synthetic folder (5 labels x 6 images + 4 corrupt rows from hazard.synthetic) plus extra bad
+rows written here goes through prepare(); the outputs are read back from disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+from PIL import Image
+
+from hazard.config import ConfigError, load_config
+from hazard.config.data import AugmentConfig, DataConfig, RayConfig, ShardConfig, SourceConfig
+from hazard.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA, SPLITS, content_hash
+from hazard.synthetic import write_folder_dataset
+from hazard.tasks import get_task
+from pipelines.prepare import prepare
+from ray_jobs import prepare_data
+
+REPO = Path(__file__).resolve().parents[2]
+SYNTHETIC_REASONS = {
+    "truncated": "undecodable",
+    "not_an_image": "undecodable",
+    "unknown_label": "unknown_label",
+    "missing_file": "missing_file",
+}
+COPIES = 2
+ROWS_PER_FILE = 8
+
+
+def _make_source(root: Path) -> dict[str, tuple[str, str]]:
+    """Write the folder; {id: (stage, reason)} of every row that must be quarantined."""
+    result = write_folder_dataset(root, n_per_label=6, seed=0, size=64, corrupt=4)
+    with open(root / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    expected = {}
+    for k, kind in enumerate(result["corrupt_kinds"]):
+        (image,) = [r["image"] for r in rows if f"corrupt_{k}_" in r["image"]]
+        reason = SYNTHETIC_REASONS[kind]
+        expected[image] = ("validate" if reason == "undecodable" else "import", reason)
+
+    first_train = next(r for r in rows if r["split"] == "train" and "corrupt" not in r["image"])
+    shutil.copy(root / first_train["image"], root / "images/leak_copy.png")
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(root / "images/tiny.png")
+    Image.new("RGB", (64, 64), (10, 10, 200)).save(root / "images/anim.gif")
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(root / "images/odd_split.png")
+    extra = [
+        ("images/leak_copy.png", first_train["label"], "val", "validate", "duplicate"),
+        ("images/tiny.png", "no_risk", "train", "validate", "too_small"),
+        ("images/anim.gif", "low_risk", "test", "validate", "unsupported_format"),
+        ("images/odd_split.png", "low_risk", "holdout", "import", "bad_split"),
+        ("../outside.png", "low_risk", "train", "import", "bad_path"),
+    ]
+    with open(root / "labels.csv", "a", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        for image, label, split, stage, reason in extra:
+            writer.writerow((image, label, split))
+            expected[image if not image.startswith("..") else "../outside.png"] = (stage, reason)
+    return expected
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def run(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    expected = _make_source(root)
+    out = tmp_path_factory.mktemp("prepared")
+    config = DataConfig(
+        source=SourceConfig(uri=str(root)),
+        output_dir=str(out),
+        augment=AugmentConfig(copies=COPIES, seed=0),
+        shards=ShardConfig(rows_per_file=ROWS_PER_FILE),
+        ray=RayConfig(batch_size=8),
+    )
+    report = prepare(config)
+    return {"root": root, "out": out, "report": report, "expected": expected, "config": config}
+
+
+def _read_split(out: Path, split: str) -> list[dict]:
+    return pq.read_table(sorted((out / split).glob("*.parquet"))).to_pylist()
+
+
+def _all_rows(out: Path) -> list[dict]:
+    return [r for split in SPLITS for r in _read_split(out, split)]
+
+
+def _source_rows(root: Path) -> list[dict]:
+    with open(root / "labels.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_every_stage_balances(run):
+    report = run["report"]
+    names = [s["name"] for s in report["stages"]]
+    assert names == ["import", "validate", "augment", "write"]
+    for s in report["stages"]:
+        assert s["rows_in"] + s["rows_added"] == s["rows_out"] + sum(s["rejected"].values())
+    for a, b in itertools.pairwise(report["stages"]):
+        assert a["rows_out"] == b["rows_in"]
+    assert report["invariants"] == {"ok": True, "violations": []}
+    assert report["stages"][0]["rows_in"] == len(_source_rows(run["root"]))
+    on_disk = json.loads((run["out"] / "lineage.json").read_text())
+    assert on_disk["stages"] == report["stages"]
+    assert on_disk["config"]["shards"]["rows_per_file"] == ROWS_PER_FILE
+
+
+def test_each_bad_row_is_quarantined_with_its_reason(run):
+    table = pq.read_table(run["out"] / "quarantine.parquet")
+    assert table.schema.equals(QUARANTINE_SCHEMA)
+    got = {r["id"]: (r["stage"], r["reason"]) for r in table.to_pylist()}
+    assert got == run["expected"]
+    assert all(r["detail"] for r in table.to_pylist())
+    assert run["report"]["quarantine"]["rows"] == len(run["expected"])
+    by_stage = run["report"]["quarantine"]["by_stage"]
+    assert by_stage["import"] == {
+        "bad_path": 1,
+        "bad_split": 1,
+        "missing_file": 1,
+        "unknown_label": 1,
+    }
+    assert by_stage["validate"] == {
+        "duplicate": 1,
+        "too_small": 1,
+        "undecodable": 2,
+        "unsupported_format": 1,
+    }
+
+
+def test_duplicate_keeps_the_first_listed_row(run):
+    first_train = next(
+        r
+        for r in _source_rows(run["root"])
+        if r["split"] == "train" and "corrupt" not in r["image"]
+    )
+    train_ids = {r["id"] for r in _read_split(run["out"], "train")}
+    assert first_train["image"] in train_ids
+    assert "images/leak_copy.png" not in {r["id"] for r in _all_rows(run["out"])}
+
+
+def test_shards_read_back_with_exactly_the_sample_schema(run):
+    out = run["out"]
+    for split in SPLITS:
+        files = sorted((out / split).glob("*.parquet"))
+        assert files
+        for f in files:
+            assert pq.read_schema(f).equals(SAMPLE_SCHEMA)
+            assert pq.ParquetFile(f).metadata.num_rows <= ROWS_PER_FILE
+        assert pq.read_table(files).schema.equals(SAMPLE_SCHEMA)
+        listed = run["report"]["splits"][split]["shards"]
+        assert [s["file"] for s in listed] == [f.relative_to(out).as_posix() for f in files]
+    ids = [r["id"] for r in _all_rows(out)]
+    assert len(ids) == len(set(ids)) == run["report"]["stages"][-1]["rows_out"]
+    assert len(set(r["content_hash"] for r in _all_rows(out))) == len(ids)
+
+
+def test_originals_are_the_source_bytes_with_task_prompt(run):
+    root, prompt = run["root"], get_task("corridor_risk").prompt
+    source = {r["image"]: r for r in _source_rows(root)}
+    originals = [r for r in _all_rows(run["out"]) if r["parent_id"] is None]
+    assert {r["id"] for r in originals} == set(source) - set(run["expected"])
+    for r in originals:
+        data = (root / r["id"]).read_bytes()
+        assert r["images"] == [data] and r["content_hash"] == content_hash([data])
+        assert (r["answer"], r["split"]) == (source[r["id"]]["label"], source[r["id"]]["split"])
+        assert (r["task"], r["prompt"], r["aug_ops"]) == ("corridor_risk", prompt, [])
+        assert r["source_uri"] == (root / r["id"]).resolve().as_uri()
+
+
+def test_augmented_rows_come_only_from_train(run):
+    rows = _all_rows(run["out"])
+    augmented = [r for r in rows if r["parent_id"] is not None]
+    originals = {r["id"]: r for r in rows if r["parent_id"] is None}
+    train_originals = [r for r in originals.values() if r["split"] == "train"]
+    assert len(augmented) == COPIES * len(train_originals)
+    assert run["report"]["augmentation"]["rows_added"] == len(augmented)
+    op = re.compile(r"hflip|rotate:[+-]\d+\.\d|crop:\d\.\d\d")
+    for r in augmented:
+        parent = originals[r["parent_id"]]
+        assert parent["split"] == "train" and r["split"] == "train"
+        assert re.fullmatch(re.escape(parent["id"]) + r"#aug\d+", r["id"])
+        assert r["aug_ops"] and all(op.fullmatch(o) for o in r["aug_ops"])
+        assert (r["answer"], r["task"], r["prompt"]) == (
+            parent["answer"],
+            parent["task"],
+            parent["prompt"],
+        )
+        assert r["content_hash"] == content_hash(r["images"]) != parent["content_hash"]
+        with (
+            Image.open(io.BytesIO(r["images"][0])) as img,
+            Image.open(io.BytesIO(parent["images"][0])) as src,
+        ):
+            assert img.format == "PNG" and img.size == src.size
+
+
+def test_val_and_test_are_untouched(run):
+    for split in ("val", "test"):
+        rows = _read_split(run["out"], split)
+        assert rows
+        assert all(r["parent_id"] is None and r["aug_ops"] == [] for r in rows)
+        assert all(r["images"] == [(run["root"] / r["id"]).read_bytes()] for r in rows)
+        assert run["report"]["splits"][split]["augmented"] == 0
+
+
+def _cli(source: Path, out: Path, *extra: str) -> int:
+    args = ["--config", str(REPO / "configs/tiny/data.yaml")]
+    for item in (f"source.uri={source}", f"output_dir={out}", *extra):
+        args += ["--set", item]
+    return prepare_data.main(args)
+
+
+def _keyed(out: Path) -> list[tuple[str, str, str]]:
+    return sorted((r["split"], r["id"], r["content_hash"]) for r in _all_rows(out))
+
+
+def _counts(stages: list[dict]) -> list[dict]:
+    return [{k: v for k, v in s.items() if k != "seconds"} for s in stages]
+
+
+def test_entrypoint_rerun_is_deterministic(run, capsys):
+    """Same data through the CLI with other batch/shard sizes: same ids and hashes."""
+    out2 = run["out"].parent / "prepared_again"
+    assert _cli(run["root"], out2, "ray.batch_size=5") == 0
+    printed = capsys.readouterr().out
+    assert "validate" in printed and "duplicate=1" in printed and str(out2) in printed
+    assert _keyed(out2) == _keyed(run["out"])
+    again = json.loads((out2 / "lineage.json").read_text())
+    assert _counts(again["stages"]) == _counts(run["report"]["stages"])
+
+    # a second run into the same folder replaces its shards rather than adding to them
+    assert _cli(run["root"], out2) == 0
+    assert _keyed(out2) == _keyed(run["out"])
+
+
+def test_entrypoint_config_errors_exit_2(tmp_path, capsys):
+    assert prepare_data.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    tiny = str(REPO / "configs/tiny/data.yaml")
+    assert prepare_data.main(["--config", tiny, "--set", "augment.copeis=3"]) == 2
+    assert "copeis" in capsys.readouterr().err
+
+
+def test_data_configs_load_and_reject_typos():
+    for path in (REPO / "configs/tiny/data.yaml", REPO / "configs/data_corridor.yaml"):
+        cfg = load_config(path, DataConfig)
+        assert cfg.source.format == "folder" and cfg.task == "corridor_risk"
+    with pytest.raises(ConfigError, match="min_sid"):
+        load_config(REPO / "configs/tiny/data.yaml", DataConfig, ["validation.min_sid=3"])
+    with pytest.raises(ConfigError, match="ops"):
+        load_config(REPO / "configs/tiny/data.yaml", DataConfig, ["augment.ops=[blur]"])
+    with pytest.raises(ConfigError, match="unknown task"):
+        load_config(REPO / "configs/tiny/data.yaml", DataConfig, ["task=nope"])
