@@ -1,10 +1,10 @@
 """The model bundle a training stage writes and serving/calibration read.
 
-    <output_dir>/model/
-        config.json, model.safetensors, processor files   merged standard Qwen2.5-VL
-        adapter/                                          the LoRA adapter (PEFT, safetensors)
-        hazard_model.json                                 name, version, task, prompt, labels,
-                                                          validation metrics
+<output_dir>/model/
+    config.json, model.safetensors, processor files   merged standard Qwen2.5-VL
+    adapter/                                          the LoRA adapter (PEFT, safetensors)
+    hazard_model.json                                 name, version, task, prompt, labels,
+                                                      validation metrics
 """
 
 from __future__ import annotations

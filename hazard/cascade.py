@@ -7,9 +7,9 @@ calibration job, saved as `fusion.json` beside the model versions, and loaded by
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from hazard.fusion import CorrectionParams, fuse, hazard_score, predict_label, should_escalate
 
@@ -55,8 +55,9 @@ def needs_specialist(p_base: Mapping[str, float], spec: FusionSpec) -> bool:
     return should_escalate(p_base, spec.theta)
 
 
-def combine(p_base: Mapping[str, float], p_spec_high: float | None, spec: FusionSpec
-            ) -> CascadeResult:
+def combine(
+    p_base: Mapping[str, float], p_spec_high: float | None, spec: FusionSpec
+) -> CascadeResult:
     """Fuse (when the specialist answered) and summarise one image's scores."""
     probs = fuse(p_base, p_spec_high, spec.correction)
     return CascadeResult(probs, predict_label(probs), hazard_score(probs), p_spec_high is not None)

@@ -31,4 +31,6 @@ def label_index(label: str) -> int:
     try:
         return RISK_LABELS.index(label)
     except ValueError:
-        raise ValueError(f"unknown risk label {label!r}; expected one of {list(RISK_LABELS)}") from None
+        raise ValueError(
+            f"unknown risk label {label!r}; expected one of {list(RISK_LABELS)}"
+        ) from None

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from hazard.labels import RISK_LABELS
 
 CORRIDOR_RISK_PROMPT = (
-    "Grade the fire risk in this picture. Answer with one label: "
-    + ", ".join(RISK_LABELS)
-    + "."
+    "Grade the fire risk in this picture. Answer with one label: " + ", ".join(RISK_LABELS) + "."
 )
 
 
@@ -36,7 +34,10 @@ TASKS: dict[str, TaskSpec] = {
         ("other", "high_risk"),
     ),
     "multiple_choice": TaskSpec(
-        "multiple_choice", "Answer with the letter of the correct option.", ("A", "B", "C", "D"), True
+        "multiple_choice",
+        "Answer with the letter of the correct option.",
+        ("A", "B", "C", "D"),
+        True,
     ),
     "classification": TaskSpec("classification", "Classify the picture.", None),
     "score": TaskSpec("score", "Rate the safety of this picture from 1 to 10.", None),

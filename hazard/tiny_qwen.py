@@ -70,7 +70,11 @@ TINY_ARCH = {
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 2048,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [4, 6, 6],
+        },
     },
     "vision": {
         "depth": 2,
@@ -99,7 +103,9 @@ def default_cache_dir() -> Path:
 
 def recipe_hash() -> str:
     """Short hash of everything that shapes the checkpoint."""
-    blob = json.dumps([BUILD_VERSION, TINY_ARCH, PRETRAIN, IMAGE_SIDE, CHAT_TEMPLATE], sort_keys=True)
+    blob = json.dumps(
+        [BUILD_VERSION, TINY_ARCH, PRETRAIN, IMAGE_SIDE, CHAT_TEMPLATE], sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -118,10 +124,9 @@ def tokenizer_corpus() -> list[str]:
 
 def build_tokenizer(vocab_size: int = 600):
     """A byte-level BPE tokenizer with Qwen's pre-tokenizer and special tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-    from tokenizers import Regex
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
@@ -138,7 +143,9 @@ def build_tokenizer(vocab_size: int = 600):
     )
     bpe.train_from_iterator(tokenizer_corpus(), trainer)
     data = json.loads(bpe.to_str())
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["model"]["merges"]]
+    merges = [
+        tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["model"]["merges"]
+    ]
     tok = Qwen2Tokenizer(vocab=data["model"]["vocab"], merges=merges)
     tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
     tok.chat_template = CHAT_TEMPLATE
@@ -213,8 +220,10 @@ def pretrain(model, processor, steps: int, batch_size: int, lr: float, seed: int
         sched.step()
         losses.append(loss.item())
         if (step + 1) % 50 == 0 or step == 0:
-            log(f"  pretrain step {step + 1}/{steps} loss {np.mean(losses[-50:]):.3f} "
-                f"({time.time() - start:.0f}s)")
+            log(
+                f"  pretrain step {step + 1}/{steps} loss {np.mean(losses[-50:]):.3f} "
+                f"({time.time() - start:.0f}s)"
+            )
     model.eval()
     return losses
 
@@ -226,11 +235,14 @@ def build_tiny_checkpoint(out: Path, steps: int | None = None, log=print) -> Pat
     processor = build_processor(tokenizer)
     model = build_model(tokenizer, seed=PRETRAIN["seed"])
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"tiny Qwen2.5-VL: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}; "
-        f"pre-training {steps} steps")
+    log(
+        f"tiny Qwen2.5-VL: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}; "
+        f"pre-training {steps} steps"
+    )
     start = time.time()
-    losses = pretrain(model, processor, steps, PRETRAIN["batch_size"], PRETRAIN["lr"],
-                      PRETRAIN["seed"], log=log)
+    losses = pretrain(
+        model, processor, steps, PRETRAIN["batch_size"], PRETRAIN["lr"], PRETRAIN["seed"], log=log
+    )
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -264,7 +276,9 @@ def ensure_tiny_model(path: str | Path | None = None, steps: int | None = None, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="checkpoint folder (default: the per-machine cache)")
-    parser.add_argument("--steps", type=int, help=f"pre-training steps (default {PRETRAIN['steps']})")
+    parser.add_argument(
+        "--steps", type=int, help=f"pre-training steps (default {PRETRAIN['steps']})"
+    )
     args = parser.parse_args(argv)
     path = ensure_tiny_model(args.out, steps=args.steps)
     print(path)

@@ -75,7 +75,9 @@ def encode(
     prompt_ids = enc["input_ids"][0].tolist()
     answer_ids = []
     if answer is not None:
-        answer_ids = processor.tokenizer(answer + END_OF_TURN, add_special_tokens=False)["input_ids"]
+        answer_ids = processor.tokenizer(answer + END_OF_TURN, add_special_tokens=False)[
+            "input_ids"
+        ]
     n_image_tokens = sum(1 for t in prompt_ids if t == processor.image_token_id)
     total = len(prompt_ids) + len(answer_ids)
     if total > max_length:
@@ -127,7 +129,11 @@ def first_tokens_collide(label_ids: list[list[int]]) -> bool:
 
 @torch.no_grad()
 def label_log_likelihoods(
-    model, processor, images: list[list[Image.Image]], prompt: str, labels: tuple[str, ...],
+    model,
+    processor,
+    images: list[list[Image.Image]],
+    prompt: str,
+    labels: tuple[str, ...],
     max_length: int = 4096,
 ) -> torch.Tensor:
     """Log-likelihood of each label for each sample, shape [batch, n_labels].

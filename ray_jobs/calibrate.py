@@ -53,7 +53,7 @@ def score_split(model_uri: str, split_dir: str, batch_size: int) -> tuple[list[d
     for i in range(0, len(table["answer"]), batch_size):
         images = [[decode_image(b) for b in imgs] for imgs in table["images"][i : i + batch_size]]
         p = label_probabilities(model, processor, images, meta["prompt"], tuple(meta["labels"]))
-        probs.extend(dict(zip(meta["labels"], map(float, row))) for row in p.tolist())
+        probs.extend(dict(zip(meta["labels"], map(float, row), strict=True)) for row in p.tolist())
     return probs, table["answer"]
 
 
@@ -61,7 +61,7 @@ def evaluate(p_base: list[dict], p_spec: list[dict], truth: list[str], spec: Fus
     """Base-only and cascade metrics on one split."""
     base_pred = [max(RISK_LABELS, key=p.__getitem__) for p in p_base]
     fused, escalated = [], 0
-    for pb, ps in zip(p_base, p_spec):
+    for pb, ps in zip(p_base, p_spec, strict=True):
         esc = needs_specialist(pb, spec)
         escalated += esc
         fused.append(combine(pb, ps[HIGH_RISK] if esc else None, spec).risk_level)
@@ -82,7 +82,7 @@ def run(cfg: CalibrateConfig) -> dict:
         for role, uri in (("base", cfg.base_uri), ("specialist", cfg.specialist_uri))
         for split in ("val", "test")
     }
-    scored = dict(zip(jobs, ray.get(list(jobs.values()))))
+    scored = dict(zip(jobs, ray.get(list(jobs.values())), strict=True))
     (pb_val, y_val), (ps_val, _) = scored["base", "val"], scored["specialist", "val"]
     correction = fit_correction(pb_val, [p[HIGH_RISK] for p in ps_val], y_val)
     theta = fit_escalation_threshold(pb_val, y_val, min_high_recall=cfg.min_high_recall)
@@ -105,8 +105,13 @@ def run(cfg: CalibrateConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fit the cascade's fusion on validation data.")
     parser.add_argument("--config", required=True, help="YAML file under configs/")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set min_high_recall=0.9")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set min_high_recall=0.9",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, CalibrateConfig, args.set)
@@ -119,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     report = run(cfg)
     fused, base = report["test"]["fused"], report["test"]["base"]
     print(f"[calibrate] fusion {json.dumps(report['fusion'])}")
-    print(f"[calibrate] test macro-F1 base {base['macro_f1']:.3f} -> fused {fused['macro_f1']:.3f}; "
-          f"high-risk recall base {base['high_risk_recall']} -> fused {fused['high_risk_recall']}; "
-          f"escalation rate {report['test']['escalation_rate']:.2f}")
+    print(
+        f"[calibrate] test macro-F1 base {base['macro_f1']:.3f} -> fused {fused['macro_f1']:.3f}; "
+        f"high-risk recall base {base['high_risk_recall']} -> fused {fused['high_risk_recall']}; "
+        f"escalation rate {report['test']['escalation_rate']:.2f}"
+    )
     return 0
 
 

@@ -21,26 +21,32 @@ import sys
 def _forward(module: str):
     """A handler that passes the remaining arguments to `module.main`."""
 
-    def run(args: argparse.Namespace) -> int:
+    def run(rest: list[str]) -> int:
         import importlib
 
-        return importlib.import_module(module).main(args.rest)
+        return importlib.import_module(module).main(rest)
 
     return run
 
 
 def _job(sub, name: str, module: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text, add_help=False,
-                       description=f"{help_text} (runs `python -m {module}`; "
-                                   f"`hazard {name} --help` shows its options)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        add_help=False,
+        description=f"{help_text} (runs `python -m {module}`; "
+        f"`hazard {name} --help` shows its options)",
+    )
     p.set_defaults(func=_forward(module))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hazard", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(
+        prog="hazard",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n")[1],
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="data steps").add_subparsers(dest="step", required=True)
@@ -51,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     _job(sub, "serve", "ray_jobs.serve_app", "run the HTTP application on Ray Serve")
     _job(sub, "score", "ray_jobs.score", "score images against a running endpoint")
     _job(sub, "demo", "ray_jobs.demo", "run the whole pipeline end to end on the tiny model")
-    model = sub.add_parser("model", help="model utilities").add_subparsers(dest="step",
-                                                                           required=True)
+    model = sub.add_parser("model", help="model utilities").add_subparsers(
+        dest="step", required=True
+    )
     _job(model, "build-tiny", "hazard.tiny_qwen", "build the cached tiny Qwen2.5-VL")
 
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    args, rest = parser.parse_known_args(argv)  # the rest (with --help) goes to the job
+    return int(args.func(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +46,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def _say(msg: str) -> None:
     print(f"\n==> {msg}", flush=True)
 
@@ -55,35 +64,100 @@ class LocalRay:
     def __init__(self, num_cpus: int, temp_dir: Path):
         self.gcs_port, self.dash_port = _free_port(), _free_port()
         self.num_cpus, self.temp_dir = num_cpus, temp_dir
-        self.env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"))
+        self.env = dict(
+            os.environ,
+            RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"),
+            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
         self.address = f"http://127.0.0.1:{self.dash_port}"
 
     def __enter__(self) -> LocalRay:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [str(BIN / "ray"), "start", "--head", f"--port={self.gcs_port}",
-               f"--num-cpus={self.num_cpus}", "--include-dashboard=true",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash_port}",
-               f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
-        subprocess.run(cmd, check=True, env=self.env, cwd=REPO, stdout=subprocess.DEVNULL)
-        return self
+        cmd = [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={self.gcs_port}",
+            f"--num-cpus={self.num_cpus}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dash_port}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+        ]
+        # Its own process group, so that stopping it never touches other Ray clusters here
+        # (`ray stop` would stop every Ray process of the user).
+        self.proc = subprocess.Popen(
+            cmd,
+            env=self.env,
+            cwd=REPO,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.address}/api/version", timeout=2).status_code < 500:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.__exit__()
+        raise TimeoutError("the local Ray head did not come up within 120 s")
 
     def __exit__(self, *exc) -> None:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        """Stop the head's whole process group: TERM, then KILL what is left after 15 s."""
+        pgid = os.getpgid(self.proc.pid)
+        for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.time() + wait_s
+            while time.time() < deadline and _group_alive(pgid):
+                time.sleep(0.5)
+            if not _group_alive(pgid):
+                break
+        self.proc.wait(timeout=5)
 
     def submit(self, module: str, *args: str) -> float:
         """`ray job submit` and stream its logs; raises if the job fails. Returns seconds."""
-        cmd = [str(BIN / "ray"), "job", "submit", f"--address={self.address}",
-               "--working-dir", str(REPO), "--runtime-env-json",
-               json.dumps({"excludes": [".venv", "runs", ".git", "*.egg-info"]}),
-               "--", "python", "-m", module, *args]
+        cmd = [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            f"--address={self.address}",
+            "--working-dir",
+            str(REPO),
+            "--runtime-env-json",
+            json.dumps(
+                {
+                    "excludes": [".venv", "runs", ".git", "*.egg-info"],
+                    # pins every process of the job to this head, even beside other local clusters
+                    "env_vars": {"RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}"},
+                }
+            ),
+            "--",
+            "python",
+            "-m",
+            module,
+            *args,
+        ]
         start = time.time()
         subprocess.run(cmd, check=True, env=self.env, cwd=REPO)
         return round(time.time() - start, 1)
 
     def serve(self, *args: str) -> None:
-        subprocess.run([str(BIN / "serve"), *args, f"--address={self.address}"], check=True,
-                       env=self.env, cwd=REPO)
+        subprocess.run(
+            [str(BIN / "serve"), *args, f"--address={self.address}"],
+            check=True,
+            env=self.env,
+            cwd=REPO,
+        )
 
 
 def _wait_ready(url: str, timeout_s: float) -> float:
@@ -107,19 +181,28 @@ def _score_test_images(url: str, api_key: str, data_dir: Path, limit: int) -> di
         for i, row in enumerate(table[:limit]):
             img = row["images"][0]
             if i % 2:
-                r = client.post(f"{url}/v1/score", headers=headers,
-                                files={"file": (f"{row['id']}.png", img, "image/png")})
+                r = client.post(
+                    f"{url}/v1/score",
+                    headers=headers,
+                    files={"file": (f"{row['id']}.png", img, "image/png")},
+                )
             else:
-                r = client.post(f"{url}/v1/score", headers=headers,
-                                json={"id": row["id"], "image": base64.b64encode(img).decode()})
+                r = client.post(
+                    f"{url}/v1/score",
+                    headers=headers,
+                    json={"id": row["id"], "image": base64.b64encode(img).decode()},
+                )
             r.raise_for_status()
             body = r.json()
             responses.append(dict(body, true_label=row["answer"]))
             truth.append(row["answer"])
             preds.append(body["risk_level"])
         unauth = client.post(f"{url}/v1/score", json={"id": "x", "image": ""})
-        bad = client.post(f"{url}/v1/score", headers=headers,
-                          json={"id": "bad", "image": base64.b64encode(b"not an image").decode()})
+        bad = client.post(
+            f"{url}/v1/score",
+            headers=headers,
+            json={"id": "bad", "image": base64.b64encode(b"not an image").decode()},
+        )
     return {
         "n": len(responses),
         "metrics": classification_report(truth, preds),
@@ -152,35 +235,61 @@ def run_demo(out: Path, n_per_label: int, steps: int, workers: int, score_limit:
     print(f"    {json.dumps(counts)}")
 
     data, s1, s2, cal = out / "data", out / "stage1_base", out / "stage2_specialist", out / "cal"
-    common = [f"--set=data_dir={data}", f"--set=optim.max_steps={steps}",
-              f"--set=scaling.num_workers={workers}"]
-    with LocalRay(num_cpus=max(2, workers), temp_dir=Path("/tmp") / f"hazard-ray-{os.getpid()}"
-                  ) as ray_head:
+    common = [
+        f"--set=data_dir={data}",
+        f"--set=optim.max_steps={steps}",
+        f"--set=scaling.num_workers={workers}",
+    ]
+    ray_temp = Path("/tmp") / f"hazard-ray-{os.getpid()}"
+    with LocalRay(num_cpus=max(2, workers), temp_dir=ray_temp) as ray_head:
         print(f"    Ray head up; dashboard/Jobs API at {ray_head.address} (token auth)")
         _say("3/7 data job: import → validate/quarantine → augment → Parquet (ray job submit)")
         timings["data_job"] = ray_head.submit(
-            "ray_jobs.prepare_data", "--config", "configs/tiny/data.yaml",
-            f"--set=source.uri={raw}", f"--set=output_dir={data}")
+            "ray_jobs.prepare_data",
+            "--config",
+            "configs/tiny/data.yaml",
+            f"--set=source.uri={raw}",
+            f"--set=output_dir={data}",
+        )
         _say(f"4/7 stage 1 base: DeepSpeed ZeRO-2 + LoRA, {workers} workers, {steps} steps")
         timings["stage1_job"] = ray_head.submit(
-            "ray_jobs.train", "--config", "configs/tiny/stage1_base.yaml", *common,
-            f"--set=output_dir={s1}")
+            "ray_jobs.train",
+            "--config",
+            "configs/tiny/stage1_base.yaml",
+            *common,
+            f"--set=output_dir={s1}",
+        )
         _say("5/7 stage 2 specialist: high-risk enriched, class-weighted, vision LoRA")
         timings["stage2_job"] = ray_head.submit(
-            "ray_jobs.train", "--config", "configs/tiny/stage2_specialist.yaml", *common,
-            f"--set=output_dir={s2}")
+            "ray_jobs.train",
+            "--config",
+            "configs/tiny/stage2_specialist.yaml",
+            *common,
+            f"--set=output_dir={s2}",
+        )
         _say("6/7 calibration: fit the correction coefficient and escalation threshold")
         timings["calibrate_job"] = ray_head.submit(
-            "ray_jobs.calibrate", "--config", "configs/tiny/calibrate.yaml",
-            f"--set=data_dir={data}", f"--set=base_uri={s1 / 'model'}",
-            f"--set=specialist_uri={s2 / 'model'}", f"--set=output_dir={cal}")
+            "ray_jobs.calibrate",
+            "--config",
+            "configs/tiny/calibrate.yaml",
+            f"--set=data_dir={data}",
+            f"--set=base_uri={s1 / 'model'}",
+            f"--set=specialist_uri={s2 / 'model'}",
+            f"--set=output_dir={cal}",
+        )
 
         _say("7/7 serving: serve deploy, wait for /readyz, score held-out images over HTTP")
         port = _free_port()
         api_key = secrets.token_urlsafe(24)
-        serve_cfg = load_config(REPO / "configs/tiny/serve.yaml", ServeConfig, [
-            f"base.model_uri={s1 / 'model'}", f"specialist.model_uri={s2 / 'model'}",
-            f"fusion_uri={cal / 'fusion.json'}"])
+        serve_cfg = load_config(
+            REPO / "configs/tiny/serve.yaml",
+            ServeConfig,
+            [
+                f"base.model_uri={s1 / 'model'}",
+                f"specialist.model_uri={s2 / 'model'}",
+                f"fusion_uri={cal / 'fusion.json'}",
+            ],
+        )
         doc = serve_config(serve_cfg, host="127.0.0.1", port=port)
         # Replicas read the key from their environment, as from a Secret on Kubernetes.
         doc["applications"][0]["runtime_env"] = {"env_vars": {"HAZARD_API_KEY": api_key}}
@@ -196,6 +305,7 @@ def run_demo(out: Path, n_per_label: int, steps: int, workers: int, score_limit:
         ray_head.serve("shutdown", "-y")
 
     report = _report(out, counts, timings, serving, time.time() - t0)
+    report["ray_temp_dir"] = str(ray_temp)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     _print_summary(report, out / "report.json")
     return report
@@ -231,16 +341,24 @@ def _print_summary(r: dict, path: Path) -> None:
     print("\n" + "=" * 72)
     print("hazard-cascade demo summary")
     print("=" * 72)
-    print(f"stage 1 base        val macro-F1 {s1['val_macro_f1']:.3f} (chance {chance:.2f}), "
-          f"acc {s1['val_accuracy']:.3f}, trained {s1['train_seconds']}s")
-    print(f"stage 2 specialist  val macro-F1 {s2['val_macro_f1']:.3f}, high-risk recall "
-          f"{s2['val_high_risk_recall']}, trained {s2['train_seconds']}s")
-    print(f"cascade (test)      macro-F1 base {cal['base']['macro_f1']:.3f} -> fused "
-          f"{cal['fused']['macro_f1']:.3f}; high-risk recall {cal['base']['high_risk_recall']}"
-          f" -> {cal['fused']['high_risk_recall']}; escalation {cal['escalation_rate']:.2f}")
-    print(f"HTTP (test, n={sv['n']})  macro-F1 {sv['metrics']['macro_f1']:.3f}, mean latency "
-          f"{sv['mean_latency_ms']} ms, errors: "
-          + ", ".join(f"{e['request']} -> {e['status']}" for e in sv["error_examples"]))
+    print(
+        f"stage 1 base        val macro-F1 {s1['val_macro_f1']:.3f} (chance {chance:.2f}), "
+        f"acc {s1['val_accuracy']:.3f}, trained {s1['train_seconds']}s"
+    )
+    print(
+        f"stage 2 specialist  val macro-F1 {s2['val_macro_f1']:.3f}, high-risk recall "
+        f"{s2['val_high_risk_recall']}, trained {s2['train_seconds']}s"
+    )
+    print(
+        f"cascade (test)      macro-F1 base {cal['base']['macro_f1']:.3f} -> fused "
+        f"{cal['fused']['macro_f1']:.3f}; high-risk recall {cal['base']['high_risk_recall']}"
+        f" -> {cal['fused']['high_risk_recall']}; escalation {cal['escalation_rate']:.2f}"
+    )
+    print(
+        f"HTTP (test, n={sv['n']})  macro-F1 {sv['metrics']['macro_f1']:.3f}, mean latency "
+        f"{sv['mean_latency_ms']} ms, errors: "
+        + ", ".join(f"{e['request']} -> {e['status']}" for e in sv["error_examples"])
+    )
     print(f"timings (s)         {json.dumps(r['timings_s'])}; total {r['total_seconds']}s")
     print(f"report              {path}")
 

@@ -1,6 +1,6 @@
 """Score image files against a running hazard-cascade endpoint.
 
-    hazard score img1.png img2.jpg --url http://127.0.0.1:8000   (API key from $HAZARD_API_KEY)
+hazard score img1.png img2.jpg --url http://127.0.0.1:8000   (API key from $HAZARD_API_KEY)
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ def score_file(client: httpx.Client, url: str, path: Path, api_key: str | None) 
     """POST one image as multipart; returns the JSON answer (or raises with the error body)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with path.open("rb") as f:
-        resp = client.post(f"{url.rstrip('/')}/v1/score", headers=headers,
-                           files={"file": (path.name, f, "application/octet-stream")})
+        resp = client.post(
+            f"{url.rstrip('/')}/v1/score",
+            headers=headers,
+            files={"file": (path.name, f, "application/octet-stream")},
+        )
     if resp.status_code != 200:
         raise RuntimeError(f"{path}: HTTP {resp.status_code}: {resp.text}")
     return resp.json()
@@ -29,8 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Score images against a hazard-cascade endpoint.")
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--api-key-env", default="HAZARD_API_KEY",
-                        help="env var holding the API key (default HAZARD_API_KEY)")
+    parser.add_argument(
+        "--api-key-env",
+        default="HAZARD_API_KEY",
+        help="env var holding the API key (default HAZARD_API_KEY)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     api_key = os.environ.get(args.api_key_env) or None

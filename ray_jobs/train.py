@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from hazard.config import ConfigError, load_config
@@ -32,7 +33,8 @@ def resolve_model_path(path: str) -> str:
 
 
 def build_datasets(cfg: TrainConfig):
-    """Train/val Ray Datasets; the train set gets `high_risk_oversample` copies of high-risk rows."""
+    """The training Ray Dataset (with `high_risk_oversample` copies of high-risk rows) and
+    its rows per label."""
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # keep job logs readable
@@ -43,7 +45,7 @@ def build_datasets(cfg: TrainConfig):
     if cfg.optim.high_risk_oversample > 1:
         high = train.filter(lambda row: row["answer"] == HIGH_RISK)
         train = train.union(*[high] * (cfg.optim.high_risk_oversample - 1))
-    counts = {r["answer"]: r["count()"] for r in train.groupby("answer").count().take_all()}
+    counts = dict(Counter(row["answer"] for row in train.select_columns(["answer"]).iter_rows()))
     return train.randomize_block_order(seed=cfg.optim.seed), counts
 
 
@@ -85,6 +87,8 @@ def run(cfg: TrainConfig) -> dict:
     result = trainer.fit()
     metrics = dict(result.metrics)
     metrics["wall_seconds"] = round(time.time() - start, 1)
+    metrics["train_rows"] = counts
+    metrics["loss_weights"] = weights
     metrics["model_dir"] = str(output / "model")
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -93,8 +97,13 @@ def run(cfg: TrainConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train one hazard-cascade stage on Ray Train.")
     parser.add_argument("--config", required=True, help="YAML file under configs/")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set optim.max_steps=50")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.max_steps=50",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, TrainConfig, args.set)
@@ -109,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"[train] done in {metrics['wall_seconds']}s: val macro-F1 {metrics['val_macro_f1']:.3f}, "
-          f"accuracy {metrics['val_accuracy']:.3f}, high-risk recall "
-          f"{metrics['val_high_risk_recall']}, model bundle {metrics['model_dir']}")
+    print(
+        f"[train] done in {metrics['wall_seconds']}s: val macro-F1 {metrics['val_macro_f1']:.3f}, "
+        f"accuracy {metrics['val_accuracy']:.3f}, high-risk recall "
+        f"{metrics['val_high_risk_recall']}, model bundle {metrics['model_dir']}"
+    )
     return 0
 
 

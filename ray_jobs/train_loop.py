@@ -33,7 +33,7 @@ STATE_FILE = "train_state.json"
 def _encode_batch(processor, batch: dict, prompt: str, max_length: int):
     """Encode a Ray Data numpy batch; returns the encoded samples and their answers."""
     encoded, answers = [], []
-    for images, answer in zip(batch["images"], batch["answer"]):
+    for images, answer in zip(batch["images"], batch["answer"], strict=True):
         pics = [decode_image(bytes(b)) for b in images]
         try:
             encoded.append(encode(processor, pics, prompt, str(answer), max_length))
@@ -82,21 +82,23 @@ def train_loop(loop_config: dict) -> None:
     torch.manual_seed(cfg.optim.seed + rank)
 
     processor = load_processor(loop_config["model_path"])
-    model = apply_lora(load_model(loop_config["model_path"], cfg.model.dtype), cfg.lora,
-                       seed=cfg.optim.seed)
+    model = apply_lora(
+        load_model(loop_config["model_path"], cfg.model.dtype), cfg.lora, seed=cfg.optim.seed
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=trainable,
+        model=model,
+        model_parameters=trainable,
         config=deepspeed_config(cfg.optim, cfg.deepspeed),
     )
 
-    step = 0
+    step = resumed_from = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # Ray Train V2 resumes a run with the same name from its latest checkpoint
         with checkpoint.as_directory() as d:
             engine.load_checkpoint(d, tag=DS_TAG)
-            step = json.loads((Path(d) / STATE_FILE).read_text())["step"]
+            step = resumed_from = json.loads((Path(d) / STATE_FILE).read_text())["step"]
         if rank == 0:
             print(f"[train] resumed at step {step}")
 
@@ -108,7 +110,9 @@ def train_loop(loop_config: dict) -> None:
     epoch = 0
     while step < cfg.optim.max_steps:
         for batch in shard.iter_batches(
-            batch_size=cfg.optim.batch_size, batch_format="numpy", drop_last=True,
+            batch_size=cfg.optim.batch_size,
+            batch_format="numpy",
+            drop_last=True,
             local_shuffle_buffer_size=4 * cfg.optim.batch_size,
             local_shuffle_seed=cfg.optim.seed + epoch * 1000 + rank,
         ):
@@ -123,9 +127,12 @@ def train_loop(loop_config: dict) -> None:
             losses.append(loss.item())
             step += 1
             if rank == 0 and (step % cfg.optim.log_every == 0 or step == cfg.optim.max_steps):
-                print(f"[train] {cfg.stage} step {step}/{cfg.optim.max_steps} "
-                      f"loss {np.mean(losses[-cfg.optim.log_every:]):.4f} "
-                      f"lr {engine.get_lr()[0]:.2e} ({time.time() - start:.0f}s)", flush=True)
+                print(
+                    f"[train] {cfg.stage} step {step}/{cfg.optim.max_steps} "
+                    f"loss {np.mean(losses[-cfg.optim.log_every :]):.4f} "
+                    f"lr {engine.get_lr()[0]:.2e} ({time.time() - start:.0f}s)",
+                    flush=True,
+                )
             if step >= cfg.optim.max_steps:
                 break
         epoch += 1
@@ -133,8 +140,16 @@ def train_loop(loop_config: dict) -> None:
 
     # Validation: every rank scores its shard; rank 0 gathers and computes the metrics.
     engine.eval()
-    probs, truth = _score_split(engine.module, processor, f"{cfg.data_dir}/val", rank, world,
-                                task.prompt, task.labels, cfg.optim.eval_batch_size)
+    probs, truth = _score_split(
+        engine.module,
+        processor,
+        f"{cfg.data_dir}/val",
+        rank,
+        world,
+        task.prompt,
+        task.labels,
+        cfg.optim.eval_batch_size,
+    )
     gathered: list = [None] * world
     dist.all_gather_object(gathered, (probs, truth))
     probs = [p for part in gathered for p in part[0]]
@@ -143,8 +158,9 @@ def train_loop(loop_config: dict) -> None:
     report = classification_report(truth, preds, labels=task.labels)
     metrics = {
         "step": step,
+        "resumed_from": resumed_from,
         "train_loss_first": float(np.mean(losses[: cfg.optim.log_every])) if losses else None,
-        "train_loss_last": float(np.mean(losses[-cfg.optim.log_every:])) if losses else None,
+        "train_loss_last": float(np.mean(losses[-cfg.optim.log_every :])) if losses else None,
         "train_seconds": round(train_seconds, 1),
         "trainable_parameters": n_trainable,
         "val_macro_f1": report["macro_f1"],

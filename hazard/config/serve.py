@@ -21,8 +21,9 @@ class ServeConfig(_Strict):
     base: ServedModel = Field(description="Stage-1 five-class base model.")
     specialist: ServedModel = Field(description="Stage-2 high-risk specialist.")
     fusion_uri: str | None = Field(
-        None, description="fusion.json from the calibration job (correction + threshold); "
-        "None uses the defaults of hazard.fusion and always consults the specialist."
+        None,
+        description="fusion.json from the calibration job (correction + threshold); "
+        "None uses the defaults of hazard.fusion and always consults the specialist.",
     )
     engine: Literal["transformers", "vllm"] = Field(
         "transformers", description="Inference engine: transformers (CPU/GPU) or vllm (GPU)."

@@ -29,6 +29,8 @@ import jsonschema
 import pytest
 import yaml
 
+from hazard.config.serve import ServeConfig
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "hazard-cascade"
 CI_DIR = CHART / "ci"
@@ -548,6 +550,7 @@ def test_serve_config_follows_the_serving_contract(helm: str, values_file: Path 
     assert app["route_prefix"] == "/"
     args = app["args"]
     assert set(args) == SERVE_ARG_KEYS
+    ServeConfig.model_validate(args)  # what build_app will accept
     for model in ("base", "specialist"):
         assert set(args[model]) == MODEL_KEYS, model
         assert all(isinstance(v, str) and v for v in args[model].values()), args[model]

@@ -9,8 +9,13 @@ import pytest
 from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.fusion import CorrectionParams
 
-P_BASE = {"no_risk": 0.1, "low_risk": 0.1, "medium_risk": 0.3, "high_risk": 0.4,
-          "non_corridor": 0.1}
+P_BASE = {
+    "no_risk": 0.1,
+    "low_risk": 0.1,
+    "medium_risk": 0.3,
+    "high_risk": 0.4,
+    "non_corridor": 0.1,
+}
 
 
 def test_fusion_spec_round_trips_through_a_file(tmp_path):

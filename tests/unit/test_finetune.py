@@ -27,12 +27,17 @@ def test_lora_regex_selects_language_vision_and_merger(tiny_model_path):
     lang = re.compile(lora_target_regex(LoraSpec()))
     assert sorted(n for n in names if lang.fullmatch(n)) == sorted(
         f"model.language_model.layers.{i}.self_attn.{p}"
-        for i in range(2) for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+        for i in range(2)
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj")
     )
     full = re.compile(lora_target_regex(LoraSpec(vision_attention=True, vision_merger=True)))
     picked = {n for n in names if full.fullmatch(n)}
-    assert {"model.visual.blocks.0.attn.qkv", "model.visual.blocks.1.attn.proj",
-            "model.visual.merger.mlp.0", "model.visual.merger.mlp.2"} <= picked
+    assert {
+        "model.visual.blocks.0.attn.qkv",
+        "model.visual.blocks.1.attn.proj",
+        "model.visual.merger.mlp.0",
+        "model.visual.merger.mlp.2",
+    } <= picked
     assert not any("lm_head" in n or "mlp.gate_proj" in n for n in picked)
 
 
@@ -63,19 +68,28 @@ def test_class_weights_balanced_is_inverse_frequency_with_mean_one():
     assert w == pytest.approx({"high_risk": 2.0, "no_risk": 2 / 3})
     assert class_weight_table(None, {"a": 3}) == {"a": 1.0}
     assert class_weight_table({"high_risk": 4.0}, {"high_risk": 1, "no_risk": 1}) == {
-        "high_risk": 4.0, "no_risk": 1.0}
+        "high_risk": 4.0,
+        "no_risk": 1.0,
+    }
 
 
 def test_weighted_loss_equals_cross_entropy_with_unit_weights_and_shifts_with_weights():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 7)
-    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 4, IGNORE_INDEX],
-                           [IGNORE_INDEX, 1, 2, IGNORE_INDEX, IGNORE_INDEX]])
+    labels = torch.tensor(
+        [
+            [IGNORE_INDEX, IGNORE_INDEX, 3, 4, IGNORE_INDEX],
+            [IGNORE_INDEX, 1, 2, IGNORE_INDEX, IGNORE_INDEX],
+        ]
+    )
     plain = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+    )
     assert weighted_answer_loss(logits, labels, torch.ones(2)).item() == pytest.approx(
-        plain.item(), rel=1e-6)
+        plain.item(), rel=1e-6
+    )
     only_first = weighted_answer_loss(logits, labels, torch.tensor([1.0, 0.0]))
     ref = torch.nn.functional.cross_entropy(
-        logits[:1, :-1].reshape(-1, 7), labels[:1, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        logits[:1, :-1].reshape(-1, 7), labels[:1, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+    )
     assert only_first.item() == pytest.approx(ref.item(), rel=1e-6)

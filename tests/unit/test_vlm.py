@@ -62,9 +62,9 @@ def test_encode_masks_prompt_and_image_tokens(tiny):
     _, processor = tiny
     enc = encode(processor, _images(1)[0], "Grade it.", "medium_risk", max_length=256)
     assert enc.n_image_tokens == 16  # 112x112 -> 8x8 patches -> 2x2 merge
-    answer = [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX]
+    answer = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE_INDEX]
     assert processor.tokenizer.decode(answer) == "medium_risk<|im_end|>"
-    masked = [t for t, lab in zip(enc.input_ids, enc.labels) if lab == IGNORE_INDEX]
+    masked = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab == IGNORE_INDEX]
     assert processor.image_token_id in masked
 
 
@@ -76,8 +76,10 @@ def test_encode_refuses_to_truncate_through_image_tokens(tiny):
 
 def test_collate_pads_and_forward_gives_a_loss(tiny):
     model, processor = tiny
-    batch = [encode(processor, imgs, "Grade.", lab, 256)
-             for imgs, lab in zip(_images(2), ["no_risk", "non_corridor"])]
+    batch = [
+        encode(processor, imgs, "Grade.", lab, 256)
+        for imgs, lab in zip(_images(2), ["no_risk", "non_corridor"], strict=True)
+    ]
     inputs = collate(batch, processor.tokenizer.pad_token_id, processor.image_token_id)
     assert inputs["input_ids"].shape == inputs["labels"].shape
     with torch.no_grad():
@@ -107,6 +109,9 @@ def test_colliding_labels_use_whole_sequence_likelihood(tiny):
             targets = inputs.pop("labels")[0]
             with torch.no_grad():
                 logp = torch.log_softmax(model(**inputs).logits[0, :-1].float(), -1)
-            want = sum(logp[t - 1, targets[t]].item() for t in range(1, len(targets))
-                       if targets[t] != IGNORE_INDEX)
+            want = sum(
+                logp[t - 1, targets[t]].item()
+                for t in range(1, len(targets))
+                if targets[t] != IGNORE_INDEX
+            )
             assert got[i, j].item() == pytest.approx(want, abs=1e-3)

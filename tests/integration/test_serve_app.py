@@ -1,0 +1,420 @@
+"""The served application's HTTP contract (DESIGN.md, "HTTP API"), end to end.
+
+Real Ray (2 CPUs), real Ray Serve on a free 127.0.0.1 port, real HTTP (httpx), and two model
+bundles built from the cached tiny Qwen2.5-VL (untrained for the task, but a real checkpoint
+loaded through the same path as the 7B/3B). One Serve application named `hazard` is
+(re)deployed per configuration: the cascade (θ = 0, always escalate) first, then base-only
+(θ = 1), then two back-pressure set-ups with tiny queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import os
+
+import httpx
+import pytest
+import ray
+from PIL import Image
+from ray import serve
+from serve_fixtures import b64, free_port, image_bytes, make_bundle, write_fusion
+
+from hazard.config.serve import ServeConfig
+from hazard.labels import RISK_LABELS
+from serve.app import compose_app
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "test-key-" + os.urandom(8).hex()
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+APP_NAME = "hazard"
+LIMITS = dict(
+    max_batch_items=4, max_image_bytes=100_000, max_image_pixels=1_000_000, max_body_bytes=300_000
+)
+BASE = ("hazard-base-test", "1.2.3")
+SPEC = ("hazard-specialist-test", "4.5.6")
+SEEN_STATUS: list[tuple[str, int]] = []  # every response of the module, for the no-500 check
+
+
+class ServeSession:
+    """Deploys one configuration at a time under the same app name (Serve updates in place and
+    keeps the model replicas when only the ingress's arguments change)."""
+
+    def __init__(self, port: int, tmp, tiny_model_path):
+        self.url = f"http://127.0.0.1:{port}"
+        base = make_bundle(tiny_model_path, tmp / "base", *BASE, stage="base")
+        spec = make_bundle(tiny_model_path, tmp / "spec", *SPEC, stage="specialist")
+        common = dict(
+            base={"name": BASE[0], "version": BASE[1], "model_uri": str(base)},
+            specialist={"name": SPEC[0], "version": SPEC[1], "model_uri": str(spec)},
+            **LIMITS,
+        )
+        always = str(write_fusion(tmp / "fusion_always.json", 0.0))
+        never = str(write_fusion(tmp / "fusion_never.json", 1.0))
+        slow = dict(common, fusion_uri=never, model_batch_wait_s=2.0, retry_after_s=7)
+        tiny_queue = {"max_ongoing_requests": 1, "max_queued_requests": 1}
+        self.apps = {
+            "cascade": lambda: compose_app(ServeConfig(**common, fusion_uri=always)),
+            "base_only": lambda: compose_app(ServeConfig(**common, fusion_uri=never)),
+            "scorer_queue": lambda: compose_app(ServeConfig(**slow), scorer_options=tiny_queue),
+            "ingress_queue": lambda: compose_app(ServeConfig(**slow), ingress_options=tiny_queue),
+        }
+        self.current = None
+
+    def use(self, key: str) -> str:
+        if key != self.current:
+            serve.run(self.apps[key](), name=APP_NAME, route_prefix="/")
+            self.current = key
+        return self.url
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory, tiny_model_path):
+    # The key reaches the ingress replica through the job's runtime_env: serve.run gives the
+    # driver's runtime_env to every deployment that has none of its own.
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"HAZARD_API_KEY": API_KEY}},
+    )
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield ServeSession(port, tmp_path_factory.mktemp("serve"), tiny_model_path)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _record(response: httpx.Response) -> None:
+    SEEN_STATUS.append(
+        (f"{response.request.method} {response.request.url.path}", response.status_code)
+    )
+
+
+@pytest.fixture(scope="module")
+def client(session):
+    with httpx.Client(timeout=60, event_hooks={"response": [_record]}) as c:
+        yield c
+
+
+@pytest.fixture
+def cascade(session, client):
+    return session.use("cascade")
+
+
+@pytest.fixture
+def base_only(session, client):
+    return session.use("base_only")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def assert_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert isinstance(body, dict) and body.get("detail"), body
+    return body
+
+
+def assert_score(body: dict, item_id: str | None, escalated: bool) -> None:
+    assert set(body) == {
+        "id",
+        "risk_level",
+        "probabilities",
+        "hazard_score",
+        "escalated",
+        "models",
+        "latency_ms",
+    }, body
+    assert body["id"] == item_id
+    probs = body["probabilities"]
+    assert list(probs) == list(RISK_LABELS)
+    assert all(0.0 <= p <= 1.0 for p in probs.values())
+    assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-6)
+    assert body["risk_level"] in RISK_LABELS
+    assert body["risk_level"] == max(RISK_LABELS, key=probs.__getitem__)
+    assert 0.0 <= body["hazard_score"] <= 1.0
+    assert body["escalated"] is escalated
+    assert body["latency_ms"] >= 0
+    expected = [BASE, SPEC] if escalated else [BASE]
+    assert [(m["name"], m["version"]) for m in body["models"]] == expected
+
+
+def multipart(data: bytes, name: str = "corridor.png", field: str = "file") -> dict:
+    return {"files": {field: (name, data, "image/png")}}
+
+
+def noise_png(side: int) -> bytes:
+    """An incompressible PNG of about side*side*3 bytes."""
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# -- health, docs, models -----------------------------------------------------------------------
+def test_healthz_readyz(client, cascade):
+    assert client.get(f"{cascade}/healthz").json() == {"status": "ok"}
+    ready = client.get(f"{cascade}/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+def test_docs_and_openapi(client, cascade):
+    docs = client.get(f"{cascade}/docs")
+    assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
+    spec = client.get(f"{cascade}/openapi.json").json()
+    assert {"/v1/score", "/v1/score/batch", "/v1/models", "/healthz", "/readyz"} <= set(
+        spec["paths"]
+    )
+
+
+def test_models_needs_auth_and_lists_both(client, cascade):
+    assert_error(client.get(f"{cascade}/v1/models"), 401)
+    body = client.get(f"{cascade}/v1/models", headers=AUTH).json()
+    assert [(m["role"], m["name"], m["version"]) for m in body["models"]] == [
+        ("base", *BASE),
+        ("specialist", *SPEC),
+    ]
+    assert all(m["labels"] == list(RISK_LABELS) for m in body["models"])
+    assert body["labels"] == list(RISK_LABELS)
+    assert body["fusion"]["theta"] == 0.0
+
+
+# -- scoring ------------------------------------------------------------------------------------
+def test_score_multipart_escalates_with_theta_zero(client, cascade):
+    r = client.post(f"{cascade}/v1/score", headers=AUTH, **multipart(image_bytes(), "a.png"))
+    assert r.status_code == 200, r.text
+    assert_score(r.json(), "a.png", escalated=True)
+
+
+def test_score_json_escalates_with_theta_zero(client, cascade):
+    payload = {"id": "cam-7/frame-42", "image": b64(image_bytes(fmt="JPEG"))}
+    r = client.post(f"{cascade}/v1/score", headers=AUTH, json=payload)
+    assert r.status_code == 200, r.text
+    assert_score(r.json(), "cam-7/frame-42", escalated=True)
+
+
+def test_score_json_accepts_line_wrapped_base64(client, cascade):
+    text = b64(image_bytes((80, 60), (10, 120, 200)))
+    wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+    r = client.post(f"{cascade}/v1/score", headers=AUTH, json={"id": "w", "image": wrapped})
+    assert r.status_code == 200, r.text
+    assert_score(r.json(), "w", escalated=True)
+
+
+def test_batch_in_order_with_per_item_error(client, cascade):
+    items = [
+        {"id": "first", "image": b64(image_bytes(color=(0, 0, 0)))},
+        {"id": "broken", "image": b64(b"this is not an image")},
+        {"id": "last", "image": b64(image_bytes(fmt="WEBP"))},
+    ]
+    r = client.post(f"{cascade}/v1/score/batch", headers=AUTH, json={"items": items})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [res["id"] for res in results] == ["first", "broken", "last"]
+    assert_score(results[0], "first", escalated=True)
+    assert_score(results[2], "last", escalated=True)
+    assert set(results[1]) == {"id", "error"}
+    assert results[1]["error"]["status"] == 400 and results[1]["error"]["detail"]
+
+
+def test_batch_over_max_items_is_413(client, cascade):
+    item = {"id": "x", "image": b64(image_bytes())}
+    r = client.post(f"{cascade}/v1/score/batch", headers=AUTH, json={"items": [item] * 5})
+    assert_error(r, 413)
+
+
+# -- auth ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"X-API-Key": "wrong"},
+        {"Authorization": API_KEY},  # no Bearer scheme
+    ],
+    ids=["none", "wrong-bearer", "wrong-x-api-key", "no-scheme"],
+)
+def test_auth_refused(client, cascade, headers):
+    body = {"id": "a", "image": b64(image_bytes())}
+    r = client.post(f"{cascade}/v1/score", headers=headers, json=body)
+    assert_error(r, 401)
+    assert r.headers.get("www-authenticate") == "Bearer"
+    r = client.post(f"{cascade}/v1/score/batch", headers=headers, json={"items": [body]})
+    assert_error(r, 401)
+
+
+@pytest.mark.parametrize(
+    "headers", [{"Authorization": f"Bearer {API_KEY}"}, {"X-API-Key": API_KEY}], ids=str
+)
+def test_auth_accepted_either_header(client, cascade, headers):
+    r = client.post(f"{cascade}/v1/score", headers=headers, **multipart(image_bytes()))
+    assert r.status_code == 200, r.text
+
+
+# -- bad input: never a 500 -------------------------------------------------------------------
+def test_undecodable_image_is_400(client, cascade):
+    assert_error(
+        client.post(f"{cascade}/v1/score", headers=AUTH, **multipart(b"\x89PNG junk")), 400
+    )
+    r = client.post(f"{cascade}/v1/score", headers=AUTH, json={"id": "j", "image": b64(b"junk")})
+    assert_error(r, 400)
+
+
+def test_bad_base64_is_400(client, cascade):
+    r = client.post(f"{cascade}/v1/score", headers=AUTH, json={"id": "b", "image": "@@not-b64@@"})
+    assert_error(r, 400)
+
+
+def test_unsupported_image_format_is_400(client, cascade):
+    gif = image_bytes(fmt="GIF")
+    assert_error(client.post(f"{cascade}/v1/score", headers=AUTH, **multipart(gif, "a.gif")), 400)
+
+
+def test_extreme_aspect_ratio_is_400(client, cascade):
+    # Qwen2.5-VL's processor raises on aspect ratios >= 200: a 400 here, not a model-side 500
+    sliver = image_bytes((1, 300))
+    assert_error(client.post(f"{cascade}/v1/score", headers=AUTH, **multipart(sliver)), 400)
+
+
+def test_image_over_max_bytes_is_413(client, cascade):
+    big = noise_png(200)  # ~120 kB > max_image_bytes, body still under max_body_bytes
+    assert LIMITS["max_image_bytes"] < len(big) < LIMITS["max_body_bytes"] // 2
+    assert_error(client.post(f"{cascade}/v1/score", headers=AUTH, **multipart(big)), 413)
+    r = client.post(f"{cascade}/v1/score", headers=AUTH, json={"id": "big", "image": b64(big)})
+    assert_error(r, 413)
+
+
+def test_image_over_max_pixels_is_413(client, cascade):
+    wide = image_bytes((1100, 1000))  # 1.1 MP, a few kB
+    assert len(wide) < LIMITS["max_image_bytes"]
+    assert_error(client.post(f"{cascade}/v1/score", headers=AUTH, **multipart(wide)), 413)
+    r = client.post(f"{cascade}/v1/score", headers=AUTH, json={"id": "px", "image": b64(wide)})
+    assert_error(r, 413)
+
+
+def test_body_over_max_body_bytes_is_413(client, cascade):
+    body = json.dumps({"id": "pad", "image": b64(image_bytes())}) + " " * 400_000
+    headers = dict(AUTH, **{"Content-Type": "application/json"})
+    assert_error(client.post(f"{cascade}/v1/score", headers=headers, content=body), 413)
+    assert_error(client.post(f"{cascade}/v1/score/batch", headers=headers, content=body), 413)
+    blob = os.urandom(400_000)
+    assert_error(client.post(f"{cascade}/v1/score", headers=AUTH, **multipart(blob)), 413)
+
+
+def test_chunked_body_over_max_body_bytes_is_413(client, cascade):
+    def chunks():  # no Content-Length: the limit must hold while streaming
+        yield b'{"id": "chunked", "image": "'
+        for _ in range(40):
+            yield b"A" * 10_000
+        yield b'"}'
+
+    headers = dict(AUTH, **{"Content-Type": "application/json"})
+    assert_error(client.post(f"{cascade}/v1/score", headers=headers, content=chunks()), 413)
+
+
+@pytest.mark.parametrize("path", ["/v1/score", "/v1/score/batch"])
+def test_text_plain_is_415(client, cascade, path):
+    headers = dict(AUTH, **{"Content-Type": "text/plain"})
+    assert_error(client.post(f"{cascade}{path}", headers=headers, content=b"hello"), 415)
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/score", b'{"id": "no-image"}'),
+        ("/v1/score", b'{"id": "x", "image": 5}'),
+        ("/v1/score", b'{"id": "x", "image": '),  # not JSON at all
+        ("/v1/score/batch", b'{"items": "nope"}'),
+        ("/v1/score/batch", b'{"items": [{"id": "x"}]}'),
+    ],
+    ids=["missing-image", "wrong-type", "truncated-json", "items-not-list", "item-no-image"],
+)
+def test_json_schema_error_is_422(client, cascade, path, body):
+    headers = dict(AUTH, **{"Content-Type": "application/json"})
+    assert_error(client.post(f"{cascade}{path}", headers=headers, content=body), 422)
+
+
+def test_multipart_without_file_is_422(client, cascade):
+    r = client.post(f"{cascade}/v1/score", headers=AUTH, **multipart(image_bytes(), field="image"))
+    assert_error(r, 422)
+    r = client.post(
+        f"{cascade}/v1/score", headers=AUTH, files={"x": (None, "y")}, data={"file": "t"}
+    )
+    assert_error(r, 422)
+
+
+def test_malformed_multipart_is_400(client, cascade):
+    headers = dict(AUTH, **{"Content-Type": "multipart/form-data"})  # no boundary
+    assert_error(client.post(f"{cascade}/v1/score", headers=headers, content=b"--x\r\n"), 400)
+
+
+def test_unknown_route_and_method_are_json(client, cascade):
+    assert_error(client.get(f"{cascade}/v1/nope"), 404)
+    assert_error(client.get(f"{cascade}/v1/score", headers=AUTH), 405)
+
+
+# -- escalation off -----------------------------------------------------------------------------
+def test_theta_one_never_escalates(client, base_only):
+    r = client.post(
+        f"{base_only}/v1/score", headers=AUTH, json={"id": "n", "image": b64(image_bytes())}
+    )
+    assert r.status_code == 200, r.text
+    assert_score(r.json(), "n", escalated=False)
+    items = [{"id": str(i), "image": b64(image_bytes(color=(i * 60, 90, 30)))} for i in range(3)]
+    r = client.post(f"{base_only}/v1/score/batch", headers=AUTH, json={"items": items})
+    assert r.status_code == 200, r.text
+    for i, res in enumerate(r.json()["results"]):
+        assert_score(res, str(i), escalated=False)
+    assert client.get(f"{base_only}/v1/models", headers=AUTH).json()["fusion"]["theta"] == 1.0
+
+
+# -- back-pressure ------------------------------------------------------------------------------
+async def _burst(url: str, n: int) -> list[httpx.Response]:
+    payload = {"id": "burst", "image": b64(image_bytes())}
+    async with httpx.AsyncClient(timeout=60) as ac:
+        responses = await asyncio.gather(
+            *(ac.post(f"{url}/v1/score", headers=AUTH, json=payload) for _ in range(n))
+        )
+    for r in responses:
+        _record(r)
+    return list(responses)
+
+
+def test_model_queue_full_is_503_json_with_retry_after(session, client):
+    """BaseScorer: 1 ongoing + 1 queued, each batch held 2 s: of 6 simultaneous requests at
+    most 2 are admitted; the ingress turns the others' BackPressureError into JSON 503s."""
+    url = session.use("scorer_queue")
+    responses = asyncio.run(_burst(url, 6))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {200, 503}, statuses
+    assert 1 <= statuses.count(200) <= 2, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert_error(r, 503)
+            assert r.headers["retry-after"] == "7"
+        else:
+            assert_score(r.json(), "burst", escalated=False)
+
+
+def test_ingress_queue_full_is_503_with_retry_after(session, client):
+    """HazardAPI: 1 ongoing + 1 queued at the proxy: Serve's proxy answers the rest 503 with
+    the configured Retry-After. (Its body is Serve's plain text, not our JSON: see report.)"""
+    url = session.use("ingress_queue")
+    responses = asyncio.run(_burst(url, 5))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {200, 503}, statuses
+    assert 1 <= statuses.count(200) <= 2, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "7"
+
+
+def test_no_response_was_a_500():
+    assert SEEN_STATUS, "no requests were recorded"
+    bad = [(route, status) for route, status in SEEN_STATUS if status >= 500 and status != 503]
+    assert not bad, bad

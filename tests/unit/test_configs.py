@@ -1,0 +1,72 @@
+"""Every YAML in configs/ loads into its model (chart values: tests/integration/test_chart.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hazard.config import ConfigError, load_config
+from hazard.config.data import DataConfig
+from hazard.config.serve import ServeConfig
+from hazard.config.train import TrainConfig
+from ray_jobs.calibrate import CalibrateConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def _model_for(path: Path):
+    name = path.stem
+    if "data" in name:
+        return DataConfig
+    if name.startswith("stage"):
+        return TrainConfig
+    if name.startswith("calibrate"):
+        return CalibrateConfig
+    if name.startswith("serve"):
+        return ServeConfig
+    raise AssertionError(f"no config model known for {path}; add it to _model_for")
+
+
+def test_there_are_configs_for_every_job_and_size():
+    names = {p.relative_to(REPO / "configs").as_posix() for p in CONFIGS}
+    assert {
+        "stage1_base_7b.yaml",
+        "stage2_specialist_3b.yaml",
+        "tiny/stage1_base.yaml",
+        "tiny/stage2_specialist.yaml",
+        "tiny/data.yaml",
+        "tiny/serve.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_config_loads_and_says_how_to_launch(path: Path):
+    load_config(path, _model_for(path))
+    header = path.read_text().split("\n\n")[0]
+    assert header.startswith("#") and ("--set" in header), (
+        f"{path}: header must show launch+override"
+    )
+
+
+def test_stage_configs_match_their_stage():
+    for path in CONFIGS:
+        if path.stem.startswith("stage"):
+            cfg = load_config(path, TrainConfig)
+            assert cfg.stage == ("base" if "stage1" in path.stem else "specialist")
+            if cfg.stage == "specialist":
+                assert cfg.lora.vision_attention and cfg.lora.vision_merger
+                assert cfg.optim.high_risk_oversample > 1 and cfg.optim.class_weights
+
+
+def test_overrides_apply_and_typos_fail():
+    path = REPO / "configs/tiny/stage1_base.yaml"
+    cfg = load_config(path, TrainConfig, ["optim.max_steps=7", "scaling.num_workers=1"])
+    assert cfg.optim.max_steps == 7 and cfg.scaling.num_workers == 1
+    with pytest.raises(ConfigError, match="max_stepz"):
+        load_config(path, TrainConfig, ["optim.max_stepz=7"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(path, TrainConfig, ["optim.max_steps"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(REPO / "configs/nope.yaml", TrainConfig)
