@@ -15,40 +15,27 @@ rejected.
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import pyarrow as pa
 import ray
-from PIL import Image
 from ray.data.expressions import col
 
 from hazard.config.data import RayConfig, ValidationConfig
+from hazard.images import ImageRejected, decode_limited
 from pipelines.common import ORDER, REJECT_REASON, reject, stage_table
 
 
 def check_image(data: bytes, rules: ValidationConfig) -> tuple[str, str] | None:
     """(reason, detail) if the encoded image breaks a rule, None if it is acceptable."""
-    if len(data) > rules.max_bytes:
-        return "too_many_bytes", f"more than {rules.max_bytes} bytes"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                fmt, (width, height) = img.format, img.size
-                if fmt not in rules.allowed_formats:
-                    return "unsupported_format", f"{fmt} not in {rules.allowed_formats}"
-                if min(width, height) < rules.min_side:
-                    return "too_small", f"{width}x{height} < {rules.min_side} px"
-                if max(width, height) > rules.max_side:
-                    return "too_large", f"{width}x{height} > {rules.max_side} px"
-                img.verify()
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return "too_large", f"decompression bomb: {exc}"
-    except Exception as exc:  # any decoder failure is a bad image, not a crash
-        return "undecodable", f"{type(exc).__name__}: {exc}"
+        decode_limited(
+            data,
+            rules.max_bytes,
+            allowed_formats=rules.allowed_formats,
+            min_side=rules.min_side,
+            max_side=rules.max_side,
+        )
+    except ImageRejected as exc:
+        return exc.reason, str(exc)
     return None
 
 

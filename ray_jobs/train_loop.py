@@ -31,16 +31,23 @@ STATE_FILE = "train_state.json"
 
 
 def _encode_batch(processor, batch: dict, prompt: str, max_length: int):
-    """Encode a Ray Data numpy batch; returns the encoded samples and their answers."""
-    encoded, answers = [], []
+    """Encode a Ray Data numpy batch; returns the encoded samples and their answers.
+
+    A sample over max_length is skipped with a message (never truncated); a batch left empty
+    is an error, since every worker must step together.
+    """
+    encoded, answers, skipped = [], [], []
     for images, answer in zip(batch["images"], batch["answer"], strict=True):
         pics = [decode_image(bytes(b)) for b in images]
         try:
             encoded.append(encode(processor, pics, prompt, str(answer), max_length))
-        except SequenceTooLong as exc:  # validated upstream; skip loudly rather than crash
-            print(f"[train] skipping sample: {exc}")
+        except SequenceTooLong as exc:
+            print(f"[train] skipping sample: {exc}", flush=True)
+            skipped.append(str(exc))
             continue
         answers.append(str(answer))
+    if not encoded:
+        raise SequenceTooLong(f"every sample of a batch is too long, e.g. {skipped[0]}")
     return encoded, answers
 
 

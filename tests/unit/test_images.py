@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from hazard.images import ImageTooLarge, InvalidImage, decode_limited
+from hazard.images import ImageRejected, ImageTooLarge, InvalidImage, decode_limited
 
 
 def _png(w: int = 32, h: int = 24, fmt: str = "PNG") -> bytes:
@@ -41,3 +41,17 @@ def test_rejects_bad_input_with_a_reason(data, error, match):
 def test_pixel_limit_is_checked_before_decoding():
     with pytest.raises(ImageTooLarge, match="pixels"):
         decode_limited(_png(100, 100), 10**6, 100 * 99)
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        ({"min_side": 30}, "too_small"),
+        ({"max_side": 31}, "too_large"),
+        ({"allowed_formats": {"JPEG"}}, "unsupported_format"),
+    ],
+)
+def test_validation_rules_give_quarantine_reasons(kwargs, reason):
+    with pytest.raises(ImageRejected) as exc:
+        decode_limited(_png(32, 24), 10**6, **kwargs)
+    assert exc.value.reason == reason
