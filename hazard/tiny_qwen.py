@@ -92,7 +92,7 @@ TINY_ARCH = {
 
 PRETRAIN = {"steps": 300, "batch_size": 16, "lr": 2e-3, "seed": 0}
 DESCRIBE_PROMPT = "Describe the picture."
-BUILD_VERSION = "1"  # bump when the recipe changes, to invalidate caches
+BUILD_VERSION = "2"  # bump when the recipe changes, to invalidate caches
 
 
 def default_cache_dir() -> Path:
@@ -191,9 +191,21 @@ def build_model(tokenizer, seed: int = 0):
     return Qwen2_5_VLForConditionalGeneration(config)
 
 
+def pretrain_text(spec, rng) -> str:
+    """A caption, then the label word on a line of its own.
+
+    In captions the label follows a space (" no_risk"), which BPE encodes with other tokens
+    than an answer that starts a turn ("no_risk"); the second line trains those too, so that
+    LoRA, which leaves embeddings alone, starts from answer words the model knows.
+    """
+    from hazard.synthetic import caption
+
+    return f"{caption(spec, rng)}\n{spec.label}"
+
+
 def pretrain(model, processor, steps: int, batch_size: int, lr: float, seed: int, log=print):
     """Full-parameter pre-training on (synthetic scene, caption) pairs; returns loss history."""
-    from hazard.synthetic import caption, render_scene
+    from hazard.synthetic import render_scene
     from hazard.vlm import collate, encode
 
     rng = np.random.default_rng(seed)
@@ -210,7 +222,7 @@ def pretrain(model, processor, steps: int, batch_size: int, lr: float, seed: int
         for _ in range(batch_size):
             label = RISK_LABELS[int(rng.integers(len(RISK_LABELS)))]
             img, spec = render_scene(label, rng, size=IMAGE_SIDE)
-            batch.append(encode(processor, [img], DESCRIBE_PROMPT, caption(spec, rng), 512))
+            batch.append(encode(processor, [img], DESCRIBE_PROMPT, pretrain_text(spec, rng), 512))
         inputs = collate(batch, tok.pad_token_id, processor.image_token_id)
         loss = model(**inputs).loss
         opt.zero_grad()
