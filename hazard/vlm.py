@@ -146,12 +146,12 @@ def label_log_likelihoods(
     pad_id = processor.tokenizer.pad_token_id
     encoded = [encode(processor, imgs, prompt, None, max_length) for imgs in images]
     if not first_tokens_collide(label_ids):
-        inputs = collate(encoded, pad_id, processor.image_token_id)
+        inputs = _to_device(collate(encoded, pad_id, processor.image_token_id), model)
         inputs.pop("labels")
         logits = model(**inputs).logits
         last = inputs["attention_mask"].sum(dim=1) - 1
         logp = torch.log_softmax(logits[torch.arange(len(encoded)), last].float(), dim=-1)
-        return logp[:, [ids[0] for ids in label_ids]]
+        return logp[:, [ids[0] for ids in label_ids]].cpu()
     expanded = [
         Encoded(
             e.input_ids + ids,
@@ -163,14 +163,20 @@ def label_log_likelihoods(
         for e in encoded
         for ids in label_ids
     ]
-    inputs = collate(expanded, pad_id, processor.image_token_id)
+    inputs = _to_device(collate(expanded, pad_id, processor.image_token_id), model)
     targets = inputs.pop("labels")
     logits = model(**inputs).logits[:, :-1].float()
     targets = targets[:, 1:]
     logp = torch.log_softmax(logits, dim=-1)
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     seq = (picked * (targets != IGNORE_INDEX)).sum(dim=1)
-    return seq.view(len(encoded), len(labels))
+    return seq.view(len(encoded), len(labels)).cpu()
+
+
+def _to_device(inputs: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """Move model inputs to the model's device (no-op on CPU)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in inputs.items()}
 
 
 def label_probabilities(

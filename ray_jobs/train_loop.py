@@ -124,9 +124,9 @@ def train_loop(loop_config: dict) -> None:
             local_shuffle_seed=cfg.optim.seed + epoch * 1000 + rank,
         ):
             encoded, answers = _encode_batch(processor, batch, task.prompt, cfg.optim.max_length)
-            inputs = collate(encoded, pad_id, image_id)
+            inputs = {k: v.to(engine.device) for k, v in collate(encoded, pad_id, image_id).items()}
             labels = inputs.pop("labels")
-            sample_w = torch.tensor([weights.get(a, 1.0) for a in answers])
+            sample_w = torch.tensor([weights.get(a, 1.0) for a in answers], device=engine.device)
             logits = engine(**inputs).logits
             loss = weighted_answer_loss(logits, labels, sample_w)
             engine.backward(loss)

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from hazard.cascade import FusionSpec, combine, needs_specialist
@@ -30,6 +30,11 @@ from hazard.images import ImageTooLarge, InvalidImage, decode_limited
 from hazard.labels import HIGH_RISK, RISK_LABELS
 
 log = logging.getLogger("ray.serve")
+
+# Qwen2.5-VL's image processor (transformers' smart_resize) refuses images whose long side is
+# 200 times the short side or more; checked at the ingress so such input is a 400, not a 500
+# raised inside a model replica (where it would also fail the other images of its batch).
+MAX_ASPECT_RATIO = 200
 
 
 class ApiError(Exception):
@@ -59,22 +64,40 @@ class BatchRequest(BaseModel):
 class ModelScorer:
     """One model replica: batches images and returns label probabilities."""
 
-    def __init__(self, model: dict, engine: str, dtype: str, batch_size: int, batch_wait_s: float):
+    def __init__(
+        self,
+        model: dict,
+        engine: str,
+        dtype: str,
+        batch_size: int,
+        batch_wait_s: float,
+        required_labels: tuple[str, ...] = (),
+    ):
         from serve.engines import make_engine
 
         self.model = ServedModel.model_validate(model)
         self.engine = make_engine(engine, self.model.model_uri, dtype)
+        missing = [label for label in required_labels if label not in self.engine.labels]
+        if missing:  # fail the deployment now, not every request later
+            raise ValueError(
+                f"model {self.model.name} ({self.model.model_uri}) lacks labels "
+                f"{missing}; its bundle has {list(self.engine.labels)}"
+            )
         self.score_batch.set_max_batch_size(batch_size)
         self.score_batch.set_batch_wait_timeout_s(batch_wait_s)
 
     def describe(self) -> dict:
-        return {"name": self.model.name, "version": self.model.version,
-                "labels": list(self.engine.labels), "uri": self.model.model_uri}
+        return {
+            "name": self.model.name,
+            "version": self.model.version,
+            "labels": list(self.engine.labels),
+            "uri": self.model.model_uri,
+        }
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def score_batch(self, images: list[list[Image.Image]]) -> list[dict[str, float]]:
         probs = await asyncio.get_running_loop().run_in_executor(None, self.engine.score, images)
-        return [dict(zip(self.engine.labels, map(float, row))) for row in probs]
+        return [dict(zip(self.engine.labels, map(float, row), strict=True)) for row in probs]
 
     async def score(self, images: list[Image.Image]) -> dict[str, float]:
         return await self.score_batch(images)
@@ -82,6 +105,24 @@ class ModelScorer:
     def check_health(self) -> None:
         if self.engine is None:
             raise RuntimeError("engine not loaded")
+
+
+def _replay(body: bytes):
+    """An ASGI `receive` that hands over an already-read body once.
+
+    Defined above the deployments: Serve pickles a deployment class when it is decorated, with
+    the module globals its methods use that exist at that point.
+    """
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 app = FastAPI(
@@ -106,8 +147,9 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 class HazardAPI:
     """HTTP ingress: auth, limits, decoding, the cascade and the response contract."""
 
-    def __init__(self, base: DeploymentHandle, specialist: DeploymentHandle, config: dict,
-                 fusion: dict):
+    def __init__(
+        self, base: DeploymentHandle, specialist: DeploymentHandle, config: dict, fusion: dict
+    ):
         self.base, self.specialist = base, specialist
         self.cfg = ServeConfig.model_validate(config)
         self.fusion = FusionSpec.from_dict(fusion)
@@ -121,52 +163,75 @@ class HazardAPI:
         if self.api_key is None:
             return
         header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else request.headers.get(
-            "x-api-key", "")
+        given = (
+            header[7:]
+            if header.lower().startswith("bearer ")
+            else request.headers.get("x-api-key", "")
+        )
         if not given or not hmac.compare_digest(given.encode(), self.api_key.encode()):
             raise ApiError(401, "missing or wrong API key", {"WWW-Authenticate": "Bearer"})
 
     async def _body(self, request: Request) -> bytes:
+        """The whole body, refused (413) as soon as it passes the limit, declared or not."""
+        limit = self.cfg.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.cfg.max_body_bytes:
-            raise ApiError(413, f"request body over {self.cfg.max_body_bytes} bytes")
-        body = await request.body()
-        if len(body) > self.cfg.max_body_bytes:
-            raise ApiError(413, f"request body over {self.cfg.max_body_bytes} bytes")
-        return body
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"request body over {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():  # chunked uploads carry no content-length
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-    def _decode(self, data: bytes) -> Image.Image:
-        try:
-            return decode_limited(data, self.cfg.max_image_bytes, self.cfg.max_image_pixels)
+    async def _decode(self, data: bytes) -> Image.Image:
+        try:  # decoding up to max_image_pixels is CPU work: keep it off the event loop
+            img = await asyncio.to_thread(
+                decode_limited, data, self.cfg.max_image_bytes, self.cfg.max_image_pixels
+            )
         except ImageTooLarge as exc:
             raise ApiError(413, str(exc)) from exc
         except InvalidImage as exc:
             raise ApiError(400, str(exc)) from exc
+        w, h = img.size
+        if max(w, h) >= MAX_ASPECT_RATIO * min(w, h):
+            raise ApiError(
+                400, f"image is {w}x{h}; the aspect ratio must be under {MAX_ASPECT_RATIO}:1"
+            )
+        return img
 
-    def _decode_b64(self, text: str) -> Image.Image:
-        if len(text) > self.cfg.max_image_bytes * 4 // 3 + 4:
+    async def _decode_b64(self, text: str) -> Image.Image:
+        text = "".join(text.split())  # base64 wrapped in lines (as `base64` prints it) is fine
+        if len(text) > (self.cfg.max_image_bytes + 2) // 3 * 4:
             raise ApiError(413, f"image over {self.cfg.max_image_bytes} bytes")
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ApiError(400, f"image is not valid base64: {exc}") from exc
-        return self._decode(data)
+        return await self._decode(data)
 
     @staticmethod
     def _parse(model: type[BaseModel], body: bytes) -> BaseModel:
         try:
             return model.model_validate_json(body)
         except ValidationError as exc:
-            raise ApiError(422, "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
-            )) from exc
+            raise ApiError(
+                422,
+                "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+                ),
+            ) from exc
 
     async def _call(self, handle: DeploymentHandle, image: Image.Image) -> dict[str, float]:
         try:
             return await handle.score.remote([image])
-        except BackPressureError as exc:
-            raise ApiError(503, "overloaded, retry later",
-                           {"Retry-After": str(self.cfg.retry_after_s)}) from exc
+        except (BackPressureError, DeploymentUnavailableError) as exc:
+            raise ApiError(
+                503,
+                f"overloaded or unavailable, retry later ({exc})",
+                {"Retry-After": str(self.cfg.retry_after_s)},
+            ) from exc
 
     async def _score(self, item_id: str | None, image: Image.Image) -> dict:
         start = time.perf_counter()
@@ -177,8 +242,13 @@ class HazardAPI:
         result = combine(p_base, p_high, self.fusion)
         models = [{"role": "base", "name": self.cfg.base.name, "version": self.cfg.base.version}]
         if result.escalated:
-            models.append({"role": "specialist", "name": self.cfg.specialist.name,
-                           "version": self.cfg.specialist.version})
+            models.append(
+                {
+                    "role": "specialist",
+                    "name": self.cfg.specialist.name,
+                    "version": self.cfg.specialist.version,
+                }
+            )
         return {
             "id": item_id,
             "risk_level": result.risk_level,
@@ -206,8 +276,9 @@ class HazardAPI:
             )
         except Exception as exc:  # any failure means not ready; say why
             return JSONResponse({"status": "not ready", "detail": repr(exc)}, status_code=503)
-        if not all(abs(sum(r.values()) - 1) < 1e-3 and np.isfinite(list(r.values())).all()
-                   for r in results):
+        if not all(
+            abs(sum(r.values()) - 1) < 1e-3 and np.isfinite(list(r.values())).all() for r in results
+        ):
             return JSONResponse({"status": "not ready", "detail": "bad probabilities"}, 503)
         self._ready_until = time.monotonic() + 5
         return JSONResponse({"status": "ready"})
@@ -215,10 +286,14 @@ class HazardAPI:
     @app.get("/v1/models", summary="Served models and fusion parameters")
     async def models(self, request: Request) -> dict:
         self._authorize(request)
-        base, spec = await asyncio.gather(self.base.describe.remote(),
-                                          self.specialist.describe.remote())
-        return {"models": [dict(base, role="base"), dict(spec, role="specialist")],
-                "labels": list(RISK_LABELS), "fusion": self.fusion.to_dict()}
+        base, spec = await asyncio.gather(
+            self.base.describe.remote(), self.specialist.describe.remote()
+        )
+        return {
+            "models": [dict(base, role="base"), dict(spec, role="specialist")],
+            "labels": list(RISK_LABELS),
+            "fusion": self.fusion.to_dict(),
+        }
 
     @app.post("/v1/score", summary="Score one image (multipart field `file` or JSON base64)")
     async def score(self, request: Request) -> dict:
@@ -226,17 +301,23 @@ class HazardAPI:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
             item = self._parse(ScoreItem, await self._body(request))
-            return await self._score(item.id, self._decode_b64(item.image))
+            return await self._score(item.id, await self._decode_b64(item.image))
         if ctype == "multipart/form-data":
-            await self._body(request)  # enforces the body limit before parsing
-            form = await request.form()
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise ApiError(422, "multipart body needs a file field named 'file'")
-            data = await upload.read(self.cfg.max_image_bytes + 1)
-            return await self._score(upload.filename, self._decode(data))
-        raise ApiError(415, f"unsupported media type {ctype or '(none)'}; send "
-                            "multipart/form-data or application/json")
+            body = await self._body(request)  # enforces the body limit before parsing
+            async with Request(request.scope, _replay(body)).form(
+                max_files=4, max_fields=16
+            ) as form:  # parse errors are Starlette HTTPException(400) → {"detail": …}
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise ApiError(422, "multipart body needs a file field named 'file'")
+                data = await upload.read(self.cfg.max_image_bytes + 1)
+                name = upload.filename
+            return await self._score(name, await self._decode(data))
+        raise ApiError(
+            415,
+            f"unsupported media type {ctype or '(none)'}; send "
+            "multipart/form-data or application/json",
+        )
 
     @app.post("/v1/score/batch", summary="Score several base64 images, one result or error each")
     async def score_batch(self, request: Request) -> dict:
@@ -250,7 +331,7 @@ class HazardAPI:
 
         async def one(item: ScoreItem) -> dict:
             try:
-                return await self._score(item.id, self._decode_b64(item.image))
+                return await self._score(item.id, await self._decode_b64(item.image))
             except ApiError as exc:
                 if exc.status == 503:
                     raise
@@ -259,12 +340,31 @@ class HazardAPI:
         return {"results": await asyncio.gather(*(one(i) for i in req.items))}
 
 
+def compose_app(
+    cfg: ServeConfig, *, scorer_options: dict | None = None, ingress_options: dict | None = None
+) -> serve.Application:
+    """The application graph; the options override the deployments' (tests use this to shrink
+    queues; a Serve config file's `deployments:` section does the same in production)."""
+    fusion = FusionSpec.load(cfg.fusion_uri) if cfg.fusion_uri else FusionSpec()
+    common = dict(
+        engine=cfg.engine,
+        dtype=cfg.dtype,
+        batch_size=cfg.model_batch_size,
+        batch_wait_s=cfg.model_batch_wait_s,
+    )
+    # Requests Serve itself rejects (queue full) get Retry-After too.
+    pressure = {"backpressure_config": {"retry_after_s": cfg.retry_after_s}}
+    scorer = dict(pressure, **(scorer_options or {}))
+    base = ModelScorer.options(name="BaseScorer", **scorer).bind(
+        cfg.base.model_dump(), **common, required_labels=tuple(RISK_LABELS)
+    )
+    spec = ModelScorer.options(name="SpecialistScorer", **scorer).bind(
+        cfg.specialist.model_dump(), **common, required_labels=(HIGH_RISK,)
+    )
+    ingress = HazardAPI.options(**dict(pressure, **(ingress_options or {})))
+    return ingress.bind(base, spec, cfg.model_dump(), fusion.to_dict())
+
+
 def build_app(args: dict) -> serve.Application:
     """The Serve application for a `ServeConfig` dict (RayService `args`)."""
-    cfg = ServeConfig.model_validate(args)
-    fusion = FusionSpec.load(cfg.fusion_uri) if cfg.fusion_uri else FusionSpec()
-    common = dict(engine=cfg.engine, dtype=cfg.dtype, batch_size=cfg.model_batch_size,
-                  batch_wait_s=cfg.model_batch_wait_s)
-    base = ModelScorer.options(name="BaseScorer").bind(cfg.base.model_dump(), **common)
-    spec = ModelScorer.options(name="SpecialistScorer").bind(cfg.specialist.model_dump(), **common)
-    return HazardAPI.bind(base, spec, cfg.model_dump(), fusion.to_dict())
+    return compose_app(ServeConfig.model_validate(args))

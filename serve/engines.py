@@ -62,7 +62,9 @@ class VLLMEngine(ScoringEngine):
         try:
             from vllm import LLM, SamplingParams
         except ImportError as exc:  # no CPU build of vLLM on the package index
-            raise RuntimeError("engine 'vllm' needs vLLM on a GPU node; use 'transformers'") from exc
+            raise RuntimeError(
+                "engine 'vllm' needs vLLM on a GPU node; use 'transformers'"
+            ) from exc
         from hazard.vlm import first_tokens_collide, label_token_ids, load_processor, prompt_text
 
         self.processor = load_processor(model_uri)
@@ -73,12 +75,16 @@ class VLLMEngine(ScoringEngine):
         self.text = prompt_text(self.processor, self.prompt, 1)
         self.llm = LLM(model=model_uri, dtype=dtype, limit_mm_per_prompt={"image": 1})
         self.params = SamplingParams(
-            max_tokens=1, temperature=0.0, logprobs=len(self.first_ids),
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=len(self.first_ids),
             allowed_token_ids=self.first_ids,
         )
 
     def score(self, images: list[list[Image.Image]]) -> np.ndarray:
-        requests = [{"prompt": self.text, "multi_modal_data": {"image": imgs[0]}} for imgs in images]
+        requests = [
+            {"prompt": self.text, "multi_modal_data": {"image": imgs[0]}} for imgs in images
+        ]
         outputs = self.llm.generate(requests, self.params, use_tqdm=False)
         rows = []
         for out in outputs:

@@ -2,9 +2,10 @@
 
 Real Ray (2 CPUs), real Ray Serve on a free 127.0.0.1 port, real HTTP (httpx), and two model
 bundles built from the cached tiny Qwen2.5-VL (untrained for the task, but a real checkpoint
-loaded through the same path as the 7B/3B). One Serve application named `hazard` is
-(re)deployed per configuration: the cascade (θ = 0, always escalate) first, then base-only
-(θ = 1), then two back-pressure set-ups with tiny queues.
+loaded through the same path as the 7B/3B). Four applications, one per configuration, are
+deployed together once (replica start-up dominates the run time, and starting them side by side
+overlaps it): the cascade (θ = 0, always escalate), base-only (θ = 1), and two back-pressure
+set-ups with tiny queues.
 """
 
 from __future__ import annotations
@@ -30,50 +31,56 @@ pytestmark = pytest.mark.slow
 
 API_KEY = "test-key-" + os.urandom(8).hex()
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-APP_NAME = "hazard"
 LIMITS = dict(
     max_batch_items=4, max_image_bytes=100_000, max_image_pixels=1_000_000, max_body_bytes=300_000
 )
 BASE = ("hazard-base-test", "1.2.3")
 SPEC = ("hazard-specialist-test", "4.5.6")
+RETRY_AFTER_S = 7
 SEEN_STATUS: list[tuple[str, int]] = []  # every response of the module, for the no-500 check
 
 
-class ServeSession:
-    """Deploys one configuration at a time under the same app name (Serve updates in place and
-    keeps the model replicas when only the ingress's arguments change)."""
-
-    def __init__(self, port: int, tmp, tiny_model_path):
-        self.url = f"http://127.0.0.1:{port}"
-        base = make_bundle(tiny_model_path, tmp / "base", *BASE, stage="base")
-        spec = make_bundle(tiny_model_path, tmp / "spec", *SPEC, stage="specialist")
-        common = dict(
-            base={"name": BASE[0], "version": BASE[1], "model_uri": str(base)},
-            specialist={"name": SPEC[0], "version": SPEC[1], "model_uri": str(spec)},
-            **LIMITS,
-        )
-        always = str(write_fusion(tmp / "fusion_always.json", 0.0))
-        never = str(write_fusion(tmp / "fusion_never.json", 1.0))
-        slow = dict(common, fusion_uri=never, model_batch_wait_s=2.0, retry_after_s=7)
-        tiny_queue = {"max_ongoing_requests": 1, "max_queued_requests": 1}
-        self.apps = {
-            "cascade": lambda: compose_app(ServeConfig(**common, fusion_uri=always)),
-            "base_only": lambda: compose_app(ServeConfig(**common, fusion_uri=never)),
-            "scorer_queue": lambda: compose_app(ServeConfig(**slow), scorer_options=tiny_queue),
-            "ingress_queue": lambda: compose_app(ServeConfig(**slow), ingress_options=tiny_queue),
-        }
-        self.current = None
-
-    def use(self, key: str) -> str:
-        if key != self.current:
-            serve.run(self.apps[key](), name=APP_NAME, route_prefix="/")
-            self.current = key
-        return self.url
+def _apps(tmp, tiny_model_path) -> dict[str, tuple[str, serve.Application]]:
+    """{key: (route prefix, application)} of the four configurations."""
+    base = make_bundle(tiny_model_path, tmp / "base", *BASE, stage="base")
+    spec = make_bundle(tiny_model_path, tmp / "spec", *SPEC, stage="specialist")
+    common = dict(
+        base={"name": BASE[0], "version": BASE[1], "model_uri": str(base)},
+        specialist={"name": SPEC[0], "version": SPEC[1], "model_uri": str(spec)},
+        **LIMITS,
+    )
+    always = str(write_fusion(tmp / "fusion_always.json", 0.0))
+    never = str(write_fusion(tmp / "fusion_never.json", 1.0))
+    # Each batch waits its full 3 s for company: a request holds its model slot that long, so a
+    # burst sent at once meets full queues (a margin for a loaded 2-core machine).
+    slow = dict(common, fusion_uri=never, model_batch_wait_s=3.0, retry_after_s=RETRY_AFTER_S)
+    tiny_queue = {"max_ongoing_requests": 1, "max_queued_requests": 1}
+    # 8 model replicas + 4 ingresses must fit in 2 CPUs (the defaults reserve 0.5 per model).
+    small = {"ray_actor_options": {"num_cpus": 0.15}}
+    return {
+        "cascade": (
+            "/",
+            compose_app(ServeConfig(**common, fusion_uri=always), scorer_options=small),
+        ),
+        "base_only": (
+            "/theta1",
+            compose_app(ServeConfig(**common, fusion_uri=never), scorer_options=small),
+        ),
+        "scorer_queue": (
+            "/scorerq",
+            compose_app(ServeConfig(**slow), scorer_options=dict(small, **tiny_queue)),
+        ),
+        "ingress_queue": (
+            "/ingressq",
+            compose_app(ServeConfig(**slow), scorer_options=small, ingress_options=tiny_queue),
+        ),
+    }
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory, tiny_model_path):
-    # The key reaches the ingress replica through the job's runtime_env: serve.run gives the
+def urls(tmp_path_factory, tiny_model_path) -> dict[str, str]:
+    """Base URL of each configuration's application."""
+    # The key reaches the ingress replicas through the job's runtime_env: serve.run gives the
     # driver's runtime_env to every deployment that has none of its own.
     ray.init(
         num_cpus=2,
@@ -84,7 +91,15 @@ def session(tmp_path_factory, tiny_model_path):
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield ServeSession(port, tmp_path_factory.mktemp("serve"), tiny_model_path)
+        apps = _apps(tmp_path_factory.mktemp("serve"), tiny_model_path)
+        serve.run_many(
+            [
+                serve.RunTarget(app, name=key, route_prefix=prefix)
+                for key, (prefix, app) in apps.items()
+            ]
+        )
+        root = f"http://127.0.0.1:{port}"
+        yield {key: root + prefix.rstrip("/") for key, (prefix, _) in apps.items()}
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -97,19 +112,19 @@ def _record(response: httpx.Response) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(session):
+def client(urls):
     with httpx.Client(timeout=60, event_hooks={"response": [_record]}) as c:
         yield c
 
 
 @pytest.fixture
-def cascade(session, client):
-    return session.use("cascade")
+def cascade(urls):
+    return urls["cascade"]
 
 
 @pytest.fixture
-def base_only(session, client):
-    return session.use("base_only")
+def base_only(urls):
+    return urls["base_only"]
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -249,7 +264,9 @@ def test_auth_refused(client, cascade, headers):
 
 
 @pytest.mark.parametrize(
-    "headers", [{"Authorization": f"Bearer {API_KEY}"}, {"X-API-Key": API_KEY}], ids=str
+    "headers",
+    [{"Authorization": f"Bearer {API_KEY}"}, {"X-API-Key": API_KEY}],
+    ids=["bearer", "x-api-key"],
 )
 def test_auth_accepted_either_header(client, cascade, headers):
     r = client.post(f"{cascade}/v1/score", headers=headers, **multipart(image_bytes()))
@@ -385,10 +402,10 @@ async def _burst(url: str, n: int) -> list[httpx.Response]:
     return list(responses)
 
 
-def test_model_queue_full_is_503_json_with_retry_after(session, client):
-    """BaseScorer: 1 ongoing + 1 queued, each batch held 2 s: of 6 simultaneous requests at
+def test_model_queue_full_is_503_json_with_retry_after(urls):
+    """BaseScorer: 1 ongoing + 1 queued, each request held 3 s: of 6 simultaneous requests at
     most 2 are admitted; the ingress turns the others' BackPressureError into JSON 503s."""
-    url = session.use("scorer_queue")
+    url = urls["scorer_queue"]
     responses = asyncio.run(_burst(url, 6))
     statuses = sorted(r.status_code for r in responses)
     assert set(statuses) <= {200, 503}, statuses
@@ -396,22 +413,23 @@ def test_model_queue_full_is_503_json_with_retry_after(session, client):
     for r in responses:
         if r.status_code == 503:
             assert_error(r, 503)
-            assert r.headers["retry-after"] == "7"
+            assert r.headers["retry-after"] == str(RETRY_AFTER_S)
         else:
             assert_score(r.json(), "burst", escalated=False)
 
 
-def test_ingress_queue_full_is_503_with_retry_after(session, client):
-    """HazardAPI: 1 ongoing + 1 queued at the proxy: Serve's proxy answers the rest 503 with
-    the configured Retry-After. (Its body is Serve's plain text, not our JSON: see report.)"""
-    url = session.use("ingress_queue")
+def test_ingress_queue_full_is_503_with_retry_after(urls):
+    """HazardAPI: 1 ongoing + 1 queued at the proxy, each request held 3 s: Serve's proxy
+    answers the rest 503 with the configured Retry-After. The proxy writes that body itself, as
+    plain text: the one error body the app cannot make JSON."""
+    url = urls["ingress_queue"]
     responses = asyncio.run(_burst(url, 5))
     statuses = sorted(r.status_code for r in responses)
     assert set(statuses) <= {200, 503}, statuses
     assert 1 <= statuses.count(200) <= 2, statuses
     for r in responses:
         if r.status_code == 503:
-            assert r.headers["retry-after"] == "7"
+            assert r.headers["retry-after"] == str(RETRY_AFTER_S)
 
 
 def test_no_response_was_a_500():
