@@ -29,7 +29,7 @@ from PIL import Image
 
 from hazard.config.data import AugmentConfig, RayConfig
 from hazard.schema import content_hash
-from pipelines.common import REJECT_DETAIL, REJECT_REASON, reject, stage_table
+from pipelines.common import REJECT_DETAIL, REJECT_REASON, map_rows, reject, stage_table
 
 Step = tuple[str, tuple[float, ...]]
 """One planned op: (name, parameters), e.g. ("rotate", (6.2,)) or ("crop", (0.91, fx, fy))."""
@@ -183,10 +183,4 @@ def augment(ds: ray.data.Dataset, cfg: AugmentConfig, ray_cfg: RayConfig) -> ray
     """Originals plus augmented train copies (materialized); a no-op when copies == 0."""
     if cfg.copies == 0:
         return ds
-    return ds.map_batches(
-        _augment_batch,
-        batch_format="pyarrow",
-        batch_size=ray_cfg.batch_size,
-        fn_kwargs={"cfg": cfg},
-        num_cpus=ray_cfg.num_cpus,
-    ).materialize()
+    return map_rows(ds, _augment_batch, ray_cfg, cfg=cfg).materialize()

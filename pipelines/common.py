@@ -16,6 +16,7 @@ import pyarrow as pa
 import ray
 from ray.data.expressions import col
 
+from hazard.config.data import RayConfig
 from hazard.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA
 
 ORDER = "_order"
@@ -99,3 +100,14 @@ def count_reasons(records: list[dict[str, Any]]) -> dict[str, int]:
 def quarantine_table(records: list[dict[str, Any]]) -> pa.Table:
     """Quarantine records as a QUARANTINE_SCHEMA table."""
     return pa.Table.from_pylist(records, schema=QUARANTINE_SCHEMA)
+
+
+def map_rows(ds: ray.data.Dataset, fn, ray_cfg: RayConfig, **fn_kwargs) -> ray.data.Dataset:
+    """Apply a stage's pyarrow batch function with the job's batch size and CPUs per task."""
+    return ds.map_batches(
+        fn,
+        batch_format="pyarrow",
+        batch_size=ray_cfg.batch_size,
+        fn_kwargs=fn_kwargs,
+        num_cpus=ray_cfg.num_cpus,
+    )

@@ -27,7 +27,7 @@ import ray
 from hazard.config.data import DataConfig
 from hazard.schema import SPLITS, content_hash
 from hazard.tasks import get_task
-from pipelines.common import ORDER, REJECT_REASON, reject, stage_table
+from pipelines.common import ORDER, REJECT_REASON, map_rows, reject, stage_table
 
 REQUIRED_COLUMNS = ("image", "label", "split")
 MAX_INPUT_BLOCKS = 200
@@ -121,10 +121,10 @@ def import_folder(listing: pa.Table, config: DataConfig) -> ray.data.Dataset:
     n = listing.num_rows
     block = max(config.ray.batch_size, math.ceil(n / MAX_INPUT_BLOCKS)) if n else 1
     blocks = [listing.slice(i, block) for i in range(0, n, block)] or [listing]
-    return ray.data.from_arrow(blocks).map_batches(
+    return map_rows(
+        ray.data.from_arrow(blocks),
         _read_bytes,
-        batch_format="pyarrow",
-        batch_size=config.ray.batch_size,
-        fn_kwargs={"root": root, "max_bytes": config.validation.max_bytes},
-        num_cpus=config.ray.num_cpus,
+        config.ray,
+        root=root,
+        max_bytes=config.validation.max_bytes,
     )

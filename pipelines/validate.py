@@ -21,7 +21,7 @@ from ray.data.expressions import col
 
 from hazard.config.data import RayConfig, ValidationConfig
 from hazard.images import ImageRejected, decode_limited
-from pipelines.common import ORDER, REJECT_REASON, reject, stage_table
+from pipelines.common import ORDER, REJECT_REASON, map_rows, reject, stage_table
 
 
 def check_image(data: bytes, rules: ValidationConfig) -> tuple[str, str] | None:
@@ -89,20 +89,8 @@ def first_of_each_hash(ds: ray.data.Dataset) -> dict[str, tuple[int, str, str]]:
 
 def validate(ds: ray.data.Dataset, rules: ValidationConfig, ray_cfg: RayConfig) -> ray.data.Dataset:
     """Decode and check every image in parallel, then reject duplicates (materialized)."""
-    checked = ds.map_batches(
-        _check_batch,
-        batch_format="pyarrow",
-        batch_size=ray_cfg.batch_size,
-        fn_kwargs={"rules": rules},
-        num_cpus=ray_cfg.num_cpus,
-    ).materialize()
+    checked = map_rows(ds, _check_batch, ray_cfg, rules=rules).materialize()
     keep = first_of_each_hash(checked)
     if not keep:
         return checked
-    return checked.map_batches(
-        _mark_duplicates,
-        batch_format="pyarrow",
-        batch_size=ray_cfg.batch_size,
-        fn_kwargs={"keep": keep},
-        num_cpus=ray_cfg.num_cpus,
-    ).materialize()
+    return map_rows(checked, _mark_duplicates, ray_cfg, keep=keep).materialize()

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from hazard.cascade import FusionSpec, combine, needs_specialist
-from hazard.config import ConfigError, load_config
+from hazard.config import add_config_args, load_job_config
 from hazard.fusion import fit_correction, fit_escalation_threshold
 from hazard.labels import HIGH_RISK, RISK_LABELS
 from hazard.metrics import classification_report
@@ -104,19 +103,9 @@ def run(cfg: CalibrateConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fit the cascade's fusion on validation data.")
-    parser.add_argument("--config", required=True, help="YAML file under configs/")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set min_high_recall=0.9",
-    )
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, CalibrateConfig, args.set)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    add_config_args(parser, "min_high_recall=0.9")
+    cfg = load_job_config(parser.parse_args(argv), CalibrateConfig)
+    if cfg is None:
         return 2
     import ray
 

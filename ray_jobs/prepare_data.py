@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hazard.config import ConfigError, load_config
+from hazard.config import add_config_args, load_job_config
 from hazard.config.data import DataConfig
 
 
@@ -54,24 +54,14 @@ def summary_table(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ray_jobs.prepare_data", description=__doc__)
-    ap.add_argument("--config", required=True, help="YAML file, e.g. configs/tiny/data.yaml")
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (dotted path), repeatable: --set augment.copies=4",
-    )
+    add_config_args(ap, "augment.copies=4")
     ap.add_argument(
         "--progress", action="store_true", help="show Ray Data progress bars (off: quieter logs)"
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config, DataConfig, args.overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    config = load_job_config(args, DataConfig)
+    if config is None:
         return 2
 
     import ray

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from hazard.config import ConfigError, load_config
+from hazard.config import add_config_args, load_job_config
 from hazard.config.serve import ServeConfig
 
 APP_NAME = "hazard-cascade"
@@ -49,16 +49,13 @@ def write_serve_config(cfg: ServeConfig, path: Path, host: str, port: int) -> Pa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the hazard-cascade app on Ray Serve.")
-    parser.add_argument("--config", required=True, help="serving YAML (ServeConfig fields)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_args(parser, "base.version=0.2.0")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument("--print", action="store_true", help="print the Serve config and exit")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, ServeConfig, args.set)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    cfg = load_job_config(args, ServeConfig)
+    if cfg is None:
         return 2
     if args.print:
         print(yaml.safe_dump(serve_config(cfg, args.host, args.port), sort_keys=False))

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from hazard.config import ConfigError, load_config
+from hazard.config import ConfigError, add_config_args, load_job_config
 from hazard.config.train import TrainConfig
 from hazard.finetune import class_weight_table
 from hazard.labels import HIGH_RISK
@@ -96,19 +96,9 @@ def run(cfg: TrainConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train one hazard-cascade stage on Ray Train.")
-    parser.add_argument("--config", required=True, help="YAML file under configs/")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set optim.max_steps=50",
-    )
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, TrainConfig, args.set)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    add_config_args(parser, "optim.max_steps=50")
+    cfg = load_job_config(parser.parse_args(argv), TrainConfig)
+    if cfg is None:
         return 2
     import ray
 

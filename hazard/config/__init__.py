@@ -6,6 +6,8 @@ dotted paths, e.g. `--set train.max_steps=50 --set data.seed=3`.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,3 +53,25 @@ def load_config(path: str | Path, model: type[M], overrides: list[str] | None = 
         return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid config:\n{exc}") from exc
+
+
+def add_config_args(parser: argparse.ArgumentParser, example: str) -> None:
+    """The `--config FILE` and repeatable `--set KEY=VALUE` options every job takes."""
+    parser.add_argument("--config", required=True, help="YAML file under configs/")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key (dotted path), repeatable, e.g. --set {example}",
+    )
+
+
+def load_job_config(args: argparse.Namespace, model: type[M]) -> M | None:
+    """`load_config` from parsed job options; prints the error and returns None when invalid."""
+    try:
+        return load_config(args.config, model, args.overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return None
