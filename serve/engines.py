@@ -73,7 +73,14 @@ class VLLMEngine(ScoringEngine):
             raise ValueError(f"labels {self.labels} share first tokens; use engine 'transformers'")
         self.first_ids = [i[0] for i in ids]
         self.text = prompt_text(self.processor, self.prompt, 1)
-        self.llm = LLM(model=model_uri, dtype=dtype, limit_mm_per_prompt={"image": 1})
+        # Processed logprobs are taken after the allowed-token whitelist, so the top-k returned
+        # are exactly the label tokens (raw logprobs are the top-k of the whole vocabulary).
+        self.llm = LLM(
+            model=model_uri,
+            dtype=dtype,
+            limit_mm_per_prompt={"image": 1},
+            logprobs_mode="processed_logprobs",
+        )
         self.params = SamplingParams(
             max_tokens=1,
             temperature=0.0,
@@ -89,7 +96,10 @@ class VLLMEngine(ScoringEngine):
         rows = []
         for out in outputs:
             lp = out.outputs[0].logprobs[0]
-            logits = np.array([lp[t].logprob if t in lp else -1e9 for t in self.first_ids])
+            missing = [t for t in self.first_ids if t not in lp]
+            if missing:
+                raise RuntimeError(f"vLLM returned no logprob for label tokens {missing}")
+            logits = np.array([lp[t].logprob for t in self.first_ids])
             e = np.exp(logits - logits.max())
             rows.append(e / e.sum())
         return np.stack(rows)

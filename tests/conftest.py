@@ -24,3 +24,15 @@ def tiny(tiny_model_path):
     from hazard.vlm import load_model, load_processor
 
     return load_model(tiny_model_path).eval(), load_processor(tiny_model_path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA (and vLLM where they say so); they skip on CPU machines."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a GPU (no CUDA device on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

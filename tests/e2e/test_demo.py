@@ -27,9 +27,23 @@ def _ray_processes(temp_dir_prefix: str) -> list[str]:
 def test_demo_runs_end_to_end_and_cleans_up(tmp_path, tiny_model_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "ray_jobs.demo", "--out", str(out), "--n-per-label", "12",
-         "--steps", "6", "--score-limit", "6"],
-        cwd=REPO, capture_output=True, text=True, timeout=1500,
+        [
+            sys.executable,
+            "-m",
+            "ray_jobs.demo",
+            "--out",
+            str(out),
+            "--n-per-label",
+            "12",
+            "--steps",
+            "6",
+            "--score-limit",
+            "6",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "hazard-cascade demo summary" in proc.stdout
