@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 from PIL import Image
 
 from hazard.config import ConfigError, load_config
@@ -67,14 +66,6 @@ def _make_source(root: Path) -> dict[str, tuple[str, str]]:
             writer.writerow((image, label, split))
             expected[image if not image.startswith("..") else "../outside.png"] = (stage, reason)
     return expected
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

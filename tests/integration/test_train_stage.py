@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 
 from hazard.bundle import read_bundle
 from hazard.config import load_config
@@ -25,14 +24,6 @@ from ray_jobs.train import run
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
