@@ -31,11 +31,18 @@ def load_model(path: str | Path, dtype: str = "float32"):
     )
 
 
-def load_processor(path: str | Path):
-    """Load the checkpoint's processor (tokenizer + image processor + chat template)."""
+def load_processor(path: str | Path, max_pixels: int | None = None):
+    """Load the checkpoint's processor (tokenizer + image processor + chat template).
+
+    `max_pixels` caps the image size, and so the image tokens per picture (Qwen2.5-VL: one
+    per 28x28 pixels); the smallest size stays Qwen's 56x56 unless max_pixels is below it.
+    """
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(str(path))
+    kwargs = {}
+    if max_pixels:
+        kwargs["size"] = {"shortest_edge": min(56 * 56, max_pixels), "longest_edge": max_pixels}
+    return AutoProcessor.from_pretrained(str(path), **kwargs)
 
 
 def decode_image(data: bytes) -> Image.Image:

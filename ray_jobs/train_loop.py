@@ -88,7 +88,7 @@ def train_loop(loop_config: dict) -> None:
     task = get_task(cfg.optim.task)
     torch.manual_seed(cfg.optim.seed + rank)
 
-    processor = load_processor(loop_config["model_path"])
+    processor = load_processor(loop_config["model_path"], cfg.model.max_pixels)
     model = apply_lora(
         load_model(loop_config["model_path"], cfg.model.dtype), cfg.lora, seed=cfg.optim.seed
     )

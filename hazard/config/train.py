@@ -20,6 +20,13 @@ class ModelSpec(_Strict):
         "from_pretrained, or 'tiny' for the project's cached tiny Qwen2.5-VL."
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype.")
+    max_pixels: int | None = Field(
+        None,
+        ge=784,
+        description="Most pixels per image the processor keeps (Qwen2.5-VL spends one token per "
+        "28x28 pixels); saved with the bundle so serving resizes alike. None keeps the "
+        "checkpoint's own setting.",
+    )
 
 
 class LoraSpec(_Strict):

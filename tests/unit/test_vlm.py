@@ -115,3 +115,16 @@ def test_colliding_labels_use_whole_sequence_likelihood(tiny):
                 if targets[t] != IGNORE_INDEX
             )
             assert got[i, j].item() == pytest.approx(want, abs=1e-3)
+
+
+def test_max_pixels_caps_image_tokens_and_is_saved_with_the_processor(tiny_model_path, tmp_path):
+    from transformers import AutoProcessor
+
+    from hazard.vlm import load_processor
+
+    capped = load_processor(tiny_model_path, max_pixels=28 * 28 * 8)
+    big = [Image.new("RGB", (400, 300))]
+    assert encode(capped, big, "Grade.", None, 4096).n_image_tokens <= 8
+    capped.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    assert encode(reloaded, big, "Grade.", None, 4096).n_image_tokens <= 8
