@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -256,7 +257,8 @@ def build_tiny_checkpoint(out: Path, steps: int | None = None, log=print) -> Pat
         model, processor, steps, PRETRAIN["batch_size"], PRETRAIN["lr"], PRETRAIN["seed"], log=log
     )
     tmp = out.with_name(out.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # what a killed build left behind
+    tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
     info = {
@@ -268,7 +270,8 @@ def build_tiny_checkpoint(out: Path, steps: int | None = None, log=print) -> Pat
         "first_loss": losses[0] if losses else None,
     }
     (tmp / "hazard_tiny.json").write_text(json.dumps(info, indent=2))
-    os.replace(tmp, out) if not out.exists() else None
+    shutil.rmtree(out, ignore_errors=True)  # only ever an incomplete folder (no marker file)
+    os.replace(tmp, out)
     return out
 
 
