@@ -191,3 +191,28 @@ def label_probabilities(
 ) -> torch.Tensor:
     """Probabilities over `labels` (rows sum to 1), from `label_log_likelihoods`."""
     return torch.softmax(label_log_likelihoods(model, processor, images, prompt, labels), dim=-1)
+
+
+def score_split(
+    model,
+    processor,
+    split_dir: str,
+    prompt: str,
+    labels: tuple[str, ...],
+    batch_size: int,
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[list[list[float]], list[str]]:
+    """Label probabilities and true answers for every `world`-th row of a Parquet split,
+    starting at `rank` (so `world` workers score each row exactly once)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(split_dir, columns=["images", "answer"])
+    rows = list(range(rank, table.num_rows, world))
+    probs, truth = [], []
+    for i in range(0, len(rows), batch_size):
+        part = table.take(rows[i : i + batch_size]).to_pydict()
+        images = [[decode_image(b) for b in imgs] for imgs in part["images"]]
+        probs.extend(label_probabilities(model, processor, images, prompt, labels).tolist())
+        truth.extend(part["answer"])
+    return probs, truth

@@ -38,22 +38,16 @@ class CalibrateConfig(BaseModel):
     cpus_per_task: float = Field(1, gt=0, description="CPUs per scoring task.")
 
 
-def score_split(model_uri: str, split_dir: str, batch_size: int) -> tuple[list[dict], list[str]]:
+def score_bundle(model_uri: str, split_dir: str, batch_size: int) -> tuple[list[dict], list[str]]:
     """Probabilities (label → p) and true labels for every row of one split."""
-    import pyarrow.parquet as pq
-
     from hazard.bundle import read_bundle
-    from hazard.vlm import decode_image, label_probabilities, load_model, load_processor
+    from hazard.vlm import load_model, load_processor, score_split
 
     meta = read_bundle(model_uri)
     model, processor = load_model(model_uri).eval(), load_processor(model_uri)
-    table = pq.read_table(split_dir, columns=["images", "answer"]).to_pydict()
-    probs = []
-    for i in range(0, len(table["answer"]), batch_size):
-        images = [[decode_image(b) for b in imgs] for imgs in table["images"][i : i + batch_size]]
-        p = label_probabilities(model, processor, images, meta["prompt"], tuple(meta["labels"]))
-        probs.extend(dict(zip(meta["labels"], map(float, row), strict=True)) for row in p.tolist())
-    return probs, table["answer"]
+    labels = tuple(meta["labels"])
+    probs, truth = score_split(model, processor, split_dir, meta["prompt"], labels, batch_size)
+    return [dict(zip(labels, row, strict=True)) for row in probs], truth
 
 
 def evaluate(p_base: list[dict], p_spec: list[dict], truth: list[str], spec: FusionSpec) -> dict:
@@ -74,7 +68,7 @@ def evaluate(p_base: list[dict], p_spec: list[dict], truth: list[str], spec: Fus
 def run(cfg: CalibrateConfig) -> dict:
     import ray
 
-    task = ray.remote(num_cpus=cfg.cpus_per_task)(score_split)
+    task = ray.remote(num_cpus=cfg.cpus_per_task)(score_bundle)
     start = time.time()
     jobs = {
         (role, split): task.remote(uri, f"{cfg.data_dir}/{split}", cfg.batch_size)

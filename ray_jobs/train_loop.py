@@ -24,7 +24,7 @@ from hazard.config.train import TrainConfig
 from hazard.finetune import apply_lora, deepspeed_config, weighted_answer_loss
 from hazard.metrics import classification_report
 from hazard.tasks import get_task
-from hazard.vlm import SequenceTooLong, collate, decode_image, encode, label_probabilities
+from hazard.vlm import SequenceTooLong, collate, decode_image, encode, score_split
 
 DS_TAG = "deepspeed"
 STATE_FILE = "train_state.json"
@@ -49,25 +49,6 @@ def _encode_batch(processor, batch: dict, prompt: str, max_length: int):
     if not encoded:
         raise SequenceTooLong(f"every sample of a batch is too long, e.g. {skipped[0]}")
     return encoded, answers
-
-
-def _score_split(model, processor, split_dir, rank, world, prompt, labels, batch_size):
-    """Label probabilities and true labels for every world-th row of a split, from `rank`.
-
-    Read directly (not through a Ray Train dataset shard, which drops rows to equalise shards):
-    every validation row is scored exactly once across the workers.
-    """
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(split_dir, columns=["images", "answer"])
-    rows = list(range(rank, table.num_rows, world))
-    probs, truth = [], []
-    for i in range(0, len(rows), batch_size):
-        part = table.take(rows[i : i + batch_size]).to_pydict()
-        images = [[decode_image(b) for b in imgs] for imgs in part["images"]]
-        probs.extend(label_probabilities(model, processor, images, prompt, labels).tolist())
-        truth.extend(part["answer"])
-    return probs, truth
 
 
 def train_loop(loop_config: dict) -> None:
@@ -147,15 +128,17 @@ def train_loop(loop_config: dict) -> None:
 
     # Validation: every rank scores its shard; rank 0 gathers and computes the metrics.
     engine.eval()
-    probs, truth = _score_split(
+    # Read directly, not through a Ray Train dataset shard (which drops rows to equalise
+    # shards): every validation row is scored exactly once across the workers.
+    probs, truth = score_split(
         engine.module,
         processor,
         f"{cfg.data_dir}/val",
-        rank,
-        world,
         task.prompt,
         task.labels,
         cfg.optim.eval_batch_size,
+        rank=rank,
+        world=world,
     )
     gathered: list = [None] * world
     dist.all_gather_object(gathered, (probs, truth))

@@ -107,6 +107,11 @@ class ModelScorer:
             raise RuntimeError("engine not loaded")
 
 
+def _media_type(request: Request) -> str:
+    """The request's media type, lower-case, without parameters ('' when absent)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 def _replay(body: bytes):
     """An ASGI `receive` that hands over an already-read body once.
 
@@ -298,7 +303,7 @@ class HazardAPI:
     @app.post("/v1/score", summary="Score one image (multipart field `file` or JSON base64)")
     async def score(self, request: Request) -> dict:
         self._authorize(request)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        ctype = _media_type(request)
         if ctype == "application/json":
             item = self._parse(ScoreItem, await self._body(request))
             return await self._score(item.id, await self._decode_b64(item.image))
@@ -322,7 +327,7 @@ class HazardAPI:
     @app.post("/v1/score/batch", summary="Score several base64 images, one result or error each")
     async def score_batch(self, request: Request) -> dict:
         self._authorize(request)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        ctype = _media_type(request)
         if ctype != "application/json":
             raise ApiError(415, f"unsupported media type {ctype or '(none)'}; send JSON")
         req = self._parse(BatchRequest, await self._body(request))
