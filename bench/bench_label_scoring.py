@@ -104,9 +104,9 @@ def setup(args: argparse.Namespace, n_images: int):
     """Tiny model, processor, benchmark images (labels cycle through RISK_LABELS), prompt."""
     from hazard.bundle import BUNDLE_FILE, read_bundle
     from hazard.labels import RISK_LABELS
-    from hazard.synthetic import render_scene
+    from hazard.demo.synthetic import render_scene
     from hazard.tasks import get_task
-    from hazard.tiny_qwen import ensure_tiny_model
+    from hazard.demo.tiny_qwen import ensure_tiny_model
     from hazard.vlm import load_model, load_processor
 
     path = args.model or ensure_tiny_model()

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = sub.add_parser("data", help="data steps").add_subparsers(dest="step", required=True)
     _job(data, "prepare", "ray_jobs.prepare_data", "import, validate, augment and write Parquet")
-    _job(data, "synth", "hazard.synthetic", "write a synthetic labelled corridor image folder")
+    _job(data, "synth", "hazard.demo.synthetic", "write a synthetic labelled corridor image folder")
     _job(sub, "train", "ray_jobs.train", "train one cascade stage on Ray Train")
     _job(sub, "calibrate", "ray_jobs.calibrate", "fit the fusion on validation data")
     _job(sub, "serve", "ray_jobs.serve_app", "run the HTTP application on Ray Serve")
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     model = sub.add_parser("model", help="model utilities").add_subparsers(
         dest="step", required=True
     )
-    _job(model, "build-tiny", "hazard.tiny_qwen", "build the cached tiny Qwen2.5-VL")
+    _job(model, "build-tiny", "hazard.demo.tiny_qwen", "build the cached tiny Qwen2.5-VL")
 
     args, rest = parser.parse_known_args(argv)  # the rest (with --help) goes to the job
     return int(args.func(rest) or 0)

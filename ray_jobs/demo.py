@@ -32,8 +32,8 @@ import yaml
 from hazard.config import load_config
 from hazard.config.serve import ServeConfig
 from hazard.metrics import classification_report
-from hazard.synthetic import write_folder_dataset
-from hazard.tiny_qwen import ensure_tiny_model
+from hazard.demo.synthetic import write_folder_dataset
+from hazard.demo.tiny_qwen import ensure_tiny_model
 from ray_jobs.serve_app import serve_config
 
 REPO = Path(__file__).resolve().parents[1]

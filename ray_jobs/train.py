@@ -26,7 +26,7 @@ from hazard.labels import HIGH_RISK
 def resolve_model_path(path: str) -> str:
     """'tiny' → the cached tiny Qwen2.5-VL (built once); anything else is used as given."""
     if path == "tiny":
-        from hazard.tiny_qwen import ensure_tiny_model
+        from hazard.demo.tiny_qwen import ensure_tiny_model
 
         return str(ensure_tiny_model())
     return path

@@ -24,7 +24,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
     """The tiny checkpoint (built and pre-trained once per machine, then cached)."""
-    from hazard.tiny_qwen import ensure_tiny_model
+    from hazard.demo.tiny_qwen import ensure_tiny_model
 
     return ensure_tiny_model()
 

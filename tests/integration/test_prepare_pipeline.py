@@ -1,6 +1,6 @@
 """The data preparation pipeline end to end on real Ray (local, 2 CPUs).
 
-A synthetic folder (5 labels x 6 images + 4 corrupt rows from hazard.synthetic) plus extra bad
+A synthetic folder (5 labels x 6 images + 4 corrupt rows from hazard.demo.synthetic) plus extra bad
 rows written here goes through prepare(); the outputs are read back from disk.
 """
 
@@ -21,7 +21,7 @@ from PIL import Image
 from hazard.config import ConfigError, load_config
 from hazard.config.data import AugmentConfig, DataConfig, RayConfig, ShardConfig, SourceConfig
 from hazard.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA, SPLITS, content_hash
-from hazard.synthetic import write_folder_dataset
+from hazard.demo.synthetic import write_folder_dataset
 from hazard.tasks import get_task
 from pipelines.prepare import prepare
 from ray_jobs import prepare_data

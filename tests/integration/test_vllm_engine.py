@@ -7,7 +7,7 @@ import pytest
 from serve_fixtures import make_bundle
 
 from hazard.labels import RISK_LABELS
-from hazard.synthetic import render_scene
+from hazard.demo.synthetic import render_scene
 
 pytestmark = pytest.mark.gpu
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from hazard.labels import RISK_LABELS
-from hazard.synthetic import (
+from hazard.demo.synthetic import (
     CORRUPT_KINDS,
     SceneSpec,
     blue_green_fraction,

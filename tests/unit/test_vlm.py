@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from hazard.labels import RISK_LABELS
-from hazard.synthetic import render_scene
-from hazard.tiny_qwen import SPECIAL_TOKENS
+from hazard.demo.synthetic import render_scene
+from hazard.demo.tiny_qwen import SPECIAL_TOKENS
 from hazard.vlm import (
     IGNORE_INDEX,
     SequenceTooLong,

@@ -7,7 +7,7 @@ the same `from_pretrained` path as the 7B/3B. LoRA cannot learn a task on random
 CPU budget, so the model first gets a short full-parameter pre-training on synthetic scene
 captions (whose words include the answer words), as the real stages start from a pretrained Qwen.
 
-`python -m hazard.tiny_qwen [--out DIR] [--steps N]` builds it and prints where it is.
+`python -m hazard.demo.tiny_qwen [--out DIR] [--steps N]` builds it and prints where it is.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def recipe_hash() -> str:
 
 def tokenizer_corpus() -> list[str]:
     """Text the BPE is trained on: prompts, labels, captions' words, digits and punctuation."""
-    from hazard.synthetic import caption, render_scene
+    from hazard.demo.synthetic import caption, render_scene
 
     rng = np.random.default_rng(0)
     lines = [t.prompt for t in TASKS.values()] + list(RISK_LABELS) + [DESCRIBE_PROMPT]
@@ -199,14 +199,14 @@ def pretrain_text(spec, rng) -> str:
     than an answer that starts a turn ("no_risk"); the second line trains those too, so that
     LoRA, which leaves embeddings alone, starts from answer words the model knows.
     """
-    from hazard.synthetic import caption
+    from hazard.demo.synthetic import caption
 
     return f"{caption(spec, rng)}\n{spec.label}"
 
 
 def pretrain(model, processor, steps: int, batch_size: int, lr: float, seed: int, log=print):
     """Full-parameter pre-training on (synthetic scene, caption) pairs; returns loss history."""
-    from hazard.synthetic import render_scene
+    from hazard.demo.synthetic import render_scene
     from hazard.vlm import collate, encode
 
     rng = np.random.default_rng(seed)

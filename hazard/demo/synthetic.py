@@ -1096,9 +1096,9 @@ def write_folder_dataset(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m hazard.synthetic OUT_DIR --n-per-label 40 --seed 0 [--corrupt 4]``."""
+    """CLI: ``python -m hazard.demo.synthetic OUT_DIR --n-per-label 40 --seed 0 [--corrupt 4]``."""
     ap = argparse.ArgumentParser(
-        prog="python -m hazard.synthetic", description=__doc__.split("\n")[0]
+        prog="python -m hazard.demo.synthetic", description=__doc__.split("\n")[0]
     )
     ap.add_argument("out_dir")
     ap.add_argument("--n-per-label", type=int, default=40)
