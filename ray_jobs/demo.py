@@ -34,7 +34,7 @@ from hazard.config.serve import ServeConfig
 from hazard.metrics import classification_report
 from hazard.demo.synthetic import write_folder_dataset
 from hazard.demo.tiny_qwen import ensure_tiny_model
-from ray_jobs.serve_app import serve_config
+from hazard.serve_file import serve_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

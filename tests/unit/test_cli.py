@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ray_jobs.cli import main
+from hazard.cli import main
 
 SUBCOMMANDS = {
     ("data", "prepare"): "--config",

@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     _job(data, "synth", "hazard.demo.synthetic", "write a synthetic labelled corridor image folder")
     _job(sub, "train", "ray_jobs.train", "train one cascade stage on Ray Train")
     _job(sub, "calibrate", "ray_jobs.calibrate", "fit the fusion on validation data")
-    _job(sub, "serve", "ray_jobs.serve_app", "run the HTTP application on Ray Serve")
-    _job(sub, "score", "ray_jobs.score", "score images against a running endpoint")
+    _job(sub, "serve", "hazard.serve_file", "run the HTTP application on Ray Serve")
+    _job(sub, "score", "hazard.client", "score images against a running endpoint")
     _job(sub, "demo", "ray_jobs.demo", "run the whole pipeline end to end on the tiny model")
     model = sub.add_parser("model", help="model utilities").add_subparsers(
         dest="step", required=True
