@@ -7,6 +7,7 @@
     hazard serve --config …          run the HTTP app on Ray Serve until interrupted
     hazard score IMAGE… --url …      score images against a running endpoint
     hazard model build-tiny          build (once) the cached tiny Qwen2.5-VL
+    hazard ray-token [PATH]          write a Ray auth token for a head started by hand
     hazard demo                      everything above, end to end, on the tiny model
 
 Each job subcommand runs the same module that `ray job submit -- python -m ray_jobs.<job>` runs.
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     _job(sub, "calibrate", "ray_jobs.calibrate", "fit the fusion on validation data")
     _job(sub, "serve", "hazard.serve_file", "run the HTTP application on Ray Serve")
     _job(sub, "score", "hazard.client", "score images against a running endpoint")
-    _job(sub, "demo", "ray_jobs.demo", "run the whole pipeline end to end on the tiny model")
+    _job(sub, "demo", "hazard.demo.run", "run the whole pipeline end to end on the tiny model")
+    _job(sub, "ray-token", "hazard.demo.local_ray", "write a Ray auth token for a local head")
     model = sub.add_parser("model", help="model utilities").add_subparsers(
         dest="step", required=True
     )

@@ -4,7 +4,9 @@
 
 Writes a Ray Serve config file (the same shape as a RayService's `serveConfigV2`) holding one
 application `import_path: serve.app:build_app` with the YAML as `args`, then runs
-`serve run` on it (or prints it with --print). `serve deploy` takes the same file.
+`serve run` on it (or prints it with --print). `serve deploy` takes the same file. The API key
+named by `api_key_env`, when set in this shell, goes to the replicas in the app's runtime env
+of a private temporary file, removed when `serve run` exits.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -41,29 +45,78 @@ def serve_config(cfg: ServeConfig, host: str = "0.0.0.0", port: int = 8000) -> d
     }
 
 
-def write_serve_config(cfg: ServeConfig, path: Path, host: str, port: int) -> Path:
+def write_serve_config(doc: dict, path: Path) -> Path:
+    """Write a Serve config document to `path`, readable by its owner only (it may hold a key)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(serve_config(cfg, host, port), sort_keys=False))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
     return path
 
 
+def with_api_key(doc: dict, cfg: ServeConfig, environ: dict[str, str]) -> dict:
+    """`doc` with the API key of this shell (if set) in the app's runtime env.
+
+    Replicas read the key from their own environment. On a cluster started apart (`ray start`)
+    they do not inherit this shell's, so the key travels in the app's `runtime_env`, as a
+    Kubernetes Secret's does in the chart.
+    """
+    key = environ.get(cfg.api_key_env or "")
+    if not key:
+        return doc
+    app = dict(doc["applications"][0])
+    app["runtime_env"] = {"env_vars": {cfg.api_key_env: key}}
+    return {**doc, "applications": [app]}
+
+
+def _run_serve(path: Path) -> int:
+    """`serve run path` in the foreground; SIGINT/SIGTERM stop it gracefully."""
+    serve_bin = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
+    proc = subprocess.Popen(
+        [serve_bin, "run", str(path)],
+        # a background job's ignored SIGINT would be inherited: restore it so it can be forwarded
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+    def forward(signum, frame):
+        proc.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the hazard-cascade app on Ray Serve.")
+    parser = argparse.ArgumentParser(
+        prog="hazard serve", description="Run the hazard-cascade app on Ray Serve."
+    )
     add_config_args(parser, "base.version=0.2.0")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    parser.add_argument("--print", action="store_true", help="print the Serve config and exit")
+    parser.add_argument(
+        "--print",
+        action="store_true",
+        help="print the Serve config (without the API key) and exit",
+    )
     args = parser.parse_args(argv)
     cfg = load_job_config(args, ServeConfig)
     if cfg is None:
         return 2
+    doc = serve_config(cfg, args.host, args.port)
     if args.print:
-        print(yaml.safe_dump(serve_config(cfg, args.host, args.port), sort_keys=False))
+        print(yaml.safe_dump(doc, sort_keys=False))
         return 0
-    path = write_serve_config(cfg, Path(tempfile.mkdtemp()) / "serve.yaml", args.host, args.port)
-    serve_bin = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
-    os.execv(serve_bin, [serve_bin, "run", str(path)])
-    return 0  # not reached
+    tmp = Path(tempfile.mkdtemp(prefix="hazard-serve-"))
+    try:
+        return _run_serve(
+            write_serve_config(with_api_key(doc, cfg, dict(os.environ)), tmp / "s.yaml")
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Labelled synthetic corridor scenes for the five risk labels (pure numpy + PIL, seeded).
+"""Labelled synthetic corridor scenes for the five risk labels (imports numpy and PIL; seeded).
 
 Rules the label follows, chosen to be visible to a tiny ViT at 8x8 patches and to survive flips,
 small rotations, 85% crops, padding and mild HSV jitter:

@@ -103,11 +103,32 @@ def default_cache_dir() -> Path:
 
 
 def recipe_hash() -> str:
-    """Short hash of everything that shapes the checkpoint."""
-    blob = json.dumps(
-        [BUILD_VERSION, TINY_ARCH, PRETRAIN, IMAGE_SIDE, CHAT_TEMPLATE], sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    """Short hash of everything that shapes the checkpoint.
+
+    Besides the settings, it covers the tokenizer corpus and a fingerprint of the first
+    pre-training batch (scene pixels and caption text), so a change to the scene renderer, the
+    captions, the prompts or the labels gives a new cache folder instead of a stale model.
+    """
+    h = hashlib.sha256()
+    settings = [BUILD_VERSION, TINY_ARCH, PRETRAIN, IMAGE_SIDE, CHAT_TEMPLATE, SPECIAL_TOKENS]
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update("\n".join(tokenizer_corpus()).encode())
+    h.update(_pretrain_fingerprint())
+    return h.hexdigest()[:10]
+
+
+def _pretrain_fingerprint(n: int = 8) -> bytes:
+    """Bytes of the first `n` (image, text) pre-training pairs, drawn as `pretrain` draws them."""
+    from hazard.demo.synthetic import render_scene
+
+    rng = np.random.default_rng(PRETRAIN["seed"])
+    h = hashlib.sha256()
+    for _ in range(n):
+        label = RISK_LABELS[int(rng.integers(len(RISK_LABELS)))]
+        img, spec = render_scene(label, rng, size=IMAGE_SIDE)
+        h.update(np.asarray(img).tobytes())
+        h.update(pretrain_text(spec, rng).encode())
+    return h.digest()
 
 
 def tokenizer_corpus() -> list[str]:

@@ -30,7 +30,7 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path, tiny_model_path):
         [
             sys.executable,
             "-m",
-            "ray_jobs.demo",
+            "hazard.demo.run",
             "--out",
             str(out),
             "--n-per-label",
@@ -47,6 +47,20 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path, tiny_model_path):
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "hazard-cascade demo summary" in proc.stdout
+
+    # A person can read it: steps, bars and summary in well under 100 lines; the rest in logs.
+    printed = proc.stdout + proc.stderr
+    assert printed.count("\n") < 100, printed
+    assert [f"[{i}/8]" in proc.stdout for i in range(1, 9)] == [True] * 8
+    assert "INFO" not in printed and "(RayTrainWorker" not in printed
+    logs = {p.name for p in (out / "logs").iterdir()}
+    assert {"ray_head.log", "data_job.log", "stage1_job.log", "stage2_job.log"} <= logs
+    assert "[train] base step 6/6" in (out / "logs" / "stage1_job.log").read_text()
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("  less ")
+    assert "hazard serve --config configs/tiny/serve.yaml" in proc.stdout
+    # Its Ray head had its own token; the (test session's fresh) home was not touched.
+    assert len((out / "ray_auth_token").read_text()) == 64
+    assert not (Path.home() / ".ray").exists()
 
     report = json.loads((out / "report.json").read_text())
     lineage = report["lineage"]
