@@ -15,7 +15,7 @@ setup: $(STAMP) ## create .venv and install everything (quick when nothing chang
 $(STAMP): pyproject.toml scripts/install_helm.py
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@# torch + torchvision first, pinned: pip takes both from this machine's disk (DESIGN.md)
+	@# torch + torchvision first, pinned: pip takes both from this machine's disk where it has them
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) scripts/install_helm.py

@@ -1,4 +1,4 @@
-"""Base/specialist fusion, escalation and the hazard score (DESIGN.md, "Fusion").
+"""Base/specialist fusion, escalation and the hazard score (docs/architecture.md, "Fusion").
 
 The base gives five-label probabilities; when it puts at least θ on medium+high risk, the
 specialist is consulted and its p(high_risk) sets a clipped correction coefficient

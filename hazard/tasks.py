@@ -1,8 +1,8 @@
 """Task specs and their prompts.
 
 A task says what the model is asked and what a valid answer is. The flagship task is
-`corridor_risk` (five labels, DESIGN.md); the others are the shapes Qwen2.5-VL fine-tuning
-projects use and are carried through the data pipeline with the same schema.
+`corridor_risk` (five labels, docs/architecture.md); the others are the shapes Qwen2.5-VL
+fine-tuning projects use and are carried through the data pipeline with the same schema.
 """
 
 from __future__ import annotations

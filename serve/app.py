@@ -2,7 +2,7 @@
 
 `build_app(args) -> Application` builds it from a `ServeConfig` dict, so the same app runs from
 Python (`serve.run(build_app(cfg))`), from `serve run serve.app:build_app …` and from a
-RayService `import_path: serve.app:build_app`. The HTTP contract is DESIGN.md's.
+RayService `import_path: serve.app:build_app`. The HTTP contract is docs/architecture.md's.
 """
 
 from __future__ import annotations

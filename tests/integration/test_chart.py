@@ -2,7 +2,7 @@
 
 What runs here: `helm lint` and `helm template` for the default values and every scenario in
 charts/hazard-cascade/ci/ and k8s/values/; every rendered RayService/RayJob/RayCluster is
-validated against the `openAPIV3Schema` of KubeRay's CRDs (../shared/reference/kuberay-crds),
+validated against the `openAPIV3Schema` of KubeRay's CRDs (vendored in tests/fixtures/kuberay-crds),
 with fields the API server would silently prune reported as errors; every pod template is held
 to the `restricted` Pod Security Standard; values files are scanned for secret-looking
 literals; the chart's own guards (graceful shutdown vs. grace period, unknown values keys) are
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "hazard-cascade"
 CI_DIR = CHART / "ci"
 K8S = REPO / "k8s"
-CRD_DIR = REPO / ".." / "shared" / "reference" / "kuberay-crds"
+CRD_DIR = REPO / "tests" / "fixtures" / "kuberay-crds"
 CRD_FILES = {
     "RayCluster": "ray.io_rayclusters.yaml",
     "RayJob": "ray.io_rayjobs.yaml",
@@ -55,7 +55,7 @@ def _scenario_id(path: Path | None) -> str:
 
 SCENARIO_IDS = [_scenario_id(s) for s in SCENARIOS]
 
-# The serving contract of serve.app:build_app (DESIGN.md, chart README in values.yaml).
+# The serving contract of serve.app:build_app (docs/architecture.md, chart README in values.yaml).
 SERVE_ARG_KEYS = {
     "base",
     "specialist",

@@ -1,4 +1,4 @@
-"""The served application's HTTP contract (DESIGN.md, "HTTP API"), end to end.
+"""The served application's HTTP contract (docs/architecture.md, "HTTP API"), end to end.
 
 Real Ray (2 CPUs), real Ray Serve on a free 127.0.0.1 port, real HTTP (httpx), and two model
 bundles built from the cached tiny Qwen2.5-VL (untrained for the task, but a real checkpoint

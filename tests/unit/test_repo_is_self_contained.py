@@ -1,0 +1,54 @@
+"""The project stands alone: nothing outside docs/ points at a folder beside the clone.
+
+Users clone the project by itself; what its code, tests, configs and chart use must be inside.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# Built from parts so that this file does not match itself.
+OUTSIDE = "../" + "shared"
+
+
+def _tracked_files() -> list[Path]:
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
+        ).stdout
+        return [REPO / p for p in out.decode().split("\0") if p]
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout (e.g. an sdist)
+        skip = {".git", ".venv", "runs", "__pycache__"}
+        return [p for p in REPO.rglob("*") if p.is_file() and not skip & set(p.parts)]
+
+
+def _offenders(paths: list[Path], root: Path) -> list[str]:
+    """`file:line: text` of each line outside docs/ that names the folder beside the clone."""
+    found = []
+    for path in paths:
+        rel = path.relative_to(root)
+        if rel.parts[0] == "docs" or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if b"\0" in data[:8192]:
+            continue  # binary (images)
+        for i, line in enumerate(data.decode(errors="replace").splitlines(), 1):
+            if OUTSIDE in line or "shared/DESIGN.md" in line:
+                found.append(f"{rel}:{i}: {line.strip()}")
+    return found
+
+
+def test_no_file_outside_docs_refers_to_a_folder_beside_the_clone():
+    offenders = _offenders(_tracked_files(), REPO)
+    assert not offenders, "files refer outside the clone:\n" + "\n".join(offenders)
+
+
+def test_the_scan_sees_a_reference_and_skips_docs(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "history.md").write_text(f"was read from {OUTSIDE}/reference\n")
+    (tmp_path / "ok.py").write_text("CRDS = 'tests/fixtures/kuberay-crds'\n")
+    (tmp_path / "bad.py").write_text(f'CRDS = "{OUTSIDE}/reference"\n')
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert _offenders(files, tmp_path) == [f'bad.py:1: CRDS = "{OUTSIDE}/reference"']
