@@ -1,13 +1,34 @@
-"""Shared fixtures: the cached tiny Qwen2.5-VL and paths."""
+"""Shared fixtures: a fresh home directory, the cached tiny Qwen2.5-VL and paths.
+
+The whole session runs with HOME pointed at a new empty directory, so every run proves again
+what a fresh machine does: nothing may rely on a token in ~/.ray or a model in ~/.cache. Caches
+the tests may keep are passed explicitly: the tiny model's (HAZARD_CACHE, from the real home
+unless set).
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+
+
+def _fresh_home() -> Path:
+    """Point HOME at a new empty directory, keeping the tiny-model cache where it was."""
+    real_home = Path(os.environ.get("HOME") or Path.home())
+    os.environ.setdefault("HAZARD_CACHE", str(real_home / ".cache" / "hazard-cascade"))
+    home = Path(tempfile.mkdtemp(prefix="hazard-test-home-"))
+    os.environ["HOME"] = str(home)
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        os.environ.pop(var, None)
+    return home
+
+
+TEST_HOME = _fresh_home()
 
 
 @pytest.fixture(scope="module")
