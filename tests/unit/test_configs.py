@@ -70,3 +70,28 @@ def test_overrides_apply_and_typos_fail():
         load_config(path, TrainConfig, ["optim.max_steps"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(REPO / "configs/nope.yaml", TrainConfig)
+
+
+def test_tiny_configs_chain_into_each_other_and_match_the_demo():
+    """Each tiny job reads what the one before it writes, and serve.yaml serves what the demo
+    trains: `make demo` then `hazard serve --config configs/tiny/serve.yaml` must just work."""
+    from hazard.demo.run import DEFAULT_OUT, layout
+
+    tiny = REPO / "configs" / "tiny"
+    data = load_config(tiny / "data.yaml", DataConfig)
+    s1 = load_config(tiny / "stage1_base.yaml", TrainConfig)
+    s2 = load_config(tiny / "stage2_specialist.yaml", TrainConfig)
+    cal = load_config(tiny / "calibrate.yaml", CalibrateConfig)
+    serve = load_config(tiny / "serve.yaml", ServeConfig)
+
+    assert s1.data_dir == s2.data_dir == cal.data_dir == data.output_dir
+    assert cal.base_uri == serve.base.model_uri == f"{s1.output_dir}/model"
+    assert cal.specialist_uri == serve.specialist.model_uri == f"{s2.output_dir}/model"
+    assert serve.fusion_uri == f"{cal.output_dir}/fusion.json"
+
+    demo = {k: v.as_posix() for k, v in layout(DEFAULT_OUT).items()}
+    assert data.source.uri == demo["raw"]
+    assert data.output_dir == demo["data"]
+    assert s1.output_dir == demo["stage1"]
+    assert s2.output_dir == demo["stage2"]
+    assert cal.output_dir == demo["calibration"]
