@@ -45,7 +45,6 @@ from bench.common import (
 NAME = "label_scoring"
 MODULE = "bench.bench_label_scoring"
 PATHS = ("first_token", "whole_sequence")
-PATH_TITLES = {"first_token": "(a) first-token", "whole_sequence": "(b) whole-sequence"}
 
 
 @contextlib.contextmanager
@@ -103,10 +102,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def setup(args: argparse.Namespace, n_images: int):
     """Tiny model, processor, benchmark images (labels cycle through RISK_LABELS), prompt."""
     from hazard.bundle import BUNDLE_FILE, read_bundle
-    from hazard.labels import RISK_LABELS
     from hazard.demo.synthetic import render_scene
-    from hazard.tasks import get_task
     from hazard.demo.tiny_qwen import ensure_tiny_model
+    from hazard.labels import RISK_LABELS
+    from hazard.tasks import get_task
     from hazard.vlm import load_model, load_processor
 
     path = args.model or ensure_tiny_model()

@@ -1,4 +1,6 @@
-"""Framework-free pieces of LoRA fine-tuning: adapters, DeepSpeed config, weighted loss.
+"""LoRA fine-tuning pieces: adapters, DeepSpeed config, weighted loss.
+
+Imports torch, and peft inside `apply_lora`; the DeepSpeed config is a plain dict.
 
 Stage 2's "high-risk feature amplifier" and "attention reweighting" are expressed as LoRA on the
 vision tower's attention and the merger plus a class-weighted loss, so that after merging the
@@ -6,8 +8,6 @@ checkpoint is a standard Qwen2.5-VL that vLLM can serve.
 """
 
 from __future__ import annotations
-
-from collections import Counter
 
 import torch
 
@@ -85,11 +85,6 @@ def class_weight_table(
         present = {k: v for k, v in label_counts.items() if v > 0}
         return {k: total / (len(present) * v) for k, v in present.items()}
     return {label: float(weights.get(label, 1.0)) for label in label_counts}
-
-
-def label_counts(labels: list[str]) -> dict[str, int]:
-    """Counts per label, as a plain dict."""
-    return dict(Counter(labels))
 
 
 def weighted_answer_loss(

@@ -1,4 +1,4 @@
-"""Evaluation metrics for label, score and free-text outputs (numpy only).
+"""Evaluation metrics for label predictions (imports numpy only).
 
 Zero-division conventions, used throughout:
 - precision of a class never predicted = 0.0; recall of a class absent from y_true = 0.0;
@@ -91,22 +91,3 @@ def classification_report(
         "high_risk_recall": high["recall"] if high and high["support"] > 0 else None,
         "invalid_predictions": invalid,
     }
-
-
-def mean_absolute_error(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
-    """Mean |y_true - y_pred|. None or non-finite values raise ValueError: filter unparsed
-    predictions first (and report them with `format_compliance`)."""
-    _check_lengths(y_true, y_pred)
-    if any(v is None for v in (*y_true, *y_pred)):
-        raise ValueError("mean_absolute_error got None values; filter unparsed predictions first")
-    t, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
-    if not (np.isfinite(t).all() and np.isfinite(p).all()):
-        raise ValueError("mean_absolute_error got non-finite values")
-    return float(np.abs(t - p).mean())
-
-
-def format_compliance(parsed: Sequence[Any]) -> float:
-    """Fraction of parsed answers that are not None (the model answered in a readable form)."""
-    if len(parsed) == 0:
-        raise ValueError("format_compliance of zero answers is undefined")
-    return sum(p is not None for p in parsed) / len(parsed)

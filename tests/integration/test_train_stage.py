@@ -16,8 +16,8 @@ from hazard.bundle import read_bundle
 from hazard.config import load_config
 from hazard.config.data import DataConfig
 from hazard.config.train import TrainConfig
-from hazard.labels import RISK_LABELS
 from hazard.demo.synthetic import write_folder_dataset
+from hazard.labels import RISK_LABELS
 from hazard.vlm import label_probabilities, load_model, load_processor
 from pipelines.prepare import prepare
 from ray_jobs.train import run

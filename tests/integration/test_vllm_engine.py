@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from serve_fixtures import make_bundle
 
-from hazard.labels import RISK_LABELS
 from hazard.demo.synthetic import render_scene
+from hazard.labels import RISK_LABELS
 
 pytestmark = pytest.mark.gpu
 

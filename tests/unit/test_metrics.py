@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hazard.metrics import classification_report, format_compliance, mean_absolute_error
+from hazard.metrics import classification_report
 
 NO, LOW, MED, HIGH, NON = "no_risk", "low_risk", "medium_risk", "high_risk", "non_corridor"
 
@@ -116,25 +116,3 @@ def test_invalid_predictions_count_as_wrong() -> None:
 def test_report_rejects_bad_input(y_true: list, y_pred: list, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         classification_report(y_true, y_pred)
-
-
-def test_mean_absolute_error_by_hand() -> None:
-    # |1-2| + |5-5| + |10-7| = 4, over 3
-    assert mean_absolute_error([1, 5, 10], [2, 5, 7]) == approx(4 / 3)
-    assert mean_absolute_error([3.5], [3.5]) == 0.0
-
-
-@pytest.mark.parametrize(
-    ("y_true", "y_pred"), [([1, 2], [1]), ([], []), ([1], [None]), ([1], [float("nan")])]
-)
-def test_mean_absolute_error_rejects_bad_input(y_true: list, y_pred: list) -> None:
-    with pytest.raises(ValueError):
-        mean_absolute_error(y_true, y_pred)
-
-
-def test_format_compliance() -> None:
-    assert format_compliance([6.0, None, 3.0, None]) == 0.5
-    assert format_compliance(["B", "C"]) == 1.0
-    assert format_compliance([None]) == 0.0
-    with pytest.raises(ValueError):
-        format_compliance([])

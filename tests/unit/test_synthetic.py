@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hazard.labels import RISK_LABELS
 from hazard.demo.synthetic import (
     CORRUPT_KINDS,
     SceneSpec,
@@ -20,6 +19,7 @@ from hazard.demo.synthetic import (
     render_scene,
     write_folder_dataset,
 )
+from hazard.labels import RISK_LABELS
 
 SEEDS = range(20)
 CORRIDOR_LABELS = ("no_risk", "low_risk", "medium_risk", "high_risk")

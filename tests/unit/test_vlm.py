@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hazard.labels import RISK_LABELS
 from hazard.demo.synthetic import render_scene
 from hazard.demo.tiny_qwen import SPECIAL_TOKENS
+from hazard.labels import RISK_LABELS
 from hazard.vlm import (
     IGNORE_INDEX,
     SequenceTooLong,
