@@ -30,6 +30,8 @@ def _fresh_home() -> Path:
 
 TEST_HOME = _fresh_home()
 
+from tests.moto_s3 import moto_s3  # noqa: E402, F401  (a real S3 endpoint on loopback)
+
 
 @pytest.fixture(scope="module")
 def ray_local():
