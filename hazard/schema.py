@@ -22,6 +22,11 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("content_hash", pa.string(), nullable=False),  # sha256 of the image bytes
         pa.field("parent_id", pa.string()),  # set on augmented rows
         pa.field("aug_ops", pa.list_(pa.string())),  # augmentation provenance, in order applied
+        # multi-turn sources: JSON [{"role": "user"|"assistant"|"system", "content": "..."}] with
+        # "<image>" placeholders; prompt/answer are then the last user and assistant turns
+        pa.field("conversation", pa.string()),
+        # p(answer) under the consistency filter's model, when that filter ran
+        pa.field("consistency_score", pa.float32()),
     ]
 )
 
@@ -39,7 +44,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 def content_hash(images: list[bytes]) -> str:
-    """sha256 over the encoded image bytes, in order."""
+    """sha256 over the sha256 of each encoded image's bytes, in order."""
     h = hashlib.sha256()
     for data in images:
         h.update(hashlib.sha256(data).digest())

@@ -40,6 +40,8 @@ TASKS: dict[str, TaskSpec] = {
         True,
     ),
     "classification": TaskSpec("classification", "Classify the picture.", None),
+    # free-form visual question answering (chat data): prompt and answer come from the source
+    "vqa": TaskSpec("vqa", "Answer the question about the picture.", None, True),
     "score": TaskSpec("score", "Rate the safety of this picture from 1 to 10.", None),
     "counting": TaskSpec("counting", "How many objects are there? Answer with a number.", None),
     "grounding": TaskSpec(

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hazard.storage import StorageConfig
 from hazard.tasks import get_task
 
 ImageFormat = Literal["PNG", "JPEG", "WEBP"]
@@ -20,23 +21,69 @@ class _Strict(BaseModel):
 
 
 class SourceConfig(_Strict):
-    """Where the labelled images come from."""
+    """Where the labelled images come from: a local folder or an `s3://` prefix."""
 
-    format: Literal["folder"] = Field(
+    format: Literal["folder", "llamafactory", "llava"] = Field(
         "folder",
-        description="Source layout. 'folder': <uri>/<labels_file> (CSV `image,label,split`, "
-        "image paths relative to the folder) plus the image files. S3 is not supported yet.",
+        description="Source layout. 'folder': <uri>/<labels_file>, a CSV `image,label[,split]` "
+        "with image paths relative to the folder. 'llamafactory': <uri>/dataset_info.json, whose "
+        "entry `dataset` names the JSON/JSONL file and its formatting (sharegpt or alpaca) and "
+        "column/tag mappings. 'llava': <uri>/<annotations>, a JSON list of {id, image, "
+        "conversations: [{from: human|gpt, value}]}, image paths relative to <uri>/<image_dir>.",
     )
-    uri: str = Field(description="Path of the source folder (relative paths: from the cwd).")
-    labels_file: str = Field("labels.csv", description="Name of the CSV file inside the folder.")
+    uri: str = Field(
+        description="The source folder: a local path, file:// or s3://bucket/prefix URI."
+    )
+    labels_file: str = Field("labels.csv", description="folder: the CSV file inside the folder.")
+    dataset: str | None = Field(
+        None,
+        description="llamafactory: the dataset_info.json entry to import (None: the only entry, "
+        "or an error listing the entries).",
+    )
+    annotations: str = Field(
+        "annotations.json", description="llava: the annotation file inside the folder."
+    )
+    image_dir: str = Field(
+        ".", description="llava/llamafactory: folder the image paths are relative to."
+    )
+
+
+class SplitConfig(_Strict):
+    """How rows whose source gives no split are assigned one (seeded, stratified by answer)."""
+
+    fractions: dict[str, float] = Field(
+        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1},
+        description="Share of each split; keys among train/val/test, values summing to 1.",
+    )
+    seed: int = Field(0, description="Seed of the assignment; same seed and rows, same split.")
+
+    @field_validator("fractions")
+    @classmethod
+    def _valid_fractions(cls, fractions: dict[str, float]) -> dict[str, float]:
+        unknown = set(fractions) - {"train", "val", "test"}
+        if unknown:
+            raise ValueError(f"unknown split(s) {sorted(unknown)}; use train, val, test")
+        if any(v < 0 for v in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
+            raise ValueError(f"fractions must be >= 0 and sum to 1, got {fractions}")
+        return fractions
 
 
 class ValidationConfig(_Strict):
-    """Which images the validate stage accepts; the others are quarantined with a reason."""
+    """Which images the decode stage accepts, and how it brings them to the model's budget.
+
+    Images over `pixel_budget` are downscaled (aspect kept), not rejected; only images past the
+    decode guard (`max_bytes`, `max_side`, `max_pixels`) are quarantined.
+    """
 
     min_side: int = Field(32, ge=1, description="Reject ('too_small') if width or height is below.")
     max_side: int = Field(
-        4096, ge=1, description="Reject ('too_large') if width or height is above."
+        16384, ge=1, description="Decode guard: reject ('too_large') if a side is above."
+    )
+    max_pixels: int = Field(
+        64_000_000,
+        ge=1,
+        description="Decode guard: reject ('too_large') images of more pixels (decompression "
+        "bombs) before decoding them.",
     )
     max_bytes: int = Field(
         20 * 1024 * 1024,
@@ -48,6 +95,19 @@ class ValidationConfig(_Strict):
         min_length=1,
         description="Encoded formats accepted as PIL names them; others: 'unsupported_format'.",
     )
+    pixel_budget: int | None = Field(
+        1_003_520,
+        ge=1,
+        description="Downscale images of more pixels to at most this many, aspect kept (the "
+        "model's max_pixels; Qwen2.5-VL's default is 1280*28*28). None keeps full size.",
+    )
+    encode_format: Literal["auto", "JPEG", "PNG", "WEBP"] = Field(
+        "auto",
+        description="Format of re-encoded images (rotated by EXIF, downscaled, converted or "
+        "augmented): 'auto' keeps JPEG for JPEG sources and PNG otherwise. Images that need no "
+        "change are stored byte for byte.",
+    )
+    jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG/WEBP quality when re-encoding.")
 
     @model_validator(mode="after")
     def _sides_ordered(self) -> ValidationConfig:
@@ -107,19 +167,55 @@ class RayConfig(_Strict):
     batch_size: int = Field(32, ge=1, description="Rows per map_batches batch (and input block).")
 
 
+class ConsistencyConfig(_Strict):
+    """Optional image-text consistency filter of augmented rows, scored by a model bundle."""
+
+    enabled: bool = Field(False, description="Run the filter (needs model_uri).")
+    model_uri: str | None = Field(
+        None, description="Model bundle that scores rows (a stage's output_dir/model)."
+    )
+    margin: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Drop an augmented row when p(its label) is more than this below its "
+        "parent's p(label).",
+    )
+    batch_size: int = Field(16, ge=1, description="Rows per scoring batch.")
+    num_actors: int = Field(1, ge=1, description="Scoring actors (each loads the model once).")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per scoring actor.")
+
+    @model_validator(mode="after")
+    def _model_when_enabled(self) -> ConsistencyConfig:
+        if self.enabled and not self.model_uri:
+            raise ValueError("consistency.enabled needs consistency.model_uri")
+        return self
+
+
 class DataConfig(_Strict):
-    """The data preparation job: import, validate, augment, write."""
+    """The data preparation job: import, decode/validate, split, augment, filter, write."""
 
     source: SourceConfig = Field(description="Where the labelled images come from.")
     output_dir: str = Field(
-        description="Output folder: {split}/*.parquet, quarantine.parquet, lineage.json."
+        description="Output folder or s3:// prefix: {split}/*.parquet, quarantine.parquet, "
+        "lineage.json."
     )
     task: str = Field("corridor_risk", description="Task name (hazard.tasks): prompt and labels.")
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig,
+        description="S3 endpoint/region overrides (credentials only from the environment).",
+    )
+    split: SplitConfig = Field(
+        default_factory=SplitConfig, description="Split assignment of rows without one."
+    )
     validation: ValidationConfig = Field(
-        default_factory=ValidationConfig, description="Image acceptance rules."
+        default_factory=ValidationConfig, description="Image acceptance and pixel budget."
     )
     augment: AugmentConfig = Field(
         default_factory=AugmentConfig, description="Train-split augmentation."
+    )
+    consistency: ConsistencyConfig = Field(
+        default_factory=ConsistencyConfig, description="Consistency filter of augmented rows."
     )
     shards: ShardConfig = Field(default_factory=ShardConfig, description="Parquet sharding.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray Data resources.")
