@@ -41,23 +41,23 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path, tiny_model_path):
             "6",
         ],
         cwd=REPO,
-        capture_output=True,
-        text=True,
+        capture_output=True,  # bytes: text mode would turn the progress bars' \r into \n
         timeout=1500,
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "hazard-cascade demo summary" in proc.stdout
+    stdout, stderr = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 0, stdout[-4000:] + stderr[-4000:]
+    assert "hazard-cascade demo summary" in stdout
 
     # A person can read it: steps, bars and summary in well under 100 lines; the rest in logs.
-    printed = proc.stdout + proc.stderr
+    printed = stdout + stderr
     assert printed.count("\n") < 100, printed
-    assert [f"[{i}/8]" in proc.stdout for i in range(1, 9)] == [True] * 8
+    assert [f"[{i}/8]" in stdout for i in range(1, 9)] == [True] * 8
     assert "INFO" not in printed and "(RayTrainWorker" not in printed
     logs = {p.name for p in (out / "logs").iterdir()}
     assert {"ray_head.log", "data_job.log", "stage1_job.log", "stage2_job.log"} <= logs
     assert "[train] base step 6/6" in (out / "logs" / "stage1_job.log").read_text()
-    assert proc.stdout.rstrip().splitlines()[-1].startswith("  less ")
-    assert "hazard serve --config configs/tiny/serve.yaml" in proc.stdout
+    assert stdout.rstrip().split("\n")[-1].startswith("  less ")
+    assert "hazard serve --config configs/tiny/serve.yaml" in stdout
     # Its Ray head had its own token; the (test session's fresh) home was not touched.
     assert len((out / "ray_auth_token").read_text()) == 64
     assert not (Path.home() / ".ray").exists()
