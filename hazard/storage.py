@@ -256,9 +256,20 @@ def exists(uri: str | os.PathLike, config: StorageConfig | None = None) -> bool:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def open_input(uri: str | os.PathLike, config: StorageConfig | None = None) -> pa.NativeFile:
-    """A readable, seekable binary file (context manager); StorageNotFoundError if missing."""
-    fs, path = filesystem_for(uri, config)
+def open_input(
+    uri: str | os.PathLike,
+    config: StorageConfig | None = None,
+    filesystem: pafs.FileSystem | None = None,
+) -> pa.NativeFile:
+    """A readable, seekable binary file (context manager); StorageNotFoundError if missing.
+
+    `filesystem`, when given, is one `filesystem_for` built for the same scheme elsewhere (e.g.
+    on the driver, so Ray workers need not see the AWS variables).
+    """
+    if filesystem is None:
+        fs, path = filesystem_for(uri, config)
+    else:
+        fs, path = filesystem, parse_uri(uri)[1]
     with _errors(os.fspath(uri)):
         return fs.open_input_file(path)
 
@@ -299,6 +310,18 @@ def read_parquet(
 
 
 # --- writing ----------------------------------------------------------------------------------
+
+
+def delete_dir(uri: str | os.PathLike, config: StorageConfig | None = None) -> None:
+    """Remove the folder or prefix `uri` and everything under it; nothing if it is absent."""
+    fs, path = filesystem_for(uri, config)
+    uri = os.fspath(uri)
+    with _errors(uri):
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return
+        fs.delete_dir_contents(path, missing_dir_ok=True)
+        with suppress(FileNotFoundError, OSError):
+            fs.delete_dir(path)
 
 
 @contextmanager

@@ -1,186 +1,157 @@
-"""Augment stage: geometric copies of train samples.
+"""Augment stage: VL-ADAS copies of train samples (lazy; the image ops are in augment_ops).
 
-Needs: `id`, `images`, `split`, `parent_id` (validated rows; rejected ones removed).
-Adds: for each original train row, `copies` new rows with id `<parent>#aug<k>`, parent_id, aug_ops
-(e.g. ["hflip", "rotate:+6.2", "crop:0.91"]), PNG-encoded images and a fresh content_hash; every
-other column is the parent's. Originals (all splits) pass through unchanged; val/test gain
-nothing. A copy whose images fail to augment comes out rejected (`augment_failed`).
+Needs: `id`, `images` (encoded, already within the pixel budget), `answer`, `split`,
+`parent_id`, `_reject_reason`.
+Adds: after each kept (`_reject_reason` null) original (`parent_id` null) train row, its copies:
+id `<parent>#aug<k>`, `parent_id`, `aug_ops` (e.g. ["scale:0.93:reflect", "rotate:+6.2:reflect",
+"crop:0.91", "hflip", "hsv:h+8.0,s0.92,v1.05"]), images re-encoded per
+`validation.encode_format` ('auto': JPEG for JPEG sources, PNG otherwise) and `jpeg_quality`,
+and a fresh `content_hash`; every other column is the parent's. How many copies and which ops
+follow the row's label (`answer`) through `augment.labels`. Every input row, rejected ones
+included, passes through unchanged; val/test gain nothing. A copy that fails comes out rejected
+(`augment_failed`, stage `augment`).
 
 Each copy is drawn from (seed, sample id, copy index) only, so results do not depend on block
-layout or worker. Ops apply in the configured order: hflip (probability 0.5, or always when it
-is the only op), rotate (angle uniform in ±rotate_max_deg, counter-clockwise positive, corners
-filled by reflecting the image's edges) and crop (area fraction uniform in [crop_min_area, 1],
-aspect kept, random position, resized back to the original size). The pure PIL functions below
-are usable without Ray.
+layout or worker. Per row, each image is decoded once and its padding chosen once; per copy,
+the ops run and each image is encoded once. Multi-image rows apply the same plan to each image.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from PIL import Image
 
-from hazard.config.data import AugmentConfig, RayConfig
+from hazard.config.data import AugmentConfig, RayConfig, ValidationConfig
+from hazard.images import encode_image
 from hazard.schema import content_hash
-from pipelines.common import REJECT_DETAIL, REJECT_REASON, map_rows, reject, stage_table
+from pipelines.augment_ops import (
+    Padding,
+    apply_plan,
+    choose_padding,
+    normalize_mode,
+    plan_copy,
+    step_labels,
+)
+from pipelines.common import (
+    REJECT_DETAIL,
+    REJECT_REASON,
+    REJECT_STAGE,
+    STAGE_SCHEMA,
+    map_rows,
+    reject,
+    stage_table,
+)
 
-Step = tuple[str, tuple[float, ...]]
-"""One planned op: (name, parameters), e.g. ("rotate", (6.2,)) or ("crop", (0.91, fx, fy))."""
-
-
-def copy_rng(seed: int, sample_id: str, copy: int) -> np.random.Generator:
-    """The random generator of one augmented copy, from (seed, id, copy index) only."""
-    digest = hashlib.sha256(f"{seed}\x1f{sample_id}\x1f{copy}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-
-
-def plan_copy(cfg: AugmentConfig, sample_id: str, copy: int) -> list[Step]:
-    """The ops of copy `copy` of `sample_id`, with their parameters, in application order."""
-    u_flip, u_angle, u_area, fx, fy = copy_rng(cfg.seed, sample_id, copy).random(5)
-    min_area = cfg.crop_min_area
-    steps: list[Step] = []
-    for op in cfg.ops:
-        if op == "hflip" and (u_flip < 0.5 or len(cfg.ops) == 1):
-            steps.append(("hflip", ()))
-        elif op == "rotate":
-            angle = round((2.0 * u_angle - 1.0) * cfg.rotate_max_deg, 1)
-            steps.append(("rotate", (angle,)))
-        elif op == "crop":
-            area = round(min_area + u_area * (1.0 - min_area), 2)
-            area = min(1.0, max(area, math.ceil(min_area * 100 - 1e-9) / 100))
-            steps.append(("crop", (area, float(fx), float(fy))))
-    return steps
+STAGE = "augment"
 
 
-def step_labels(steps: Sequence[Step]) -> list[str]:
-    """Provenance strings of a plan: ["hflip", "rotate:+6.2", "crop:0.91"]."""
-    labels = []
-    for name, params in steps:
-        if name == "rotate":
-            labels.append(f"rotate:{params[0]:+.1f}")
-        elif name == "crop":
-            labels.append(f"crop:{params[0]:.2f}")
-        else:
-            labels.append(name)
-    return labels
+def is_augmentable(row: dict[str, Any]) -> bool:
+    """A kept, original train row."""
+    return (
+        row.get(REJECT_REASON) is None
+        and row.get("split") == "train"
+        and row.get("parent_id") is None
+    )
 
 
-def normalize_mode(img: Image.Image) -> Image.Image:
-    """`img` in L, RGB or RGBA (alpha kept when the source has any)."""
-    if img.mode in ("L", "RGB", "RGBA"):
-        return img
-    if img.mode in ("LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        return img.convert("RGBA")
-    return img.convert("RGB")
-
-
-def hflip(img: Image.Image) -> Image.Image:
-    """Mirror left-right."""
-    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-
-
-def rotate(img: Image.Image, angle: float) -> Image.Image:
-    """Rotate by `angle` degrees (counter-clockwise) about the centre, same size.
-
-    The corners the rotation uncovers are filled from the image itself: the image is padded by
-    reflecting its edges, rotated, and the centre cut back out, so no flat colour appears.
-    """
-    img = normalize_mode(img)
-    if angle == 0:
-        return img.copy()
-    w, h = img.size
-    pad = math.ceil(max(w, h) / 2 * abs(math.sin(math.radians(angle)))) + 2
-    arr = np.asarray(img)
-    widths = ((pad, pad), (pad, pad)) + ((0, 0),) * (arr.ndim - 2)
-    padded = Image.fromarray(np.pad(arr, widths, mode="reflect"))
-    turned = padded.rotate(angle, resample=Image.Resampling.BICUBIC, expand=False)
-    return turned.crop((pad, pad, pad + w, pad + h))
-
-
-def crop_resize(img: Image.Image, area: float, fx: float, fy: float) -> Image.Image:
-    """Cut a window of `area` × the image area (same aspect) at relative position (fx, fy) in
-    [0, 1]², and resize it back to the original size."""
-    img = normalize_mode(img)
-    w, h = img.size
-    scale = math.sqrt(area)
-    cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
-    x0, y0 = round(fx * (w - cw)), round(fy * (h - ch))
-    window = img.crop((x0, y0, x0 + cw, y0 + ch))
-    return window.resize((w, h), resample=Image.Resampling.BICUBIC)
-
-
-def apply_steps(img: Image.Image, steps: Sequence[Step]) -> Image.Image:
-    """Apply a plan to a decoded image."""
-    img = normalize_mode(img)
-    for name, params in steps:
-        if name == "hflip":
-            img = hflip(img)
-        elif name == "rotate":
-            img = rotate(img, params[0])
-        elif name == "crop":
-            img = crop_resize(img, *params)
-        else:
-            raise ValueError(f"unknown augmentation op {name!r}")
-    return img
-
-
-def encode_png(img: Image.Image) -> bytes:
-    """PNG bytes of `img` (deterministic: no metadata)."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def augment_bytes(data: bytes, steps: Sequence[Step]) -> bytes:
-    """Decode an encoded image, apply a plan, and return PNG bytes."""
+def _decode(data: bytes, cfg: AugmentConfig) -> tuple[Image.Image, str, Padding]:
+    """(image in L/RGB/RGBA, its source format, its padding)."""
     with Image.open(io.BytesIO(data)) as img:
+        fmt = img.format or ""
         img.load()
-        return encode_png(apply_steps(img, steps))
+        img = normalize_mode(img)
+    padding = choose_padding(np.asarray(img), cfg.padding, cfg.pad_flat_std, cfg.pad_texture_grad)
+    return img, fmt, padding
 
 
-def augment_row(row: dict[str, Any], cfg: AugmentConfig) -> list[dict[str, Any]]:
-    """The augmented copies of one original train row (possibly rejected `augment_failed`)."""
-    copies = []
-    for k in range(cfg.copies):
-        steps = plan_copy(cfg, row["id"], k)
-        new = {
-            **row,
-            "id": f"{row['id']}#aug{k}",
-            "parent_id": row["id"],
-            "aug_ops": step_labels(steps),
-            REJECT_REASON: None,
-            REJECT_DETAIL: None,
-        }
-        try:
-            images = [augment_bytes(data, steps) for data in row["images"]]
-        except Exception as exc:  # a failed copy is a rejected row
-            new = reject({**new, "images": []}, "augment_failed", f"{type(exc).__name__}: {exc}")
-        else:
-            new["images"] = images
-            new["content_hash"] = content_hash(images)
-        copies.append(new)
-    return copies
+def _encode(img: Image.Image, source_format: str, validation: ValidationConfig) -> bytes:
+    fmt = validation.encode_format
+    if fmt == "auto":
+        fmt = "JPEG" if source_format == "JPEG" else "PNG"
+    return encode_image(img, fmt, validation.jpeg_quality)
 
 
-def _augment_batch(batch: pa.Table, cfg: AugmentConfig) -> pa.Table:
-    """map_batches fn: every input row, each followed by its copies when it is train."""
+def _copy(row: dict[str, Any], k: int, aug_ops: list[str]) -> dict[str, Any]:
+    return {
+        **row,
+        "id": f"{row['id']}#aug{k}",
+        "parent_id": row["id"],
+        "aug_ops": aug_ops,
+        REJECT_REASON: None,
+        REJECT_DETAIL: None,
+        REJECT_STAGE: None,
+    }
+
+
+def augment_row(
+    row: dict[str, Any], cfg: AugmentConfig, validation: ValidationConfig
+) -> list[dict[str, Any]]:
+    """The augmented copies of one original train row (a failed copy is rejected)."""
+    copies, ops = cfg.rule_for(row.get("answer"))
+    plans = [plan_copy(cfg, row["id"], k, ops) for k in range(copies)]
+    try:
+        sources = [_decode(data, cfg) for data in row["images"]]
+    except Exception as exc:  # every copy of an undecodable row fails the same way
+        detail = f"cannot decode the parent's images: {type(exc).__name__}: {exc}"
+        return [
+            reject(_copy(row, k, step_labels(steps)), "augment_failed", detail, stage=STAGE)
+            for k, steps in enumerate(plans)
+        ]
+    pad_modes = [padding.mode for _, _, padding in sources]
     out = []
-    for row in batch.to_pylist():
+    for k, steps in enumerate(plans):
+        new = _copy(row, k, step_labels(steps, pad_modes))
+        try:
+            images = [
+                _encode(
+                    apply_plan(img, steps, padding, cfg.protected_hues, cfg.resample),
+                    fmt,
+                    validation,
+                )
+                for img, fmt, padding in sources
+            ]
+        except Exception as exc:  # a failed copy is a rejected row, never a failed job
+            detail = f"{type(exc).__name__}: {exc}"
+            out.append(reject(new, "augment_failed", detail, stage=STAGE))
+            continue
+        new["images"] = images
+        new["content_hash"] = content_hash(images)
+        out.append(new)
+    return out
+
+
+def augment_rows(
+    rows: list[dict[str, Any]], cfg: AugmentConfig, validation: ValidationConfig
+) -> list[dict[str, Any]]:
+    """Every input row, each kept original train row followed by its copies (no Ray)."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
         out.append(row)
-        if row["split"] == "train" and row["parent_id"] is None and row[REJECT_REASON] is None:
-            out.extend(augment_row(row, cfg))
-    return stage_table(out)
+        if is_augmentable(row):
+            out.extend(augment_row(row, cfg, validation))
+    return out
 
 
-def augment(ds: ray.data.Dataset, cfg: AugmentConfig, ray_cfg: RayConfig) -> ray.data.Dataset:
-    """Originals plus augmented train copies (materialized); a no-op when copies == 0."""
-    if cfg.copies == 0:
+def _augment_batch(batch: pa.Table, cfg: AugmentConfig, validation: ValidationConfig) -> pa.Table:
+    """map_batches fn: `augment_rows` on a pyarrow batch (as is when it has no train row)."""
+    if batch.schema.equals(STAGE_SCHEMA) and not pc.any(pc.equal(batch["split"], "train")).as_py():
+        return batch
+    return stage_table(augment_rows(batch.to_pylist(), cfg, validation))
+
+
+def augment(
+    ds: ray.data.Dataset,
+    cfg: AugmentConfig,
+    validation: ValidationConfig,
+    ray_cfg: RayConfig,
+) -> ray.data.Dataset:
+    """Every row of `ds` plus the copies of its kept original train rows (lazy)."""
+    if not cfg.enabled:
         return ds
-    return map_rows(ds, _augment_batch, ray_cfg, cfg=cfg).materialize()
+    return map_rows(ds, _augment_batch, ray_cfg, cfg=cfg, validation=validation)

@@ -1,46 +1,55 @@
 """Write stage: Parquet shards per split, the quarantine table and the lineage report.
 
-Needs: every SAMPLE_SCHEMA column (kept rows from the earlier stages), the quarantine records
-and the StageStats of the earlier stages.
-Adds: nothing to the rows; writes under `output_dir`:
+Needs: the final in-flight rows (materialized), kept and rejected alike, and the dedup/split
+decisions. Writes under `output_dir` (a local folder or an s3:// prefix, through
+hazard.storage):
 - `{split}/{split}-NNNNN-0.parquet` for split in train/val/test, exactly SAMPLE_SCHEMA, at most
   `shards.rows_per_file` rows each, evenly filled (an empty split gets one empty shard);
-- `quarantine.parquet`: QUARANTINE_SCHEMA, one row per rejected row (empty file if none);
-- `lineage.json`: per stage {rows_in, rows_out, rows_added, rejected: {reason: count},
-  seconds}, per split label counts and shards, augmentation counts, the config, timing, and the
-  invariants checked. `LineageError` is raised (after lineage.json is written) if any stage
-  has rows_in + rows_added != rows_out + rejected, or stages do not chain.
-The write stage counts its rows_out by reading the shards' Parquet metadata back.
+- `quarantine.parquet`: QUARANTINE_SCHEMA, one row per rejected row, in source order;
+- `lineage.json`: the counts below, the config, timings and the invariants checked.
+
+Counts. `listed` rows came from the source; each is `accepted` (written) or `rejected` (by
+stage and reason), so listed = accepted + rejected. The augment stage adds rows: `augmented`
+copies, of which `augment_failed` and `filtered` (consistency) are rejected; written = accepted
++ augmented - augment_failed - filtered. The same identities hold per split (rows rejected
+before a split was known count under `unassigned`). The written counts are read back from the
+shards' Parquet metadata, a second path to the same numbers; `LineageError` is raised (after
+lineage.json is written) when any identity fails.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from ray.data import SaveMode
 from ray.data.datasource import FilenameProvider
 from ray.data.expressions import col
 
+from hazard import storage
 from hazard.config.data import DataConfig
 from hazard.schema import SAMPLE_SCHEMA, SPLITS
 from hazard.tasks import get_task
-from pipelines.common import StageStats, count_reasons, quarantine_table
+from pipelines.common import ORDER, REJECT_DETAIL, REJECT_REASON, REJECT_STAGE, quarantine_table
+from pipelines.dedup_split import Decisions
 
 QUARANTINE_FILE = "quarantine.parquet"
 LINEAGE_FILE = "lineage.json"
+STAGES = ("import", "decode", "dedup", "augment", "consistency")
+UNASSIGNED = "unassigned"
+LIGHT = [ORDER, "id", "source_uri", "split", "answer", "parent_id", "aug_ops"]
+LIGHT += [REJECT_STAGE, REJECT_REASON, REJECT_DETAIL]
 
 
 class LineageError(RuntimeError):
-    """Rows were lost or invented: a stage's accounting does not balance."""
+    """Rows were lost or invented: the counts do not add up."""
 
 
 class _ShardNames(FilenameProvider):
@@ -54,155 +63,213 @@ class _ShardNames(FilenameProvider):
         return f"{self.split}-{task_index:05d}.parquet"
 
 
-def _clear_shards(path: Path) -> None:
-    """Remove the Parquet files a previous run left in `path` (and `path` if then empty)."""
-    if not path.is_dir():
-        return
-    for f in path.glob("*.parquet"):
-        f.unlink()
-    if not any(path.iterdir()):
-        path.rmdir()
+def light_rows(ds: ray.data.Dataset) -> list[dict[str, Any]]:
+    """Every row's bookkeeping columns (no images), in source order then id."""
+    batches = ds.select_columns(LIGHT).iter_batches(batch_format="pyarrow", batch_size=None)
+    rows = [r for b in batches for r in b.to_pylist()]
+    rows.sort(key=lambda r: (r[ORDER] if r[ORDER] is not None else -1, r["id"] or ""))
+    return rows
 
 
-def shard_listing(path: Path, root: Path) -> list[dict[str, Any]]:
-    """[{file (relative to root), rows}] of a split folder; raises if a shard's schema is off."""
-    shards = []
-    for f in sorted(path.glob("*.parquet")):
-        pf = pq.ParquetFile(f)
-        if not pf.schema_arrow.equals(SAMPLE_SCHEMA):
-            raise LineageError(f"{f}: schema differs from SAMPLE_SCHEMA:\n{pf.schema_arrow}")
-        shards.append({"file": f.relative_to(root).as_posix(), "rows": pf.metadata.num_rows})
-    return shards
-
-
-def write_split(
-    ds: ray.data.Dataset, split: str, out_dir: Path, rows_per_file: int
-) -> list[dict[str, Any]]:
-    """Write the rows of `split` as Parquet shards under out_dir/split; their listing."""
-    path = out_dir / split
-    _clear_shards(path)
-    part = ds.filter(expr=col("split") == split).select_columns(SAMPLE_SCHEMA.names).materialize()
-    n = part.count()
+def write_split(ds: ray.data.Dataset, split: str, n: int, config: DataConfig) -> None:
+    """Write the kept rows of `split` (there are `n`) as even Parquet shards under it."""
+    uri = storage.join_uri(config.output_dir, split)
+    storage.delete_dir(uri, config.storage)
     if n == 0:
-        path.mkdir(parents=True, exist_ok=True)
-        pq.write_table(SAMPLE_SCHEMA.empty_table(), path / f"{split}-empty.parquet")
-        return shard_listing(path, out_dir)
-    part.repartition(math.ceil(n / rows_per_file)).write_parquet(  # even shards, one per block
-        str(path),
+        empty = storage.join_uri(uri, f"{split}-empty.parquet")
+        storage.write_parquet(empty, SAMPLE_SCHEMA.empty_table(), config.storage)
+        return
+    part = ds.filter(expr=col(REJECT_REASON).is_null() & (col("split") == split))
+    io = storage.ray_io(uri, config.storage)
+    part.select_columns(SAMPLE_SCHEMA.names).repartition(
+        math.ceil(n / config.shards.rows_per_file)
+    ).write_parquet(
+        io.path,
+        filesystem=io.filesystem,
         schema=SAMPLE_SCHEMA,
-        max_rows_per_file=rows_per_file,
+        max_rows_per_file=config.shards.rows_per_file,
         filename_provider=_ShardNames(split),
-        mode=SaveMode.OVERWRITE,  # names carry no write uuid; stale shards were removed above
+        mode=SaveMode.OVERWRITE,
     )
-    return shard_listing(path, out_dir)
 
 
-def split_summary(path: Path, labels: tuple[str, ...] | None) -> dict[str, Any]:
-    """Row, label and augmentation counts of one written split, read back from its shards."""
-    table = pq.read_table(
-        sorted(path.glob("*.parquet")), columns=["answer", "parent_id", "aug_ops"]
-    )
-    answers = table["answer"].to_pylist()
-    parents = table["parent_id"].to_pylist()
+def read_back(split_uri: str, config: DataConfig) -> tuple[list[dict[str, Any]], pa.Table]:
+    """([{file (relative to output_dir), rows}] from each shard's Parquet metadata, the light
+    columns of the split)."""
+    shards, tables = [], []
+    for entry in storage.list_files(split_uri, config.storage):
+        if not entry.relpath.endswith(".parquet"):
+            continue
+        with storage.open_input(entry.uri, config.storage) as f:
+            pf = pq.ParquetFile(f)
+            if not pf.schema_arrow.equals(SAMPLE_SCHEMA):
+                raise LineageError(f"{entry.uri}: schema differs from SAMPLE_SCHEMA")
+            name = f"{split_uri.rstrip('/').rsplit('/', 1)[-1]}/{entry.relpath}"
+            shards.append({"file": name, "rows": pf.metadata.num_rows})
+            tables.append(pf.read(columns=["answer", "parent_id", "aug_ops"]))
+    return shards, pa.concat_tables(tables)
+
+
+def _split_of(row: dict[str, Any]) -> str:
+    """The row's split; rows rejected before they had a valid one count as `unassigned`."""
+    return row["split"] if row["split"] in SPLITS else UNASSIGNED
+
+
+def count(rows: list[dict[str, Any]], labels: tuple[str, ...] | None) -> dict[str, Any]:
+    """Stage and split counts of the final rows (before anything is written)."""
+    originals = [r for r in rows if r["parent_id"] is None]
+    copies = [r for r in rows if r["parent_id"] is not None]
+    stages, rows_in = [], len(originals)
+    for name in STAGES:
+        rejected = Counter(r[REJECT_REASON] for r in rows if r[REJECT_STAGE] == name)
+        added = len(copies) if name == "augment" else 0
+        out = rows_in + added - sum(rejected.values())
+        stages.append(
+            {
+                "name": name,
+                "rows_in": rows_in,
+                "rows_added": added,
+                "rows_out": out,
+                "rejected": dict(sorted(rejected.items())),
+            }
+        )
+        rows_in = out
+    splits: dict[str, dict[str, Any]] = {}
+    for split in (*SPLITS, UNASSIGNED):
+        mine = [r for r in originals if _split_of(r) == split]
+        kids = [r for r in copies if r["split"] == split]
+        rejected = Counter(r[REJECT_REASON] for r in mine if r[REJECT_REASON])
+        kid_rejected = Counter(r[REJECT_REASON] for r in kids if r[REJECT_REASON])
+        splits[split] = {
+            "listed": len(mine),
+            "accepted": len(mine) - sum(rejected.values()),
+            "rejected": dict(sorted(rejected.items())),
+            "augmented": len(kids),
+            "augment_failed": kid_rejected.get("augment_failed", 0),
+            "filtered": kid_rejected.get("inconsistent", 0),
+            "to_write": sum(r[REJECT_REASON] is None for r in mine + kids),
+        }
+    return {"stages": stages, "splits": splits}
+
+
+def _labels(table: pa.Table, labels: tuple[str, ...] | None) -> dict[str, Any]:
+    answers, parents = table["answer"].to_pylist(), table["parent_id"].to_pylist()
     by_label = Counter(answers)
-    aug_by_label = Counter(a for a, p in zip(answers, parents, strict=True) if p is not None)
-    ops = Counter(op.split(":", 1)[0] for ops in table["aug_ops"].to_pylist() if ops for op in ops)
-    order = list(labels) if labels else sorted(by_label)
-    order += sorted(set(by_label) - set(order))
+    aug = Counter(a for a, p in zip(answers, parents, strict=True) if p is not None)
+    ops = Counter(op.split(":", 1)[0] for o in table["aug_ops"].to_pylist() if o for op in o)
+    order = [*(labels or ()), *sorted(set(by_label) - set(labels or ()))]
     return {
-        "rows": table.num_rows,
-        "original": sum(p is None for p in parents),
-        "augmented": sum(p is not None for p in parents),
-        "labels": {label: by_label.get(label, 0) for label in order},
-        "augmented_labels": {label: aug_by_label[label] for label in order if aug_by_label[label]},
+        "labels": {label: by_label[label] for label in order if by_label[label]},
+        "augmented_labels": {label: aug[label] for label in order if aug[label]},
         "aug_ops": dict(sorted(ops.items())),
     }
 
 
-def check_invariants(stages: list[StageStats]) -> list[str]:
-    """Accounting violations: per stage balance and stage-to-stage chaining."""
+def check(counts: dict[str, Any], written: dict[str, int], quarantined: int) -> list[str]:
+    """Every identity of the module docstring that fails, as a message."""
     problems = []
-    for s in stages:
-        if not s.balanced:
-            problems.append(
-                f"{s.name}: rows_in {s.rows_in} + rows_added {s.rows_added} != rows_out "
-                f"{s.rows_out} + rejected {sum(s.rejected.values())}"
-            )
-    for a, b in itertools.pairwise(stages):
-        if a.rows_out != b.rows_in:
-            problems.append(f"{a.name} rows_out {a.rows_out} != {b.name} rows_in {b.rows_in}")
+    for s in counts["stages"]:
+        if s["rows_out"] < 0:
+            problems.append(f"stage {s['name']}: more rows rejected than came in")
+    listed = added = to_write = 0
+    for split, c in counts["splits"].items():
+        n_rej = sum(c["rejected"].values())
+        if c["listed"] != c["accepted"] + n_rej:
+            problems.append(f"{split}: listed {c['listed']} != accepted + rejected {n_rej}")
+        expect = c["accepted"] + c["augmented"] - c["augment_failed"] - c["filtered"]
+        if expect != c["to_write"]:
+            problems.append(f"{split}: accepted + augmented - dropped {expect} != {c['to_write']}")
+        if split in written and written[split] != c["to_write"]:
+            problems.append(f"{split}: shards hold {written[split]} rows, expected {c['to_write']}")
+        listed, added, to_write = listed + c["listed"], added + c["augmented"], to_write + expect
+    if listed + added != sum(written.values()) + quarantined:
+        problems.append(
+            f"overall: listed {listed} + augmented {added} != written {sum(written.values())} "
+            f"+ quarantined {quarantined}"
+        )
+    if counts["stages"][-1]["rows_out"] != sum(written.values()):
+        problems.append("the last stage's rows_out differs from the rows written")
     return problems
 
 
 def write_outputs(
     ds: ray.data.Dataset,
-    records: list[dict[str, Any]],
-    stages: list[StageStats],
+    decisions: Decisions,
     config: DataConfig,
     started_at: datetime,
     t0: float,
+    timings: dict[str, float],
 ) -> dict[str, Any]:
-    """Run the write stage, check the accounting and write lineage.json; the lineage report."""
+    """Write shards, quarantine and lineage.json for the final rows; the lineage report."""
     t = time.perf_counter()
-    out_dir = Path(config.output_dir).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows_in = ds.count()
-    shards = {
-        split: write_split(ds, split, out_dir, config.shards.rows_per_file) for split in SPLITS
-    }
-    written = sum(s["rows"] for files in shards.values() for s in files)
-    write_stats = StageStats("write", rows_in=rows_in, rows_out=written)
-    quarantine = quarantine_table(records)
-    pq.write_table(quarantine, out_dir / QUARANTINE_FILE)
-    write_stats.seconds = time.perf_counter() - t
-    stages = [*stages, write_stats]
-
     labels = get_task(config.task).labels
-    splits = {
-        split: {**split_summary(out_dir / split, labels), "shards": shards[split]}
-        for split in SPLITS
-    }
-    added = sum(s.rows_added for s in stages)
-    problems = check_invariants(stages)
-    source_rows = stages[0].rows_in
-    if source_rows + added != written + quarantine.num_rows:
-        problems.append(
-            f"overall: source rows {source_rows} + added {added} != written {written} "
-            f"+ quarantined {quarantine.num_rows}"
-        )
-    by_stage: dict[str, dict[str, int]] = {}
-    for s in stages:
-        if s.rejected:
-            by_stage[s.name] = dict(s.rejected)
-    train = splits["train"]
+    rows = light_rows(ds)
+    counts = count(rows, labels)
+    for split in SPLITS:
+        write_split(ds, split, counts["splits"][split]["to_write"], config)
+    records = [
+        {
+            "id": r["id"],
+            "source_uri": r["source_uri"],
+            "stage": r[REJECT_STAGE],
+            "reason": r[REJECT_REASON],
+            "detail": r[REJECT_DETAIL],
+        }
+        for r in rows
+        if r[REJECT_REASON]
+    ]
+    quarantine_uri = storage.join_uri(config.output_dir, QUARANTINE_FILE)
+    storage.write_parquet(quarantine_uri, quarantine_table(records), config.storage)
+
+    splits: dict[str, Any] = {}
+    written: dict[str, int] = {}
+    for split in SPLITS:
+        shards, table = read_back(storage.join_uri(config.output_dir, split), config)
+        written[split] = sum(s["rows"] for s in shards)
+        splits[split] = {
+            **counts["splits"][split],
+            "written": written[split],
+            **_labels(table, labels),
+            "shards": shards,
+        }
+    splits[UNASSIGNED] = counts["splits"][UNASSIGNED]
+    timings = {**timings, "write": time.perf_counter() - t}
+    problems = check(counts, written, len(records))
+    totals = defaultdict(int)
+    for c in splits.values():
+        for key in ("listed", "accepted", "augmented", "augment_failed", "filtered"):
+            totals[key] += c[key]
+    by_reason = Counter(r["reason"] for r in records)
     report: dict[str, Any] = {
-        "stages": [s.as_dict() for s in stages],
+        "listed": totals["listed"],
+        "accepted": totals["accepted"],
+        "rejected": sum(sum(c["rejected"].values()) for c in counts["splits"].values()),
+        "augmented": totals["augmented"],
+        "augment_failed": totals["augment_failed"],
+        "filtered": totals["filtered"],
+        "written": sum(written.values()),
+        "stages": counts["stages"],
         "splits": splits,
-        "augmentation": {
-            "copies_per_sample": config.augment.copies,
-            "source_rows": train["original"],
-            "rows_added": train["augmented"],
-            "by_label": train["augmented_labels"],
-            "ops": train["aug_ops"],
-        },
         "quarantine": {
-            "path": str(out_dir / QUARANTINE_FILE),
-            "rows": quarantine.num_rows,
-            "by_reason": count_reasons(records),
-            "by_stage": by_stage,
+            "uri": quarantine_uri,
+            "rows": len(records),
+            "by_reason": dict(sorted(by_reason.items())),
+            "by_stage": {s["name"]: s["rejected"] for s in counts["stages"] if s["rejected"]},
         },
-        "output_dir": str(out_dir),
-        "source": str(Path(config.source.uri).expanduser().resolve()),
+        "label_conflicts": decisions.conflicts,
+        "output_dir": config.output_dir,
+        "source": {"format": config.source.format, "uri": config.source.uri},
         "config": config.model_dump(mode="json"),
         "timing": {
             "started_at": started_at.isoformat(timespec="seconds"),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "total_seconds": round(time.perf_counter() - t0, 3),
-            "stages": {s.name: round(s.seconds, 3) for s in stages},
+            "phases": {k: round(v, 3) for k, v in timings.items()},
         },
         "invariants": {"ok": not problems, "violations": problems},
     }
-    (out_dir / LINEAGE_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    lineage_uri = storage.join_uri(config.output_dir, LINEAGE_FILE)
+    storage.write_bytes(lineage_uri, (json.dumps(report, indent=2) + "\n").encode(), config.storage)
     if problems:
         raise LineageError("row accounting violated:\n" + "\n".join(problems))
     return report

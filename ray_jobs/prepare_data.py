@@ -1,11 +1,14 @@
-"""Prepare the training data: import, validate, augment and write Parquet shards with lineage.
+"""Prepare the training data: import, decode, dedup/split, augment, filter, write Parquet + lineage.
 
     RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 -- \\
         python -m ray_jobs.prepare_data --config configs/tiny/data.yaml [--set augment.copies=4]
+    hazard data prepare --source s3://bucket/raw --format llamafactory --out s3://bucket/prep \\
+        [--config FILE] [--set KEY=VALUE]
 
-Run as a Ray job it connects to that cluster; run directly it starts a local Ray. Prints a
-per-stage table (rows in/out, rejected by reason) and the output folder. Exit code 2 on a bad
-config or a missing source, 1 if the row accounting fails.
+Run as a Ray job it connects to that cluster; run directly it starts a local Ray. Sources and
+outputs are local folders or s3:// prefixes (endpoint and credentials from the AWS_* variables).
+Prints a per-stage table (rows in/out, rejected by reason), the split counts and the output.
+Exit code 2 on a bad config or an unusable source, 1 if the row accounting fails.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hazard.config import add_config_args, load_job_config
+from hazard.config import ConfigError, load_config_or_defaults
 from hazard.config.data import DataConfig
+from hazard.storage import StorageError
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    """The lineage report as a small text table: stage, in, out, rejected by reason."""
+    """The lineage report as a small text table: stages, then splits."""
     head = ("stage", "in", "added", "out", "rejected")
     rows = [
         (
@@ -36,8 +40,12 @@ def summary_table(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     header = "  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)).rstrip()
-    splits = ", ".join(
-        f"{name}={s['rows']} ({s['augmented']} augmented)" for name, s in report["splits"].items()
+    splits = "; ".join(
+        f"{name} {s['written']} ({s['accepted']} accepted + {s['augmented']} augmented"
+        + (f" - {s['filtered']} filtered" if s["filtered"] else "")
+        + ")"
+        for name, s in report["splits"].items()
+        if "written" in s
     )
     return "\n".join(
         [
@@ -45,29 +53,54 @@ def summary_table(report: dict[str, Any]) -> str:
             "-" * len(header),
             *lines,
             "",
+            f"listed {report['listed']} = accepted {report['accepted']} + rejected "
+            f"{report['rejected']}; written {report['written']}",
             f"splits: {splits}",
-            f"quarantined: {report['quarantine']['rows']}",
+            f"quarantined: {report['quarantine']['rows']} -> {report['quarantine']['uri']}",
             f"total: {report['timing']['total_seconds']:.1f}s",
         ]
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ray_jobs.prepare_data", description=__doc__)
-    add_config_args(ap, "augment.copies=4")
+    ap = argparse.ArgumentParser(prog="hazard data prepare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", help="YAML file under configs/ (default: built-in defaults)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted path), repeatable, e.g. --set augment.copies=4",
+    )
+    ap.add_argument("--source", help="source folder or s3:// prefix (sets source.uri)")
+    ap.add_argument(
+        "--format",
+        choices=["folder", "llamafactory", "llava"],
+        help="source layout (sets source.format)",
+    )
+    ap.add_argument("--out", help="output folder or s3:// prefix (sets output_dir)")
     ap.add_argument(
         "--progress", action="store_true", help="show Ray Data progress bars (off: quieter logs)"
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = load_job_config(args, DataConfig)
-    if config is None:
+    overrides = list(args.overrides)
+    for key, value in (("source.uri", args.source), ("source.format", args.format)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.out is not None:
+        overrides.append(f"output_dir={args.out}")
+    try:
+        config = load_config_or_defaults(args.config, DataConfig, overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
         return 2
 
     import ray
 
-    from pipelines.import_folder import SourceError
     from pipelines.prepare import prepare
+    from pipelines.sources import SourceError
     from pipelines.write import LineageError
 
     if not ray.is_initialized():
@@ -75,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ray.data.DataContext.get_current().enable_progress_bars = args.progress
     try:
         report = prepare(config)
-    except SourceError as exc:
+    except (SourceError, StorageError) as exc:
         print(f"input error: {exc}", file=sys.stderr)
         return 2
     except LineageError as exc:

@@ -26,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config.serve import ServeConfig, ServedModel
-from hazard.images import ImageTooLarge, InvalidImage, decode_limited
+from hazard.images import ImageTooLarge, InvalidImage, decode_image
 from hazard.labels import HIGH_RISK, RISK_LABELS
 
 log = logging.getLogger("ray.serve")
@@ -192,13 +192,18 @@ class HazardAPI:
 
     async def _decode(self, data: bytes) -> Image.Image:
         try:  # decoding up to max_image_pixels is CPU work: keep it off the event loop
-            img = await asyncio.to_thread(
-                decode_limited, data, self.cfg.max_image_bytes, self.cfg.max_image_pixels
+            decoded = await asyncio.to_thread(  # upright (EXIF orientation), RGB, full size
+                decode_image,
+                data,
+                max_bytes=self.cfg.max_image_bytes,
+                max_pixels=self.cfg.max_image_pixels,
+                pixel_budget=None,  # ServeConfig has no pixel budget; the processor resizes
             )
         except ImageTooLarge as exc:
             raise ApiError(413, str(exc)) from exc
         except InvalidImage as exc:
             raise ApiError(400, str(exc)) from exc
+        img = decoded.image
         w, h = img.size
         if max(w, h) >= MAX_ASPECT_RATIO * min(w, h):
             raise ApiError(

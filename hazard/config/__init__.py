@@ -55,6 +55,19 @@ def load_config(path: str | Path, model: type[M], overrides: list[str] | None = 
         raise ConfigError(f"{path}: invalid config:\n{exc}") from exc
 
 
+def load_config_or_defaults(
+    path: str | Path | None, model: type[M], overrides: list[str] | None = None
+) -> M:
+    """`load_config` from `path`, or the model's defaults plus `overrides` when path is None."""
+    if path is not None:
+        return load_config(path, model, overrides)
+    raw = apply_overrides({}, overrides)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config (no --config file given):\n{exc}") from exc
+
+
 def add_config_args(parser: argparse.ArgumentParser, example: str) -> None:
     """The `--config FILE` and repeatable `--set KEY=VALUE` options every job takes."""
     parser.add_argument("--config", required=True, help="YAML file under configs/")

@@ -13,7 +13,6 @@ from hazard.storage import StorageConfig
 from hazard.tasks import get_task
 
 ImageFormat = Literal["PNG", "JPEG", "WEBP"]
-AugmentOp = Literal["hflip", "rotate", "crop"]
 
 
 class _Strict(BaseModel):
@@ -117,26 +116,128 @@ class ValidationConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    """Geometric augmentation of the train split (val/test are never augmented)."""
+    """VL-ADAS augmentation of the train split (val/test are never augmented).
+
+    Each copy draws its parameters from (seed, sample id, copy index) and applies the listed ops
+    in a fixed order: scale, rotate, crop, hflip, vflip (one geometric resample), then hsv.
+    Hazards stay in frame: scale, rotation and crop are bounded, and the crop only takes what a
+    scale-up left, so together they keep at least min(crop_min_area, 1 / scale^2) of the image.
+    The hsv jitter never touches pixels whose colour falls in `protected_hues` (warning reds,
+    oranges, yellows).
+    """
+
+    class HueBand(_Strict):
+        """Colours the hsv jitter leaves bit-identical: a hue interval with saturation and
+        value floors (so greys and near-blacks are never a warning colour)."""
+
+        name: str = Field(description="What the band protects, for readers (e.g. 'red').")
+        hue: tuple[float, float] = Field(
+            description="[from, to] in degrees on the 0-360 hue circle, inclusive; wraps past "
+            "360 when from > to (e.g. [335, 15] for red)."
+        )
+        min_saturation: float = Field(
+            0.55,
+            ge=0.0,
+            le=1.0,
+            description="HSV saturation (0-1) a pixel needs to be in the band (the defaults are "
+            "hazard.demo.synthetic's hazard colour floors).",
+        )
+        min_value: float = Field(
+            0.45, ge=0.0, le=1.0, description="HSV value (0-1) a pixel needs to be in the band."
+        )
+
+        @field_validator("hue")
+        @classmethod
+        def _degrees(cls, hue: tuple[float, float]) -> tuple[float, float]:
+            if not all(0.0 <= h <= 360.0 for h in hue):
+                raise ValueError(f"hue bounds must be degrees in [0, 360], got {list(hue)}")
+            return hue
+
+    class LabelRule(_Strict):
+        """Overrides for the rows of one label (the row's `answer`); None keeps the default."""
+
+        copies: int | None = Field(None, ge=0, le=64, description="Copies per row of this label.")
+        ops: list[Literal["scale", "rotate", "crop", "hflip", "vflip", "hsv"]] | None = Field(
+            None, description="Ops for this label (same names as `ops`)."
+        )
+
+        @field_validator("ops")
+        @classmethod
+        def _unique_ops(cls, ops: list[str] | None) -> list[str] | None:
+            if ops is not None and len(set(ops)) != len(ops):
+                raise ValueError(f"ops must not repeat: {ops}")
+            return ops
 
     copies: int = Field(
         2, ge=0, le=64, description="Augmented rows added per train sample (0 disables)."
     )
-    ops: list[AugmentOp] = Field(
-        default_factory=lambda: ["hflip", "rotate", "crop"],
-        description="Ops to draw from, applied in this order: hflip (probability 0.5 when "
-        "other ops are listed), rotate and crop (always, with random parameters).",
+    ops: list[Literal["scale", "rotate", "crop", "hflip", "vflip", "hsv"]] = Field(
+        default_factory=lambda: ["scale", "rotate", "crop", "hflip", "hsv"],
+        description="Ops each copy applies, always in the order scale, rotate, crop, hflip, "
+        "vflip, hsv (list order does not matter). Flips happen with probability `flip_prob` "
+        "(always when the list has only flips); the others always, with random parameters.",
+    )
+    labels: dict[str, LabelRule] = Field(
+        default_factory=dict,
+        description="Per-label overrides of `copies` and `ops`, keyed by label (the row's "
+        "answer), e.g. {high_risk: {copies: 6}}; labels not listed use the defaults.",
+    )
+    seed: int = Field(0, description="Seed; each copy is drawn from (seed, sample id, copy index).")
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability of hflip / vflip.")
+    scale_range: tuple[float, float] = Field(
+        (0.9, 1.1),
+        description="Zoom factor about the centre, drawn uniformly in [lo, hi] within [0.5, "
+        "1.5]; below 1 the uncovered border is padded, above 1 the edges are cut.",
     )
     rotate_max_deg: float = Field(
-        10.0, ge=0.0, le=45.0, description="Rotation angle drawn uniformly in ±this (degrees)."
+        10.0,
+        ge=0.0,
+        le=30.0,
+        description="Rotation angle (counter-clockwise positive) drawn uniformly in ±this.",
     )
     crop_min_area: float = Field(
         0.85,
-        ge=0.25,
+        ge=0.5,
         le=1.0,
-        description="Crop keeps an area fraction drawn in [this, 1], then resizes back.",
+        description="Crop keeps an area fraction drawn in [this, 1] (aspect kept, random "
+        "position), resized back to the full size. After a scale-up s > 1 the crop's lower "
+        "bound is min(1, this * s^2): together they keep at least min(this, 1 / s^2).",
     )
-    seed: int = Field(0, description="Seed; each copy is drawn from (seed, sample id, copy index).")
+    resample: Literal["bilinear", "bicubic"] = Field(
+        "bilinear", description="Interpolation of the geometric resample (bicubic is ~3x slower)."
+    )
+    padding: Literal["auto", "edge", "reflect", "constant"] = Field(
+        "auto",
+        description="Fill of the area rotation and scale-down uncover. 'auto' chooses per image "
+        "from its border: flat (std <= pad_flat_std) -> constant (the border's mean colour); "
+        "textured (mean neighbour difference >= pad_texture_grad) -> reflect; else edge.",
+    )
+    pad_flat_std: float = Field(
+        4.0, ge=0.0, description="auto padding: border std (0-255 units) at or below = flat."
+    )
+    pad_texture_grad: float = Field(
+        8.0,
+        ge=0.0,
+        description="auto padding: mean absolute difference of neighbouring border pixels "
+        "(0-255 units) at or above = textured.",
+    )
+    hue_shift_deg: float = Field(
+        10.0, ge=0.0, le=90.0, description="hsv: hue shift drawn uniformly in ±this (degrees)."
+    )
+    saturation_range: tuple[float, float] = Field(
+        (0.8, 1.2), description="hsv: saturation factor drawn uniformly in [lo, hi] (0 < lo)."
+    )
+    value_range: tuple[float, float] = Field(
+        (0.85, 1.15), description="hsv: value (brightness) factor drawn uniformly in [lo, hi]."
+    )
+    protected_hues: list[HueBand] = Field(
+        default_factory=lambda: [
+            AugmentConfig.HueBand(name="red", hue=(335.0, 15.0)),
+            AugmentConfig.HueBand(name="orange", hue=(15.0, 45.0)),
+            AugmentConfig.HueBand(name="yellow", hue=(45.0, 70.0)),
+        ],
+        description="hsv: colour bands left bit-identical (signs, tape, charging batteries).",
+    )
 
     @field_validator("ops")
     @classmethod
@@ -145,11 +246,44 @@ class AugmentConfig(_Strict):
             raise ValueError(f"ops must not repeat: {ops}")
         return ops
 
+    @field_validator("scale_range", "saturation_range", "value_range")
+    @classmethod
+    def _ordered_range(cls, bounds: tuple[float, float], info) -> tuple[float, float]:
+        lo, hi = bounds
+        limits = {"scale_range": (0.5, 1.5), "saturation_range": (0.0, 3.0)}
+        floor, ceil = limits.get(info.field_name, (0.0, 2.0))  # value_range
+        if not (floor <= lo <= hi <= ceil and lo > 0.0):
+            raise ValueError(f"need {floor} <= lo <= hi <= {ceil} and lo > 0, got [{lo}, {hi}]")
+        return bounds
+
     @model_validator(mode="after")
     def _ops_when_enabled(self) -> AugmentConfig:
-        if self.copies > 0 and not self.ops:
-            raise ValueError("copies > 0 needs at least one op")
+        for label in [None, *self.labels]:
+            copies, ops = self.rule_for(label)
+            if copies > 0 and not ops:
+                where = "copies" if label is None else f"labels.{label}"
+                raise ValueError(f"{where}: copies > 0 needs at least one op")
         return self
+
+    def rule_for(self, label: str | None) -> tuple[int, list[str]]:
+        """(copies, ops) of the rows whose answer is `label`."""
+        rule = self.labels.get(label) if label is not None else None
+        if rule is None:
+            return self.copies, list(self.ops)
+        copies = self.copies if rule.copies is None else rule.copies
+        return copies, list(self.ops if rule.ops is None else rule.ops)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any label gets copies."""
+        return self.copies > 0 or any(r.copies for r in self.labels.values())
+
+    def check_labels(self, labels: tuple[str, ...] | None) -> None:
+        """ValueError if `labels` (a task's closed label set; None = free text) lacks a key of
+        `self.labels`."""
+        unknown = sorted(set(self.labels) - set(labels)) if labels is not None else []
+        if unknown:
+            raise ValueError(f"augment.labels: unknown label(s) {unknown}; known: {list(labels)}")
 
 
 class ShardConfig(_Strict):
@@ -225,3 +359,8 @@ class DataConfig(_Strict):
     def _known_task(cls, task: str) -> str:
         get_task(task)
         return task
+
+    @model_validator(mode="after")
+    def _augment_labels(self) -> DataConfig:
+        self.augment.check_labels(get_task(self.task).labels)
+        return self

@@ -46,7 +46,8 @@ def _make_source(root: Path) -> dict[str, tuple[str, str]]:
     for k, kind in enumerate(result["corrupt_kinds"]):
         (image,) = [r["image"] for r in rows if f"corrupt_{k}_" in r["image"]]
         reason = SYNTHETIC_REASONS[kind]
-        expected[image] = ("validate" if reason == "undecodable" else "import", reason)
+        stage = "decode" if reason in ("undecodable", "missing_file") else "import"
+        expected[image] = (stage, reason)
 
     first_train = next(r for r in rows if r["split"] == "train" and "corrupt" not in r["image"])
     shutil.copy(root / first_train["image"], root / "images/leak_copy.png")
@@ -54,17 +55,19 @@ def _make_source(root: Path) -> dict[str, tuple[str, str]]:
     Image.new("RGB", (64, 64), (10, 10, 200)).save(root / "images/anim.gif")
     Image.new("RGB", (64, 64), (200, 10, 10)).save(root / "images/odd_split.png")
     extra = [
-        ("images/leak_copy.png", first_train["label"], "val", "validate", "duplicate"),
-        ("images/tiny.png", "no_risk", "train", "validate", "too_small"),
-        ("images/anim.gif", "low_risk", "test", "validate", "unsupported_format"),
+        ("images/leak_copy.png", first_train["label"], "val", "dedup", "duplicate"),
+        ("images/tiny.png", "no_risk", "train", "decode", "too_small"),
+        ("images/anim.gif", "low_risk", "test", "decode", "unsupported_format"),
         ("images/odd_split.png", "low_risk", "holdout", "import", "bad_split"),
-        ("../outside.png", "low_risk", "train", "import", "bad_path"),
+        ("../outside.png", "low_risk", "train", "import", "outside_source"),
     ]
     with open(root / "labels.csv", "a", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        for image, label, split, stage, reason in extra:
+        for k, (image, label, split, stage, reason) in enumerate(extra):
             writer.writerow((image, label, split))
-            expected[image if not image.startswith("..") else "../outside.png"] = (stage, reason)
+            # a row whose path is unusable is named by its place in the labels file
+            row_id = f"labels.csv:{len(rows) + k}" if image.startswith("..") else image
+            expected[row_id] = (stage, reason)
     return expected
 
 
@@ -100,13 +103,17 @@ def _source_rows(root: Path) -> list[dict]:
 def test_every_stage_balances(run):
     report = run["report"]
     names = [s["name"] for s in report["stages"]]
-    assert names == ["import", "validate", "augment", "write"]
+    assert names == ["import", "decode", "dedup", "augment", "consistency"]
     for s in report["stages"]:
         assert s["rows_in"] + s["rows_added"] == s["rows_out"] + sum(s["rejected"].values())
     for a, b in itertools.pairwise(report["stages"]):
         assert a["rows_out"] == b["rows_in"]
     assert report["invariants"] == {"ok": True, "violations": []}
-    assert report["stages"][0]["rows_in"] == len(_source_rows(run["root"]))
+    assert report["stages"][0]["rows_in"] == len(_source_rows(run["root"])) == report["listed"]
+    assert report["listed"] == report["accepted"] + report["rejected"]
+    assert report["stages"][-1]["rows_out"] == report["written"] == len(_all_rows(run["out"]))
+    for split, c in report["splits"].items():
+        assert c["listed"] == c["accepted"] + sum(c["rejected"].values()), split
     on_disk = json.loads((run["out"] / "lineage.json").read_text())
     assert on_disk["stages"] == report["stages"]
     assert on_disk["config"]["shards"]["rows_per_file"] == ROWS_PER_FILE
@@ -120,18 +127,14 @@ def test_each_bad_row_is_quarantined_with_its_reason(run):
     assert all(r["detail"] for r in table.to_pylist())
     assert run["report"]["quarantine"]["rows"] == len(run["expected"])
     by_stage = run["report"]["quarantine"]["by_stage"]
-    assert by_stage["import"] == {
-        "bad_path": 1,
-        "bad_split": 1,
+    assert by_stage["import"] == {"bad_split": 1, "outside_source": 1, "unknown_label": 1}
+    assert by_stage["decode"] == {
         "missing_file": 1,
-        "unknown_label": 1,
-    }
-    assert by_stage["validate"] == {
-        "duplicate": 1,
         "too_small": 1,
         "undecodable": 2,
         "unsupported_format": 1,
     }
+    assert by_stage["dedup"] == {"duplicate": 1}
 
 
 def test_duplicate_keeps_the_first_listed_row(run):
@@ -163,7 +166,7 @@ def test_shards_read_back_with_exactly_the_sample_schema(run):
 
 def test_originals_are_the_source_bytes_with_task_prompt(run):
     root, prompt = run["root"], get_task("corridor_risk").prompt
-    source = {r["image"]: r for r in _source_rows(root)}
+    source = {r["image"]: r for r in _source_rows(root) if not r["image"].startswith("..")}
     originals = [r for r in _all_rows(run["out"]) if r["parent_id"] is None]
     assert {r["id"] for r in originals} == set(source) - set(run["expected"])
     for r in originals:
@@ -180,8 +183,11 @@ def test_augmented_rows_come_only_from_train(run):
     originals = {r["id"]: r for r in rows if r["parent_id"] is None}
     train_originals = [r for r in originals.values() if r["split"] == "train"]
     assert len(augmented) == COPIES * len(train_originals)
-    assert run["report"]["augmentation"]["rows_added"] == len(augmented)
-    op = re.compile(r"hflip|rotate:[+-]\d+\.\d|crop:\d\.\d\d")
+    assert run["report"]["augmented"] == len(augmented)
+    op = re.compile(
+        r"scale:\d\.\d\d(:\w+)?|rotate:[+-]\d+\.\d(:\w+)?|crop:\d\.\d\d|hflip|vflip"
+        r"|hsv:h[+-]\d+\.\d,s\d\.\d\d,v\d\.\d\d"
+    )
     for r in augmented:
         parent = originals[r["parent_id"]]
         assert parent["split"] == "train" and r["split"] == "train"
@@ -229,7 +235,7 @@ def test_entrypoint_rerun_is_deterministic(run, capsys):
     out2 = run["out"].parent / "prepared_again"
     assert _cli(run["root"], out2, "ray.batch_size=5") == 0
     printed = capsys.readouterr().out
-    assert "validate" in printed and "duplicate=1" in printed and str(out2) in printed
+    assert "decode" in printed and "duplicate=1" in printed and str(out2) in printed
     assert _keyed(out2) == _keyed(run["out"])
     again = json.loads((out2 / "lineage.json").read_text())
     assert _counts(again["stages"]) == _counts(run["report"]["stages"])

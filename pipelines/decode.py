@@ -1,0 +1,112 @@
+"""Decode stage: read every image of a row, decode it under the guards, keep model-ready bytes.
+
+Needs: in-flight rows (STAGE_SCHEMA) from import with `_image_uris` set (file:// or s3://, read
+through hazard.storage); rows already rejected pass through untouched.
+Adds, on kept rows: `images` = per image, the bytes to store (`hazard.images.bytes_to_store`:
+the original file when decoding changed nothing, else upright, RGB, within
+`validation.pixel_budget`, re-encoded per `encode_format`/`jpeg_quality`), and `content_hash` =
+`hazard.schema.content_hash` of the ORIGINAL file bytes, so byte-identical files are found as
+duplicates later whatever re-encoding did.
+Rejects (stage "decode"): `missing_file`, `unreadable` (any other storage or OS error, e.g. a
+NUL byte in the path, a directory, no permission), and the decode reasons of hazard.images:
+`too_many_bytes` (judged from the file size, before reading), `undecodable`,
+`unsupported_format`, `too_small`, `too_large`. Every image of a row must pass; for rows with
+several images the detail names the one that failed.
+
+`decode_row` and `decode_for_storage` are plain functions (no Ray), e.g. for benchmarks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray
+
+from hazard import storage
+from hazard.config.data import DataConfig, ValidationConfig
+from hazard.images import ImageRejected, bytes_to_store, check_byte_count, decode_image
+from hazard.schema import content_hash
+from pipelines.common import IMAGE_URIS, REJECT_REASON, map_rows, reject, stage_table
+
+STAGE = "decode"
+
+
+def read_image(
+    uri: str,
+    max_bytes: int,
+    config: storage.StorageConfig | None = None,
+    filesystem: pafs.FileSystem | None = None,
+) -> bytes:
+    """The file's bytes; `too_many_bytes` (ImageTooLarge) from its size, before reading, if it
+    is over `max_bytes`. Never reads more than max_bytes + 1 bytes."""
+    with storage.open_input(uri, config, filesystem) as fh:
+        size = fh.size()
+        check_byte_count(size, max_bytes)
+        return fh.read(min(size, max_bytes) + 1)
+
+
+def decode_for_storage(data: bytes, rules: ValidationConfig) -> bytes:
+    """The bytes to store for one source image under `rules`; raises ImageRejected."""
+    decoded = decode_image(
+        data,
+        max_bytes=rules.max_bytes,
+        max_pixels=rules.max_pixels,
+        max_side=rules.max_side,
+        min_side=rules.min_side,
+        allowed_formats=rules.allowed_formats,
+        pixel_budget=rules.pixel_budget,
+    )
+    return bytes_to_store(data, decoded, rules.encode_format, rules.jpeg_quality)
+
+
+def decode_row(
+    row: dict[str, Any],
+    config: DataConfig,
+    filesystems: dict[str, pafs.FileSystem] | None = None,
+) -> dict[str, Any]:
+    """One in-flight row with its images read, decoded and set (or the row rejected).
+
+    `filesystems`: {scheme: filesystem} built once by the caller; an image URI of another
+    scheme gets one built for it."""
+    if row.get(REJECT_REASON):
+        return row
+    uris = row.get(IMAGE_URIS) or []
+    if not uris:
+        return reject(row, "undecodable", "row has no image", STAGE)
+    rules = config.validation
+    originals, stored = [], []
+    for i, uri in enumerate(uris):
+        where = f"image {i} of {len(uris)} ({uri}): " if len(uris) > 1 else ""
+        try:
+            fs = (filesystems or {}).get(storage.parse_uri(uri)[0])
+            data = read_image(uri, rules.max_bytes, config.storage, fs)
+            stored.append(decode_for_storage(data, rules))
+        except FileNotFoundError:  # StorageNotFoundError included
+            return reject(row, "missing_file", f"{where}not found: {uri!r}", STAGE)
+        except ImageRejected as exc:
+            return reject(row, exc.reason, f"{where}{exc}", STAGE)
+        except (OSError, ValueError) as exc:  # StorageError, InvalidURIError, pyarrow errors
+            return reject(row, "unreadable", f"{where}{type(exc).__name__}: {exc}", STAGE)
+        originals.append(data)
+    return {**row, "images": stored, "content_hash": content_hash(originals)}
+
+
+def _decode_batch(
+    batch: pa.Table, config: DataConfig, filesystems: dict[str, pafs.FileSystem]
+) -> pa.Table:
+    """map_batches fn: `decode_row` on every row of the batch."""
+    return stage_table([decode_row(row, config, filesystems) for row in batch.to_pylist()])
+
+
+def decode_stage(ds: ray.data.Dataset, config: DataConfig) -> ray.data.Dataset:
+    """The rows with images decoded in parallel (lazy; rows in == rows out).
+
+    The source's filesystem is built here, on the driver, and shipped to the tasks: images
+    live under the source (import rejects paths outside it), and workers then need not see the
+    AWS variables the driver was given.
+    """
+    fs, _ = storage.filesystem_for(config.source.uri, config.storage)
+    filesystems = {storage.parse_uri(config.source.uri)[0]: fs}
+    return map_rows(ds, _decode_batch, config.ray, config=config, filesystems=filesystems)

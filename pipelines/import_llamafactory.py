@@ -1,0 +1,385 @@
+"""Source format `llamafactory`: LLaMA-Factory's `dataset_info.json` + a sharegpt/alpaca file.
+
+Needs: `<uri>/dataset_info.json`; `source.dataset` names the entry (None: the only entry, or
+else the only entry whose `file_name` exists in the folder). The entry is read as LLaMA-Factory
+reads it (src/llamafactory/data/parser.py, converter.py): `file_name` (a .json list or .jsonl,
+relative to the folder), `formatting` (`sharegpt`, default `alpaca`), `columns` and `tags`.
+Without `columns`/`tags` LLaMA-Factory's defaults apply (alpaca: instruction, input, output;
+sharegpt: messages=conversations; tags from, value, human, gpt, observation, function_call,
+system); when the entry has `columns` or `tags`, a key they do not list is unset, as in
+LLaMA-Factory. Images: the `images` column (one path or a list), relative to
+`<uri>/<image_dir>` (LLaMA-Factory's media_dir, which defaults to the dataset folder).
+
+Adds (see pipelines/sources.py): id = the sample's `id` field when present, else
+`<file name>:<index>`; prompt = the last user turn, `<image>` placeholders removed and spaces
+tidied; answer = the last assistant turn (stripped); conversation = JSON
+`[{"role": "system"|"user"|"assistant", "content": ...}]` of all turns, placeholders kept (an
+alpaca sample: history pairs, then instruction + "\\n" + input, then output); split None.
+
+Rejections: `bad_row` where LLaMA-Factory would skip or misread the sample (turns must be user,
+assistant, user, ... after an optional leading system turn and end with the assistant; no tool
+turns; every turn non-empty text; wrong types; no image), `bad_path`, `outside_source`,
+`image_count_mismatch` (`<image>` placeholders in the user/assistant turns != images, or several
+images for a single-image task), `unknown_label` / `bad_answer`.
+SourceError: no dataset_info.json, no or ambiguous entry (the message lists them), hub/script
+entries (no file_name), preference (`ranking`) or KTO data, an entry without an images column,
+sharegpt tags without role/content/user/assistant tags, a file that is not .json/.jsonl or a
+.json file that is not a list of objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TextIO
+
+from hazard.config.data import DataConfig
+from hazard.storage import StorageConfig, StorageError, join_uri, read_bytes
+from hazard.tasks import TaskSpec, get_task
+from pipelines.common import IMAGE_URIS, reject
+from pipelines.sources import (
+    IMAGE_PLACEHOLDER,
+    STAGE,
+    ImageResolver,
+    RowProblem,
+    Source,
+    SourceError,
+    base_row,
+    check_answer,
+    check_json_head,
+    finalize,
+    inside,
+    iter_json_records,
+    json_kind,
+    read_head,
+    require_file,
+    show,
+    tidy_prompt,
+)
+
+INFO = "dataset_info.json"
+COLUMN_DEFAULTS: dict[str, str | None] = {
+    "prompt": "instruction",
+    "query": "input",
+    "response": "output",
+    "history": None,
+    "messages": "conversations",
+    "system": None,
+    "tools": None,
+    "images": None,
+    "videos": None,
+    "audios": None,
+    "chosen": None,
+    "rejected": None,
+    "kto_tag": None,
+}
+TAG_DEFAULTS: dict[str, str | None] = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
+
+Turns = tuple[str, list[dict[str, str]]]  # (system prompt, alternating user/assistant turns)
+
+
+# --- planning (driver) ------------------------------------------------------------------------
+
+
+def _load_info(source: Source, storage: StorageConfig) -> dict[str, Any]:
+    uri = join_uri(source.root_uri, INFO)
+    require_file(source, INFO, storage, INFO)
+    try:
+        info = json.loads(read_bytes(uri, storage).decode("utf-8-sig"))
+    except (StorageError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{uri}: cannot read it as JSON ({exc})") from exc
+    if not isinstance(info, dict) or not info:
+        raise SourceError(f"{uri}: expected an object of dataset entries")
+    return info
+
+
+def _has_file(source: Source, entry: Any, storage: StorageConfig) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
+        return False
+    try:
+        require_file(source, inside(entry["file_name"], "file_name"), storage, "file")
+    except SourceError:
+        return False
+    return True
+
+
+def select_entry(
+    info: dict[str, Any], wanted: str | None, source: Source, storage: StorageConfig
+) -> str:
+    """The entry to import: `wanted`, or the only entry, or the only one with a file here."""
+    names = list(info)
+    if wanted is not None:
+        if wanted not in info:
+            raise SourceError(f"{INFO} has no entry {wanted!r}; its entries: {', '.join(names)}")
+        return wanted
+    if len(names) == 1:
+        return names[0]
+    present = [n for n in names if _has_file(source, info[n], storage)]
+    if len(present) == 1:
+        return present[0]
+    raise SourceError(
+        f"{INFO} has {len(names)} entries and {len(present)} with a file in {source.root_uri}"
+        f" ({', '.join(present) or 'none'}); set source.dataset to one of: {', '.join(names)}"
+    )
+
+
+def entry_options(name: str, entry: Any) -> dict[str, Any]:
+    """The entry's formatting, columns and tags as LLaMA-Factory resolves them; SourceError
+    for entries this importer cannot read."""
+    where = f"{INFO} entry {name!r}"
+    if not isinstance(entry, dict):
+        raise SourceError(f"{where} is not an object")
+    if not isinstance(entry.get("file_name"), str):
+        raise SourceError(
+            f"{where} has no file_name (hub and script datasets are not imported: put the "
+            f"file next to {INFO})"
+        )
+    formatting = entry.get("formatting", "alpaca")
+    if formatting not in ("alpaca", "sharegpt"):
+        raise SourceError(f"{where}: formatting {formatting!r} is not alpaca or sharegpt")
+    if entry.get("ranking"):
+        raise SourceError(f"{where}: preference (ranking) datasets are not imported")
+    columns = _mapping(entry, "columns", COLUMN_DEFAULTS, where)
+    tags = _mapping(entry, "tags", TAG_DEFAULTS, where)
+    if columns["kto_tag"]:
+        raise SourceError(f"{where}: KTO datasets (columns.kto_tag) are not imported")
+    if not columns["images"]:
+        raise SourceError(f"{where} has no images column; this pipeline imports image samples")
+    needed = ["messages"] if formatting == "sharegpt" else ["response"]
+    needed_tags = ["role_tag", "content_tag", "user_tag", "assistant_tag"]
+    if formatting == "alpaca" and not (columns["prompt"] or columns["query"]):
+        needed.append("prompt")
+    for key in needed:
+        if not columns[key]:
+            raise SourceError(f"{where}: columns leave {key!r} unset")
+    if formatting == "sharegpt":
+        for key in needed_tags:
+            if not tags[key]:
+                raise SourceError(
+                    f"{where}: tags leave {key!r} unset (LLaMA-Factory unsets every tag that "
+                    "`tags` does not list)"
+                )
+    return {"formatting": formatting, "columns": columns, "tags": tags}
+
+
+def _mapping(
+    entry: dict[str, Any], key: str, defaults: dict[str, str | None], where: str
+) -> dict[str, str | None]:
+    if key not in entry:
+        return dict(defaults)
+    given = entry[key]
+    if not isinstance(given, dict) or any(
+        v is not None and not isinstance(v, str) for v in given.values()
+    ):
+        raise SourceError(f"{where}: {key} must map names to strings")
+    return {k: given.get(k) for k in defaults}
+
+
+def plan(source: Source, config: DataConfig) -> Source:
+    """The source with its entry resolved and its data file checked; SourceError otherwise."""
+    storage = config.storage
+    info = _load_info(source, storage)
+    name = select_entry(info, config.source.dataset, source, storage)
+    options = entry_options(name, info[name])
+    rel = inside(info[name]["file_name"], f"{INFO} entry {name!r} file_name")
+    jsonl = json_kind(rel, f"{INFO} entry {name!r} file_name")
+    source = dataclasses.replace(source, annotation=rel)
+    size = require_file(source, rel, storage, f"data file of entry {name!r}")
+    check_json_head(read_head(source, rel, storage), source.annotation_uri, jsonl)
+    return dataclasses.replace(
+        source, size=size, options={**options, "dataset": name, "jsonl": jsonl}
+    )
+
+
+# --- rows (pure) ------------------------------------------------------------------------------
+
+
+def _text(value: Any, where: str, what: str) -> str:
+    """`value` as a non-empty string, else RowProblem bad_row."""
+    if not isinstance(value, str):
+        raise RowProblem("bad_row", f"{where}: {what} is {type(value).__name__}, not text")
+    if not value.strip():
+        raise RowProblem("bad_row", f"{where}: {what} is empty")
+    return value
+
+
+def sharegpt_turns(
+    sample: dict[str, Any], where: str, columns: Mapping[str, Any], tags: Mapping[str, Any]
+) -> Turns:
+    """(system, turns) of a sharegpt sample, as LLaMA-Factory's SharegptDatasetConverter
+    aligns them; RowProblem bad_row where it would mark the sample broken."""
+    messages = sample.get(columns["messages"])
+    if not isinstance(messages, list) or not messages:
+        raise RowProblem("bad_row", f"{where}: {columns['messages']!r} is not a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise RowProblem("bad_row", f"{where}: turn {i} is {type(m).__name__}, not an object")
+    role_tag, content_tag = tags["role_tag"], tags["content_tag"]
+    system, first = "", 0
+    if tags["system_tag"] and messages[0].get(role_tag) == tags["system_tag"]:
+        system = messages[0].get(content_tag)
+        if not isinstance(system, str):
+            raise RowProblem("bad_row", f"{where}: the system turn has no text")
+        first = 1
+    elif columns["system"] and sample.get(columns["system"]) is not None:
+        system = sample[columns["system"]]
+        if not isinstance(system, str):
+            raise RowProblem("bad_row", f"{where}: {columns['system']!r} is not text")
+    turns = []
+    tool_tags = {tags["observation_tag"], tags["function_tag"]} - {None}
+    for i, m in enumerate(messages[first:], start=first):
+        expected = (tags["user_tag"], tags["assistant_tag"])[(i - first) % 2]
+        role = m.get(role_tag)
+        if role != expected:
+            if role in tool_tags:
+                raise RowProblem("bad_row", f"{where}: turn {i} is a tool turn ({role!r})")
+            raise RowProblem(
+                "bad_row",
+                f"{where}: turn {i} has {role_tag} {show(role)}, expected {expected!r} (turns "
+                f"alternate {tags['user_tag']!r} and {tags['assistant_tag']!r})",
+            )
+        content = _text(m.get(content_tag), where, f"turn {i}")
+        turns.append({"role": ("user", "assistant")[(i - first) % 2], "content": content})
+    if len(turns) % 2:
+        raise RowProblem("bad_row", f"{where}: the last turn is the user's: no assistant answer")
+    return system, turns
+
+
+def alpaca_turns(sample: dict[str, Any], where: str, columns: Mapping[str, Any]) -> Turns:
+    """(system, turns) of an alpaca sample, as LLaMA-Factory's AlpacaDatasetConverter builds
+    them: history pairs, then prompt + "\\n" + query, then the response."""
+    turns: list[dict[str, str]] = []
+    history = sample.get(columns["history"]) if columns["history"] else None
+    if history is not None:
+        if not isinstance(history, list):
+            raise RowProblem("bad_row", f"{where}: {columns['history']!r} is not a list")
+        for k, pair in enumerate(history):
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise RowProblem("bad_row", f"{where}: history[{k}] is not a [query, answer] pair")
+            query, answer = (_text(x, where, f"history[{k}]") for x in pair)
+            turns += [{"role": "user", "content": query}, {"role": "assistant", "content": answer}]
+    parts = []
+    for key in ("prompt", "query"):
+        value = sample.get(columns[key]) if columns[key] else None
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise RowProblem("bad_row", f"{where}: {columns[key]!r} is not text")
+        parts.append(value)
+    turns.append({"role": "user", "content": _text("\n".join(parts), where, "the instruction")})
+    answer = _text(sample.get(columns["response"]), where, f"{columns['response']!r}")
+    turns.append({"role": "assistant", "content": answer})
+    system = sample.get(columns["system"]) if columns["system"] else None
+    if system is not None and not isinstance(system, str):
+        raise RowProblem("bad_row", f"{where}: {columns['system']!r} is not text")
+    return system or "", turns
+
+
+def _sample_id(sample: dict[str, Any], fallback: str, where: str) -> str:
+    value = sample.get("id")
+    if value is None or value == "":
+        return fallback
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RowProblem("bad_row", f"{where}: id is {type(value).__name__}, not text")
+    return str(value)
+
+
+def _image_paths(value: Any) -> list[Any]:
+    """The images column as a list (LLaMA-Factory's _find_medias: one path or a list)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def chat_row(
+    source: Source,
+    task: TaskSpec,
+    index: int,
+    where: str,
+    sample: Any,
+    turns_of: Callable[[dict[str, Any], str], Turns],
+    images_column: str,
+    resolve: ImageResolver,
+) -> dict[str, Any]:
+    """One chat sample (sharegpt, alpaca or LLaVA) as a row, rejected at its first problem."""
+    row = base_row(source, task, index, f"{source.annotation_name}:{index}")
+    try:
+        if isinstance(sample, RowProblem):
+            raise sample
+        if not isinstance(sample, dict):
+            raise RowProblem("bad_row", f"{where}: {type(sample).__name__}, not an object")
+        row["id"] = _sample_id(sample, row["id"], where)
+        system, turns = turns_of(sample, where)
+        conversation = ([{"role": "system", "content": system}] if system else []) + turns
+        row["conversation"] = json.dumps(conversation, ensure_ascii=False)
+        row["prompt"] = tidy_prompt(turns[-2]["content"])
+        row["answer"] = turns[-1]["content"].strip()
+        paths = _image_paths(sample.get(images_column))
+        if not paths:
+            raise RowProblem("bad_row", f"{where}: no image ({images_column!r} is empty)")
+        resolved = [
+            resolve(p, f"{where} image {k}" if len(paths) > 1 else where)
+            for k, p in enumerate(paths)
+        ]
+        row[IMAGE_URIS] = [uri for _, uri in resolved]
+        if len(resolved) == 1:
+            row["source_uri"] = resolved[0][1]
+        placeholders = sum(t["content"].count(IMAGE_PLACEHOLDER) for t in turns)
+        if placeholders != len(paths):
+            raise RowProblem(
+                "image_count_mismatch",
+                f"{where}: {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) in the turns but "
+                f"{len(paths)} image(s)",
+            )
+        check_answer(task, row["answer"], where)
+        if len(paths) > 1 and not task.multi_image:
+            raise RowProblem(
+                "image_count_mismatch",
+                f"{where}: {len(paths)} images, but task {task.name} takes one image per sample",
+            )
+    except RowProblem as p:
+        return reject(row, p.reason, p.detail, STAGE)
+    return row
+
+
+def chat_rows(
+    stream: TextIO,
+    source: Source,
+    turns_of: Callable[[dict[str, Any], str], Turns],
+    images_column: str,
+    jsonl: bool,
+) -> Iterator[dict[str, Any]]:
+    """Every record of a chat annotation file as a row, ids made unique."""
+    task = get_task(source.task)
+    name = source.annotation_name
+    resolve = ImageResolver(source)
+    rows = (
+        chat_row(source, task, i, where, v, turns_of, images_column, resolve)
+        for i, where, v in iter_json_records(stream, name, jsonl)
+    )
+    return finalize(rows, name)
+
+
+def iter_rows(stream: TextIO, source: Source) -> Iterator[dict[str, Any]]:
+    """Every sample of the entry's file as a row (pure: no Ray, no image I/O)."""
+    opts = source.options
+    columns, tags = opts["columns"], opts["tags"]
+    if opts["formatting"] == "sharegpt":
+
+        def turns_of(sample: dict[str, Any], where: str) -> Turns:
+            return sharegpt_turns(sample, where, columns, tags)
+    else:
+
+        def turns_of(sample: dict[str, Any], where: str) -> Turns:
+            return alpaca_turns(sample, where, columns)
+
+    return chat_rows(stream, source, turns_of, columns["images"], opts["jsonl"])
