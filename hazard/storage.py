@@ -325,14 +325,21 @@ def delete_dir(uri: str | os.PathLike, config: StorageConfig | None = None) -> N
 
 
 @contextmanager
-def open_output(uri: str | os.PathLike, config: StorageConfig | None = None) -> Iterator[IO]:
+def open_output(
+    uri: str | os.PathLike,
+    config: StorageConfig | None = None,
+    filesystem: pafs.FileSystem | None = None,
+) -> Iterator[IO]:
     """A binary stream whose content replaces `uri` only if the block succeeds.
 
     Local: a temp file in the target directory (parents created), fsynced, then `os.replace`.
     S3: a (multipart) upload, deleted again if the block raises (pyarrow may then leave an
-    empty "directory" marker for the parent prefix).
+    empty "directory" marker for the parent prefix). `filesystem`: as for `open_input`.
     """
-    fs, path = filesystem_for(uri, config)
+    if filesystem is None:
+        fs, path = filesystem_for(uri, config)
+    else:
+        fs, path = filesystem, parse_uri(uri)[1]
     uri = os.fspath(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         with _errors(uri):

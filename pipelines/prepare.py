@@ -2,8 +2,9 @@
 
 Rows stream through the stages; a stage that rejects a row marks it (`reject`) and later stages
 pass it on untouched, so the write stage counts every row by the stage and reason that
-rejected it. The dataset is materialized twice: after decoding (dedup and split assignment need
-every row's hash and answer) and before writing (each split is written from it). Needs a
+rejected it. The images are materialized once, after decoding (dedup and split assignment need
+every row's hash and answer); then augmenting, filtering and writing stream, each task writing
+the shards of its own rows, and only the rows' light columns come back for the lineage. Needs a
 running Ray (ray.init) in the caller.
 """
 
@@ -21,7 +22,7 @@ from pipelines.consistency import consistency_filter
 from pipelines.decode import decode_stage
 from pipelines.dedup_split import dedup_and_split
 from pipelines.sources import check_source, read_source
-from pipelines.write import write_outputs
+from pipelines.write import clear_outputs, write_outputs, write_shards
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,15 @@ def prepare(config: DataConfig) -> dict[str, Any]:
     )
 
     t = time.perf_counter()
+    clear_outputs(config)
     augmented = augment(rows, config.augment, config.validation, config.ray)
-    final = consistency_filter(augmented, config.consistency, task, config.ray).materialize()
-    timings["augment_filter"] = time.perf_counter() - t
-    log.info("augment + filter: %d rows in %.1fs", final.count(), timings["augment_filter"])
+    filtered = consistency_filter(augmented, config.consistency, task, config.ray)
+    light = write_shards(filtered, config).materialize()
+    timings["augment_filter_write"] = time.perf_counter() - t
+    log.info(
+        "augment + filter + write: %d rows in %.1fs", light.count(), timings["augment_filter_write"]
+    )
 
-    report = write_outputs(final, decisions, config, started_at, t0, timings)
+    report = write_outputs(light, decisions, config, started_at, t0, timings)
     log.info("wrote %d rows to %s", report["written"], config.output_dir)
     return report

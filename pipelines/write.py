@@ -1,10 +1,11 @@
 """Write stage: Parquet shards per split, the quarantine table and the lineage report.
 
-Needs: the final in-flight rows (materialized), kept and rejected alike, and the dedup/split
-decisions. Writes under `output_dir` (a local folder or an s3:// prefix, through
-hazard.storage):
-- `{split}/{split}-NNNNN-0.parquet` for split in train/val/test, exactly SAMPLE_SCHEMA, at most
-  `shards.rows_per_file` rows each, evenly filled (an empty split gets one empty shard);
+Needs: the in-flight rows after the last stage, kept and rejected alike. Writes under
+`output_dir` (a local folder or an s3:// prefix, through hazard.storage):
+- `{split}/{split}-<first source row of the batch>-<k>.parquet` for split in train/val/test,
+  exactly SAMPLE_SCHEMA, at most `shards.rows_per_file` rows each: every map task writes the kept
+  rows of its batch itself (`write_shards`), so the images never travel back to the driver and
+  no extra pass over the data is needed; an empty split gets one empty shard;
 - `quarantine.parquet`: QUARANTINE_SCHEMA, one row per rejected row, in source order;
 - `lineage.json`: the counts below, the config, timings and the invariants checked.
 
@@ -20,18 +21,16 @@ lineage.json is written) when any identity fails.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
-from ray.data import SaveMode
-from ray.data.datasource import FilenameProvider
-from ray.data.expressions import col
 
 from hazard import storage
 from hazard.config.data import DataConfig
@@ -52,15 +51,44 @@ class LineageError(RuntimeError):
     """Rows were lost or invented: the counts do not add up."""
 
 
-class _ShardNames(FilenameProvider):
-    """`{split}-{task:05d}` (Ray appends `-{i}.parquet`)."""
+def clear_outputs(config: DataConfig) -> None:
+    """Remove the split folders a previous run left, so shards of two runs never mix."""
+    for split in SPLITS:
+        storage.delete_dir(storage.join_uri(config.output_dir, split), config.storage)
 
-    def __init__(self, split: str) -> None:
-        super().__init__(file_format="parquet")
-        self.split = split
 
-    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-        return f"{self.split}-{task_index:05d}.parquet"
+def _write_batch(
+    batch: pa.Table, output_dir: str, rows_per_file: int, filesystem: pafs.FileSystem
+) -> pa.Table:
+    """map_batches fn: write the batch's kept rows as shards; return every row's light columns."""
+    kept = batch.filter(pc.is_null(batch[REJECT_REASON]))
+    if kept.num_rows:
+        first = pc.min(batch[ORDER]).as_py()
+        for split in SPLITS:
+            part = kept.filter(pc.equal(kept["split"], split)).select(SAMPLE_SCHEMA.names)
+            part = part.cast(SAMPLE_SCHEMA)
+            for k, start in enumerate(range(0, part.num_rows, rows_per_file)):
+                name = f"{split}/{split}-{first:09d}-{k}.parquet"
+                uri = storage.join_uri(output_dir, name)
+                with storage.open_output(uri, filesystem=filesystem) as f:
+                    pq.write_table(part.slice(start, rows_per_file), f)
+    return batch.select(LIGHT)
+
+
+def write_shards(ds: ray.data.Dataset, config: DataConfig) -> ray.data.Dataset:
+    """The rows' light columns (lazy) after each task wrote its kept rows as shards."""
+    fs, _ = storage.filesystem_for(config.output_dir, config.storage)
+    return ds.map_batches(
+        _write_batch,
+        batch_format="pyarrow",
+        batch_size=None,
+        fn_kwargs={
+            "output_dir": config.output_dir,
+            "rows_per_file": config.shards.rows_per_file,
+            "filesystem": fs,
+        },
+        num_cpus=config.ray.num_cpus,
+    )
 
 
 def light_rows(ds: ray.data.Dataset) -> list[dict[str, Any]]:
@@ -71,32 +99,12 @@ def light_rows(ds: ray.data.Dataset) -> list[dict[str, Any]]:
     return rows
 
 
-def write_split(ds: ray.data.Dataset, split: str, n: int, config: DataConfig) -> None:
-    """Write the kept rows of `split` (there are `n`) as even Parquet shards under it."""
-    uri = storage.join_uri(config.output_dir, split)
-    storage.delete_dir(uri, config.storage)
-    if n == 0:
-        empty = storage.join_uri(uri, f"{split}-empty.parquet")
-        storage.write_parquet(empty, SAMPLE_SCHEMA.empty_table(), config.storage)
-        return
-    part = ds.filter(expr=col(REJECT_REASON).is_null() & (col("split") == split))
-    io = storage.ray_io(uri, config.storage)
-    part.select_columns(SAMPLE_SCHEMA.names).repartition(
-        math.ceil(n / config.shards.rows_per_file)
-    ).write_parquet(
-        io.path,
-        filesystem=io.filesystem,
-        schema=SAMPLE_SCHEMA,
-        max_rows_per_file=config.shards.rows_per_file,
-        filename_provider=_ShardNames(split),
-        mode=SaveMode.OVERWRITE,
-    )
-
-
 def read_back(split_uri: str, config: DataConfig) -> tuple[list[dict[str, Any]], pa.Table]:
     """([{file (relative to output_dir), rows}] from each shard's Parquet metadata, the light
     columns of the split)."""
-    shards, tables = [], []
+    shards, tables = [], [SAMPLE_SCHEMA.empty_table().select(["answer", "parent_id", "aug_ops"])]
+    if not storage.exists(split_uri, config.storage):
+        return shards, tables[0]
     for entry in storage.list_files(split_uri, config.storage):
         if not entry.relpath.endswith(".parquet"):
             continue
@@ -193,20 +201,23 @@ def check(counts: dict[str, Any], written: dict[str, int], quarantined: int) -> 
 
 
 def write_outputs(
-    ds: ray.data.Dataset,
+    light: ray.data.Dataset,
     decisions: Decisions,
     config: DataConfig,
     started_at: datetime,
     t0: float,
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """Write shards, quarantine and lineage.json for the final rows; the lineage report."""
+    """Quarantine, empty shards for empty splits and lineage.json, from the rows' light
+    columns after `write_shards` ran; the lineage report."""
     t = time.perf_counter()
     labels = get_task(config.task).labels
-    rows = light_rows(ds)
+    rows = light_rows(light)
     counts = count(rows, labels)
     for split in SPLITS:
-        write_split(ds, split, counts["splits"][split]["to_write"], config)
+        if counts["splits"][split]["to_write"] == 0:
+            empty = storage.join_uri(config.output_dir, split, f"{split}-empty.parquet")
+            storage.write_parquet(empty, SAMPLE_SCHEMA.empty_table(), config.storage)
     records = [
         {
             "id": r["id"],
@@ -233,7 +244,7 @@ def write_outputs(
             "shards": shards,
         }
     splits[UNASSIGNED] = counts["splits"][UNASSIGNED]
-    timings = {**timings, "write": time.perf_counter() - t}
+    timings = {**timings, "lineage": time.perf_counter() - t}
     problems = check(counts, written, len(records))
     totals = defaultdict(int)
     for c in splits.values():

@@ -1,0 +1,271 @@
+"""Data job throughput: the Ray Data pipeline against a plain single-process loop, same work.
+
+    python -m bench.bench_data_throughput [--images 300] [--config configs/data_corridor.yaml]
+
+Input: `--images` photo-like 1280x720 JPEGs (synthetic corridor scenes, upscaled, with sensor-like
+noise, about the size of phone photos) in a labelled folder without splits, made once and cached
+under runs/bench/. Both paths run the same functions on the same input and config
+(import -> decode to the pixel budget -> dedup and split -> augment -> Parquet shards):
+- `loop`: one process, rows one after another (`decode_row`, `decide`, `augment_rows`,
+  pyarrow writes);
+- `ray`: `pipelines.prepare.prepare` on a local Ray with `--cpus` CPUs, started before timing;
+Both are warmed up first on a 10-image folder (modules imported, Ray's workers and Ray Data's
+executor started), so the two timed runs compare the work, not start-up;
+- `job` (unless --no-job): `python -m ray_jobs.prepare_data` as a user runs it, Ray start
+  included, with its output size against the input's.
+Beside them, the per-core decode floor: images/s of decoding alone (to the pixel budget, as the
+decode stage does, and at full size) in one process, the work no pipeline can skip.
+Prints a table and writes JSON with `speedup` = ray images/s / loop images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import (
+    REPO_ROOT,
+    command,
+    default_out,
+    environment,
+    git_state,
+    loadavg,
+    write_json,
+)
+
+NAME = "data_throughput"
+SIZE = (1280, 720)
+
+
+def make_photos(folder: Path, n: int, seed: int = 0) -> Path:
+    """`n` labelled photo-like JPEGs in `folder` (labels.csv without splits); cached."""
+    from PIL import Image, ImageFilter
+
+    from hazard.demo.synthetic import render_scene
+    from hazard.labels import RISK_LABELS
+
+    done = folder / "labels.csv"
+    if done.is_file() and sum(1 for _ in done.open()) == n + 1:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "images").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = RISK_LABELS[i % len(RISK_LABELS)]
+        scene, _ = render_scene(label, rng, size=256)
+        img = scene.resize(SIZE, Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(1.2))
+        arr = np.asarray(img, dtype=np.int16) + rng.normal(0, 7, (SIZE[1], SIZE[0], 3))
+        photo = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        name = f"images/{label}_{i:05d}.jpg"
+        photo.save(folder / name, "JPEG", quality=88)
+        rows.append((name, label))
+    with (folder / "labels.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "label"])
+        w.writerows(rows)
+    return folder
+
+
+def folder_bytes(path: Path, suffixes: tuple[str, ...]) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.suffix in suffixes)
+
+
+def decode_floor(folder: Path, budget: int | None, limit: int = 60) -> dict[str, float]:
+    """Images/s of decoding alone in one process: to the budget (draft) and at full size."""
+    from PIL import Image
+
+    from hazard.images import decode_image
+
+    files = sorted((folder / "images").glob("*.jpg"))[:limit]
+    blobs = [f.read_bytes() for f in files]
+    t = time.perf_counter()
+    for b in blobs:
+        decode_image(b, max_bytes=1 << 30, pixel_budget=budget)
+    to_budget = len(blobs) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for b in blobs:
+        with Image.open(io.BytesIO(b)) as img:
+            img.load()
+    full = len(blobs) / (time.perf_counter() - t)
+    return {"to_budget_per_s": to_budget, "full_size_per_s": full}
+
+
+def run_loop(config) -> dict[str, object]:
+    """The same work in one process; returns counts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hazard import storage
+    from hazard.schema import SAMPLE_SCHEMA, SPLITS
+    from pipelines.augment import augment_rows
+    from pipelines.common import REJECT_REASON, reject
+    from pipelines.decode import decode_row
+    from pipelines.dedup_split import LIGHT_COLUMNS, decide
+    from pipelines.sources import plan_source, source_rows
+
+    source = plan_source(config)
+    with storage.open_input(source.annotation_uri, config.storage) as fh:
+        rows = [decode_row(r, config) for r in source_rows(source, fh)]
+    light = pa.Table.from_pylist([{c: r.get(c) for c in LIGHT_COLUMNS} for r in rows])
+    d = decide(light, config.split)
+    for i, r in enumerate(rows):
+        if r[REJECT_REASON] is None and r["_order"] in d.duplicates:
+            rows[i] = reject(r, "duplicate", d.duplicates[r["_order"]], "dedup")
+        elif r["_order"] in d.splits:
+            r["split"] = d.splits[r["_order"]]
+    rows = augment_rows(rows, config.augment, config.validation)
+    out = Path(config.output_dir)
+    kept = [r for r in rows if r[REJECT_REASON] is None]
+    for split in SPLITS:
+        part = [{c: r.get(c) for c in SAMPLE_SCHEMA.names} for r in kept if r["split"] == split]
+        (out / split).mkdir(parents=True, exist_ok=True)
+        step = config.shards.rows_per_file
+        for k in range(max(1, math.ceil(len(part) / step))):
+            chunk = pa.Table.from_pylist(part[k * step : (k + 1) * step], schema=SAMPLE_SCHEMA)
+            pq.write_table(chunk, out / split / f"{split}-{k:05d}.parquet")
+    return {"rows_written": len(kept), "rows_total": len(rows)}
+
+
+def run_ray(config) -> dict[str, object]:
+    from pipelines.prepare import prepare
+
+    report = prepare(config)
+    return {"rows_written": report["written"], "phases": report["timing"]["phases"]}
+
+
+def run_job(args, source: Path, out: Path) -> dict[str, object]:
+    """`python -m ray_jobs.prepare_data` in its own process (its own local Ray)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray_jobs.prepare_data",
+        "--source",
+        str(source),
+        "--out",
+        str(out),
+    ]
+    if args.config:
+        cmd[3:3] = ["--config", args.config]
+    cmd += [f"--set={o}" for o in args.overrides]
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"data job failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {"seconds": seconds, "command": " ".join(cmd[1:])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m bench.bench_data_throughput")
+    p.add_argument("--images", type=int, default=300, help="1280x720 JPEGs in the input")
+    p.add_argument("--config", help="data config YAML (default: DataConfig defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
+    p.add_argument("--no-job", action="store_true", help="skip the whole-job run")
+    p.add_argument("--workdir", type=Path, default=REPO_ROOT / "runs" / "bench" / NAME)
+    p.add_argument("--out", type=Path, default=None, help="JSON path")
+    args = p.parse_args(argv)
+
+    import ray
+
+    from hazard.config import load_config_or_defaults
+    from hazard.config.data import DataConfig
+
+    source = make_photos(args.workdir / f"photos-{args.images}", args.images)
+    input_bytes = folder_bytes(source / "images", (".jpg",))
+
+    def config_for(out: Path) -> DataConfig:
+        overrides = [*args.overrides, f"source.uri={source}", f"output_dir={out}"]
+        return load_config_or_defaults(args.config, DataConfig, overrides)
+
+    cfg = config_for(args.workdir / "out-loop")
+    floor = decode_floor(source, cfg.validation.pixel_budget)
+    results: dict[str, dict] = {}
+    warm = make_photos(args.workdir / "photos-warmup", 10, seed=1)
+
+    def warm_config(out: Path) -> DataConfig:
+        overrides = [*args.overrides, f"source.uri={warm}", f"output_dir={out}"]
+        return load_config_or_defaults(args.config, DataConfig, overrides)
+
+    run_loop(warm_config(args.workdir / "out-warmup-loop"))
+    out = args.workdir / "out-loop"
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    loop = run_loop(config_for(out))
+    results["loop"] = {"seconds": time.perf_counter() - t, **loop}
+    results["loop"]["output_bytes"] = folder_bytes(out, (".parquet",))
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        run_ray(warm_config(args.workdir / "out-warmup-ray"))
+        out = args.workdir / "out-ray"
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        res = run_ray(config_for(out))
+        results["ray"] = {"seconds": time.perf_counter() - t, **res}
+        results["ray"]["output_bytes"] = folder_bytes(out, (".parquet",))
+    finally:
+        ray.shutdown()
+
+    if not args.no_job:
+        out = args.workdir / "out-job"
+        shutil.rmtree(out, ignore_errors=True)
+        results["job"] = run_job(args, source, out)
+        results["job"]["output_bytes"] = folder_bytes(out, (".parquet",))
+
+    n = args.images
+    for r in results.values():
+        r["images_per_s"] = n / r["seconds"]
+        r["output_ratio"] = r["output_bytes"] / input_bytes
+    speedup = results["ray"]["images_per_s"] / results["loop"]["images_per_s"]
+    payload = {
+        "benchmark": NAME,
+        **command("bench.bench_data_throughput", argv),
+        "git": git_state(),
+        "environment": environment(),
+        "loadavg_after": loadavg(),
+        "input": {"images": n, "size": list(SIZE), "bytes": input_bytes},
+        "config": cfg.model_dump(mode="json"),
+        "cpus": args.cpus,
+        "decode_floor_per_core": floor,
+        "results": results,
+        "speedup": speedup,
+        "ideal_speedup": args.cpus,
+    }
+    print(
+        f"\ndata throughput: {n} JPEGs {SIZE[0]}x{SIZE[1]}, {input_bytes / 1e6:.1f} MB in, "
+        f"pixel budget {cfg.validation.pixel_budget}, {cfg.augment.copies} copies, "
+        f"{args.cpus} CPUs"
+    )
+    print(f"{'path':<6} {'seconds':>8} {'images/s':>9} {'out MB':>8} {'out/in':>7}")
+    for name, r in results.items():
+        print(
+            f"{name:<6} {r['seconds']:>8.1f} {r['images_per_s']:>9.2f} "
+            f"{r['output_bytes'] / 1e6:>8.1f} {r['output_ratio']:>7.2f}"
+        )
+    print(
+        f"speedup ray/loop {speedup:.2f}x (ideal {args.cpus}x); decode floor per core: "
+        f"{floor['to_budget_per_s']:.1f} images/s to budget, {floor['full_size_per_s']:.1f} "
+        f"full size"
+    )
+    path = write_json(args.out or default_out(NAME), payload)
+    print(f"json: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
