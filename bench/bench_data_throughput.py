@@ -15,7 +15,8 @@ executor started), so the two timed runs compare the work, not start-up;
   included, with its output size against the input's.
 Beside them, the per-core decode floor: images/s of decoding alone (to the pixel budget, as the
 decode stage does, and at full size) in one process, the work no pipeline can skip.
-Prints a table and writes JSON with `speedup` = ray images/s / loop images/s.
+Each path runs `--repeats` times, interleaved; the table shows medians. Prints a table and
+writes JSON with `speedup` = ray images/s / loop images/s (medians).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import io
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="data config YAML (default: DataConfig defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each path (median)")
     p.add_argument("--no-job", action="store_true", help="skip the whole-job run")
     p.add_argument("--workdir", type=Path, default=REPO_ROOT / "runs" / "bench" / NAME)
     p.add_argument("--out", type=Path, default=None, help="JSON path")
@@ -201,25 +204,23 @@ def main(argv: list[str] | None = None) -> int:
         return load_config_or_defaults(args.config, DataConfig, overrides)
 
     run_loop(warm_config(args.workdir / "out-warmup-loop"))
-    out = args.workdir / "out-loop"
-    shutil.rmtree(out, ignore_errors=True)
-    t = time.perf_counter()
-    loop = run_loop(config_for(out))
-    results["loop"] = {"seconds": time.perf_counter() - t, **loop}
-    results["loop"]["output_bytes"] = folder_bytes(out, (".parquet",))
-
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    samples: dict[str, list[float]] = {"loop": [], "ray": []}
     try:
         run_ray(warm_config(args.workdir / "out-warmup-ray"))
-        out = args.workdir / "out-ray"
-        shutil.rmtree(out, ignore_errors=True)
-        t = time.perf_counter()
-        res = run_ray(config_for(out))
-        results["ray"] = {"seconds": time.perf_counter() - t, **res}
-        results["ray"]["output_bytes"] = folder_bytes(out, (".parquet",))
+        for rep in range(args.repeats):  # interleaved, so load changes hit both paths alike
+            for name in ("loop", "ray") if rep % 2 == 0 else ("ray", "loop"):
+                out = args.workdir / f"out-{name}"
+                shutil.rmtree(out, ignore_errors=True)
+                t = time.perf_counter()
+                res = (run_loop if name == "loop" else run_ray)(config_for(out))
+                samples[name].append(time.perf_counter() - t)
+                results[name] = {**res, "output_bytes": folder_bytes(out, (".parquet",))}
     finally:
         ray.shutdown()
+    for name, secs in samples.items():
+        results[name].update(seconds=statistics.median(secs), seconds_each=secs)
 
     if not args.no_job:
         out = args.workdir / "out-job"
