@@ -1,7 +1,8 @@
 """The one storage layer: local paths, ``file://`` and ``s3://`` URIs, on pyarrow filesystems.
 
-Used by the data job (sources, Parquet outputs, lineage), training (checkpoints, model bundles)
-and serving (loading bundles into a local cache). Everything goes through `filesystem_for`,
+Used by the data job (sources, Parquet outputs, lineage); built for training (checkpoints, model
+bundles) and serving (loading bundles into a local cache) too, which still read local paths
+today. Everything goes through `filesystem_for`,
 which builds a `pyarrow.fs.LocalFileSystem` or `pyarrow.fs.S3FileSystem`; pass that filesystem
 to pyarrow and Ray Data too (`ray_io`), so all of them reach the same endpoint.
 

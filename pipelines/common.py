@@ -10,12 +10,10 @@ Between stages, rows carry SAMPLE_SCHEMA plus internal columns:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import ray
-from ray.data.expressions import col
 
 from hazard.config.data import RayConfig
 from hazard.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA
@@ -53,57 +51,6 @@ def reject(row: dict[str, Any], reason: str, detail: str, stage: str = "") -> di
     if row.get(REJECT_REASON):
         return row
     return {**row, "images": [], REJECT_REASON: reason, REJECT_DETAIL: detail, REJECT_STAGE: stage}
-
-
-@dataclass
-class StageStats:
-    """Row accounting of one stage: rows_in + rows_added == rows_out + sum(rejected)."""
-
-    name: str
-    rows_in: int
-    rows_out: int
-    rows_added: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def balanced(self) -> bool:
-        return self.rows_in + self.rows_added == self.rows_out + sum(self.rejected.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "seconds": round(self.seconds, 3)}
-
-
-def split_rejected(
-    ds: ray.data.Dataset, stage: str
-) -> tuple[ray.data.Dataset, list[dict[str, Any]]]:
-    """(kept rows, materialized; quarantine records of the rejected rows, sorted by id)."""
-    kept = ds.filter(expr=col(REJECT_REASON).is_null()).materialize()
-    rejected = (
-        ds.filter(expr=col(REJECT_REASON).is_not_null())
-        .select_columns(["id", "source_uri", REJECT_REASON, REJECT_DETAIL, ORDER])
-        .take_all()
-    )
-    rejected.sort(key=lambda r: (r[ORDER] if r[ORDER] is not None else -1, r["id"] or ""))
-    records = [
-        {
-            "id": r["id"],
-            "source_uri": r["source_uri"],
-            "stage": stage,
-            "reason": r[REJECT_REASON],
-            "detail": r[REJECT_DETAIL],
-        }
-        for r in rejected
-    ]
-    return kept, records
-
-
-def count_reasons(records: list[dict[str, Any]]) -> dict[str, int]:
-    """{reason: count}, sorted by reason."""
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r["reason"]] = counts.get(r["reason"], 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def quarantine_table(records: list[dict[str, Any]]) -> pa.Table:

@@ -5,12 +5,14 @@ Needs: decoded rows (`content_hash` of the original file bytes, `answer`, `split
 Adds: `duplicate` rejections (stage "dedup") and `split` on kept rows that had none.
 
 Both decisions need the whole dataset, so they are made on the driver from four light columns
-(`_order`, `id`, `answer`, `split`, `content_hash`: tens of bytes a row, never the images), then
+(`_order`, `id`, `prompt`, `answer`, `split`, `content_hash`: never the images), then
 applied to the rows by a map.
-- Duplicates: among kept rows with the same `content_hash`, the first in the source (lowest
-  `_order`) is kept, whatever its split, so a copy in another split (a leak) is rejected; each
-  other row is rejected `duplicate` naming the kept id. A group whose rows disagree on the
-  answer is reported as a label conflict (the kept row's answer stands).
+- Duplicates: among kept rows with the same images (`content_hash`) asked the same question
+  (`prompt`: for the fixed-prompt tasks, every row of an image; in chat data, the same image
+  asked something else is another sample), the first in the source (lowest `_order`) is kept,
+  whatever its split, so a copy in another split (a leak) is rejected; each other row is
+  rejected `duplicate` naming the kept id. A group whose rows disagree on the answer is reported
+  as a label conflict (the kept row's answer stands).
 - Splits: rows without one are assigned by a seeded rule stratified by answer: within each
   answer, rows are ordered by sha256(seed, id) and cut at the cumulative fractions, so a row's
   split depends only on the seed, its id and the other ids with its answer.
@@ -32,7 +34,7 @@ from hazard.config.data import RayConfig, SplitConfig
 from pipelines.common import ORDER, REJECT_REASON, map_rows, reject, stage_table
 
 SPLIT_ORDER = ("train", "val", "test")
-LIGHT_COLUMNS = [ORDER, "id", "answer", "split", "content_hash", REJECT_REASON]
+LIGHT_COLUMNS = [ORDER, "id", "prompt", "answer", "split", "content_hash", REJECT_REASON]
 
 
 @dataclass
@@ -78,11 +80,11 @@ def decide(light: pa.Table, cfg: SplitConfig) -> Decisions:
     kept = [r for r in light.to_pylist() if r[REJECT_REASON] is None]
     kept.sort(key=lambda r: r[ORDER])
     decisions = Decisions()
-    first: dict[str, dict[str, Any]] = {}
-    conflicts: dict[str, dict[str, Any]] = {}
+    first: dict[tuple[str, str], dict[str, Any]] = {}
+    conflicts: dict[tuple[str, str], dict[str, Any]] = {}
     survivors = []
     for r in kept:
-        h = r["content_hash"]
+        h = (r["content_hash"], r["prompt"])
         if h not in first:
             first[h] = r
             survivors.append(r)
@@ -93,7 +95,7 @@ def decide(light: pa.Table, cfg: SplitConfig) -> Decisions:
             detail += f"; conflicting label {r['answer']!r} vs kept {keep['answer']!r}"
             c = conflicts.setdefault(
                 h, {"kept_id": keep["id"], "kept_label": keep["answer"], "others": []}
-            )
+            )  # keyed by (hash, prompt); the report lists the values only
             c["others"].append({"id": r["id"], "label": r["answer"]})
         decisions.duplicates[r[ORDER]] = detail
     decisions.conflicts = list(conflicts.values())

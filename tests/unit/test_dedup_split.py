@@ -13,8 +13,11 @@ from pipelines.dedup_split import LIGHT_COLUMNS, decide, split_key, stratified_s
 
 
 def _light(rows: list[tuple]) -> pa.Table:
-    """(order, id, answer, split, hash, reject_reason) tuples as the light table."""
-    return pa.Table.from_pylist([dict(zip(LIGHT_COLUMNS, r, strict=True)) for r in rows])
+    """(order, id, answer, split, hash, reject_reason[, prompt]) tuples as the light table."""
+    names = [ORDER, "id", "answer", "split", "content_hash", REJECT_REASON, "prompt"]
+    return pa.Table.from_pylist(
+        [dict(zip(names, (*r, "Grade it.") if len(r) == 6 else r, strict=True)) for r in rows]
+    )
 
 
 def test_split_key_is_sha256_of_seed_and_id():
@@ -78,3 +81,16 @@ def test_light_columns_are_what_decide_reads():
     assert ORDER in LIGHT_COLUMNS and REJECT_REASON in LIGHT_COLUMNS
     with pytest.raises(KeyError):
         decide(pa.table({"id": ["x"]}), SplitConfig())
+
+
+def test_the_same_image_asked_another_question_is_not_a_duplicate():
+    rows = [
+        (0, "s0", "Kane and Gretzka.", "train", "h1", None, "Who are they?"),
+        (1, "s1", "Celebrating.", "train", "h1", None, "What are they doing?"),
+        (2, "s2", "Two players.", "train", "h1", None, "Who are they?"),
+    ]
+    d = decide(_light(rows), SplitConfig())
+    assert d.duplicates == {
+        2: "same content as s0 (split train); conflicting label "
+        "'Two players.' vs kept 'Kane and Gretzka.'"
+    }
