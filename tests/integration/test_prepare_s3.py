@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -71,17 +72,16 @@ def test_s3_to_s3_matches_local_to_local(ray_local, moto_s3, tmp_path, capsys):
     local = prepare(config)
 
     client = moto_s3.client()
-    assert _upload(client, moto_s3.bucket, raw, "raw") == sum(
-        1 for p in raw.rglob("*") if p.is_file()
-    )
+    root = f"prep-s3-{uuid.uuid4().hex[:8]}"  # the bucket is shared with other test modules
+    _upload(client, moto_s3.bucket, raw, f"{root}/raw")
     rc = prepare_data.main(
         [
             "--source",
-            f"s3://{moto_s3.bucket}/raw",
+            f"s3://{moto_s3.bucket}/{root}/raw",
             "--format",
             "folder",
             "--out",
-            f"s3://{moto_s3.bucket}/prepared",
+            f"s3://{moto_s3.bucket}/{root}/prepared",
             "--set",
             "augment.copies=1",
             "--set",
@@ -89,11 +89,11 @@ def test_s3_to_s3_matches_local_to_local(ray_local, moto_s3, tmp_path, capsys):
         ]
     )
     assert rc == 0, capsys.readouterr().err
-    assert f"s3://{moto_s3.bucket}/prepared" in capsys.readouterr().out
+    assert f"s3://{moto_s3.bucket}/{root}/prepared" in capsys.readouterr().out
 
-    assert _rows_from_s3(client, moto_s3.bucket, "prepared") == _rows_from_disk(local_out)
+    assert _rows_from_s3(client, moto_s3.bucket, f"{root}/prepared") == _rows_from_disk(local_out)
     lineage = json.loads(
-        client.get_object(Bucket=moto_s3.bucket, Key="prepared/lineage.json")["Body"].read()
+        client.get_object(Bucket=moto_s3.bucket, Key=f"{root}/prepared/lineage.json")["Body"].read()
     )
     for key in ("listed", "accepted", "rejected", "augmented", "written"):
         assert lineage[key] == local[key], key
@@ -102,14 +102,12 @@ def test_s3_to_s3_matches_local_to_local(ray_local, moto_s3, tmp_path, capsys):
     assert lineage["quarantine"]["by_reason"] == local["quarantine"]["by_reason"]
     quarantine = pq.read_table(
         io.BytesIO(
-            client.get_object(Bucket=moto_s3.bucket, Key="prepared/quarantine.parquet")[
+            client.get_object(Bucket=moto_s3.bucket, Key=f"{root}/prepared/quarantine.parquet")[
                 "Body"
             ].read()
         )
     )
     assert quarantine.num_rows == lineage["rejected"] == 3
-    # nothing was written outside the bucket's two prefixes
-    keys = {
-        o["Key"].split("/")[0] for o in client.list_objects_v2(Bucket=moto_s3.bucket)["Contents"]
-    }
-    assert keys == {"raw", "prepared"}
+    # under this test's root, only the uploaded source and the job's output
+    listing = client.list_objects_v2(Bucket=moto_s3.bucket, Prefix=f"{root}/")["Contents"]
+    assert {o["Key"].split("/")[1] for o in listing} == {"raw", "prepared"}
