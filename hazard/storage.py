@@ -138,6 +138,16 @@ def parse_uri(uri: str | os.PathLike) -> tuple[str, str]:
     return "s3", f"{bucket}/{key}".rstrip("/")
 
 
+def absolute(uri: str | os.PathLike) -> str:
+    """`uri` with a local path made absolute (from the current directory); URIs unchanged.
+
+    Jobs resolve their paths on the driver with this: Ray Train workers run in a directory of
+    their own, where a relative path would point elsewhere.
+    """
+    uri = os.fspath(uri)
+    return uri if _SCHEME.match(uri) else os.path.abspath(os.path.expanduser(uri))
+
+
 def join_uri(base: str | os.PathLike, *parts: str) -> str:
     """`base` + '/'-joined relative parts, keeping the scheme; '..', '.', empty segments and
     absolute parts are refused. ``join_uri("s3://b/run", "model/x.json") -> "s3://b/run/model/x.json"``.

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hazard.config.data import DataConfig
+from hazard.storage import absolute
 from hazard.tasks import get_task
 from pipelines.augment import augment
 from pipelines.consistency import consistency_filter
@@ -35,6 +36,9 @@ def prepare(config: DataConfig) -> dict[str, Any]:
     """
     started_at = datetime.now(UTC)
     t0 = time.perf_counter()
+    # local paths are the caller's: make them absolute before tasks run in other directories
+    source = config.source.model_copy(update={"uri": absolute(config.source.uri)})
+    config = config.model_copy(update={"source": source, "output_dir": absolute(config.output_dir)})
     timings: dict[str, float] = {}
     task = get_task(config.task)
     check_source(config)

@@ -22,6 +22,7 @@ from hazard.config import add_config_args, load_job_config
 from hazard.fusion import fit_correction, fit_escalation_threshold
 from hazard.labels import HIGH_RISK, RISK_LABELS
 from hazard.metrics import classification_report
+from hazard.storage import absolute
 
 
 class CalibrateConfig(BaseModel):
@@ -66,7 +67,13 @@ def evaluate(p_base: list[dict], p_spec: list[dict], truth: list[str], spec: Fus
 
 
 def run(cfg: CalibrateConfig) -> dict:
+    """Score val/test with both bundles, fit the fusion on val, report base vs fused on test."""
     import ray
+
+    # relative paths are the job directory's: resolve them before tasks run elsewhere
+    cfg = cfg.model_copy(
+        update={k: absolute(getattr(cfg, k)) for k in ("data_dir", "base_uri", "specialist_uri")}
+    )
 
     task = ray.remote(num_cpus=cfg.cpus_per_task)(score_bundle)
     start = time.time()

@@ -21,15 +21,17 @@ from hazard.config import ConfigError, add_config_args, load_job_config
 from hazard.config.train import TrainConfig
 from hazard.finetune import class_weight_table
 from hazard.labels import HIGH_RISK
+from hazard.storage import absolute
 
 
 def resolve_model_path(path: str) -> str:
-    """'tiny' → the cached tiny Qwen2.5-VL (built once); anything else is used as given."""
+    """'tiny' → the cached tiny Qwen2.5-VL (built once); a local folder → its absolute path
+    (the workers run elsewhere); anything else (a hub id) as given."""
     if path == "tiny":
         from hazard.demo.tiny_qwen import ensure_tiny_model
 
         return str(ensure_tiny_model())
-    return path
+    return absolute(path) if Path(path).is_dir() else path
 
 
 def build_datasets(cfg: TrainConfig):
@@ -56,6 +58,11 @@ def run(cfg: TrainConfig) -> dict:
 
     from ray_jobs.train_loop import train_loop
 
+    # paths from the config are relative to the job's directory: resolve them here, on the
+    # driver, since the Ray Train workers run in a directory of their own
+    cfg = cfg.model_copy(
+        update={"data_dir": absolute(cfg.data_dir), "output_dir": absolute(cfg.output_dir)}
+    )
     model_path = resolve_model_path(cfg.model.path)
     train, counts = build_datasets(cfg)
     weights = class_weight_table(cfg.optim.class_weights, counts)

@@ -338,3 +338,11 @@ def test_storage_config_is_strict_and_documented():
     with pytest.raises(ValidationError):
         StorageConfig(secret_access_key="x")
     assert all(f.description for f in StorageConfig.model_fields.values())
+
+
+def test_absolute_resolves_local_paths_from_the_cwd_and_keeps_uris(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert st.absolute("runs/demo/data") == str(tmp_path / "runs" / "demo" / "data")
+    assert st.absolute("s3://bucket/runs/demo") == "s3://bucket/runs/demo"
+    assert st.absolute("file:///x/y") == "file:///x/y"
+    assert st.absolute(str(tmp_path)) == str(tmp_path)
