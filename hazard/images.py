@@ -191,6 +191,14 @@ def encode_image(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
+def storage_format(encode_format: str, source_format: str) -> str:
+    """The format to re-encode in: `encode_format`, where 'auto' means JPEG for JPEG sources
+    and PNG otherwise."""
+    if encode_format != "auto":
+        return encode_format
+    return "JPEG" if source_format == "JPEG" else "PNG"
+
+
 def bytes_to_store(
     data: bytes, decoded: Decoded, encode_format: str = "auto", jpeg_quality: int = 90
 ) -> bytes:
@@ -202,9 +210,7 @@ def bytes_to_store(
     """
     if decoded.unchanged:
         return data
-    fmt = encode_format
-    if fmt == "auto":
-        fmt = "JPEG" if decoded.format == "JPEG" else "PNG"
+    fmt = storage_format(encode_format, decoded.format)
     return encode_image(decoded.image, fmt, jpeg_quality)
 
 

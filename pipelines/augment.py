@@ -28,7 +28,7 @@ import ray
 from PIL import Image
 
 from hazard.config.data import AugmentConfig, RayConfig, ValidationConfig
-from hazard.images import encode_image
+from hazard.images import encode_image, storage_format
 from hazard.schema import content_hash
 from pipelines.augment_ops import (
     Padding,
@@ -71,9 +71,7 @@ def _decode(data: bytes, cfg: AugmentConfig) -> tuple[Image.Image, str, Padding]
 
 
 def _encode(img: Image.Image, source_format: str, validation: ValidationConfig) -> bytes:
-    fmt = validation.encode_format
-    if fmt == "auto":
-        fmt = "JPEG" if source_format == "JPEG" else "PNG"
+    fmt = storage_format(validation.encode_format, source_format)
     return encode_image(img, fmt, validation.jpeg_quality)
 
 
