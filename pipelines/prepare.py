@@ -22,7 +22,7 @@ from pipelines.augment import augment
 from pipelines.consistency import consistency_filter
 from pipelines.decode import decode_stage
 from pipelines.dedup_split import dedup_and_split
-from pipelines.sources import check_source, read_source
+from pipelines.sources import read_source
 from pipelines.write import clear_outputs, write_outputs, write_shards
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ def prepare(config: DataConfig) -> dict[str, Any]:
     config = config.model_copy(update={"source": source, "output_dir": absolute(config.output_dir)})
     timings: dict[str, float] = {}
     task = get_task(config.task)
-    check_source(config)
 
     t = time.perf_counter()
     decoded = decode_stage(read_source(config), config).materialize()

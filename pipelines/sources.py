@@ -47,7 +47,14 @@ import ray
 
 from hazard.answers import parse_score
 from hazard.config.data import DataConfig
-from hazard.storage import StorageConfig, StorageError, filesystem_for, join_uri, parse_uri
+from hazard.storage import (
+    StorageConfig,
+    StorageError,
+    filesystem_for,
+    join_uri,
+    open_input,
+    parse_uri,
+)
 from hazard.tasks import TaskSpec
 from pipelines.common import (
     IMAGE_URIS,
@@ -162,8 +169,7 @@ def read_head(source: Source, rel: str, storage: StorageConfig, n: int = HEAD_BY
     """The first `n` bytes of a source file as text (BOM dropped, bad bytes replaced)."""
     uri = join_uri(source.root_uri, rel)
     try:
-        fs, path = filesystem_for(uri, storage)
-        with fs.open_input_stream(path) as fh:
+        with open_input(uri, storage) as fh:
             data = fh.read(n)
     except (StorageError, OSError) as exc:
         raise SourceError(f"cannot read {uri}: {exc}") from exc
