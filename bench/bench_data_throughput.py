@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from hazard.config import load_config_or_defaults
+    from hazard.config import load_config
     from hazard.config.data import DataConfig
 
     source = make_photos(args.workdir / f"photos-{args.images}", args.images)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def config_for(out: Path) -> DataConfig:
         overrides = [*args.overrides, f"source.uri={source}", f"output_dir={out}"]
-        return load_config_or_defaults(args.config, DataConfig, overrides)
+        return load_config(args.config, DataConfig, overrides)
 
     cfg = config_for(args.workdir / "out-loop")
     floor = decode_floor(source, cfg.validation.pixel_budget)
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def warm_config(out: Path) -> DataConfig:
         overrides = [*args.overrides, f"source.uri={warm}", f"output_dir={out}"]
-        return load_config_or_defaults(args.config, DataConfig, overrides)
+        return load_config(args.config, DataConfig, overrides)
 
     run_loop(warm_config(args.workdir / "out-warmup-loop"))
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hazard.config import ConfigError, load_config_or_defaults
+from hazard.config import ConfigError, add_config_args, load_config
 from hazard.config.data import DataConfig
 from hazard.storage import StorageError
 
@@ -64,15 +64,7 @@ def summary_table(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hazard data prepare", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", help="YAML file under configs/ (default: built-in defaults)")
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (dotted path), repeatable, e.g. --set augment.copies=4",
-    )
+    add_config_args(ap, "augment.copies=4", config_required=False)
     ap.add_argument("--source", help="source folder or s3:// prefix (sets source.uri)")
     ap.add_argument(
         "--format",
@@ -92,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None:
         overrides.append(f"output_dir={args.out}")
     try:
-        config = load_config_or_defaults(args.config, DataConfig, overrides)
+        config = load_config(args.config, DataConfig, overrides)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

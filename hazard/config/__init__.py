@@ -37,40 +37,39 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     return raw
 
 
-def load_config(path: str | Path, model: type[M], overrides: list[str] | None = None) -> M:
-    """Read a YAML file into `model`, applying overrides; errors name the file and the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+def load_config(path: str | Path | None, model: type[M], overrides: list[str] | None = None) -> M:
+    """Read a YAML file into `model`, applying overrides; errors name the file and the field.
+
+    `path` None: the model's defaults, with the overrides.
+    """
+    raw: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid config:\n{exc}") from exc
+        where = path if path is not None else "defaults (no --config file given)"
+        raise ConfigError(f"{where}: invalid config:\n{exc}") from exc
 
 
-def load_config_or_defaults(
-    path: str | Path | None, model: type[M], overrides: list[str] | None = None
-) -> M:
-    """`load_config` from `path`, or the model's defaults plus `overrides` when path is None."""
-    if path is not None:
-        return load_config(path, model, overrides)
-    raw = apply_overrides({}, overrides)
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid config (no --config file given):\n{exc}") from exc
-
-
-def add_config_args(parser: argparse.ArgumentParser, example: str) -> None:
+def add_config_args(
+    parser: argparse.ArgumentParser, example: str, config_required: bool = True
+) -> None:
     """The `--config FILE` and repeatable `--set KEY=VALUE` options every job takes."""
-    parser.add_argument("--config", required=True, help="YAML file under configs/")
+    parser.add_argument(
+        "--config",
+        required=config_required,
+        help="YAML file under configs/" + ("" if config_required else " (default: defaults)"),
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
