@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import math
 import os
 import shutil
 import statistics
@@ -104,39 +103,31 @@ def decode_floor(folder: Path, budget: int | None, limit: int = 60) -> dict[str,
 
 
 def run_loop(config) -> dict[str, object]:
-    """The same work in one process; returns counts."""
+    """The same work in one process, through the stages' plain functions; returns counts."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.fs as pafs
 
     from hazard import storage
-    from hazard.schema import SAMPLE_SCHEMA, SPLITS
     from pipelines.augment import augment_rows
-    from pipelines.common import REJECT_REASON, reject
+    from pipelines.common import REJECT_REASON, stage_table
     from pipelines.decode import decode_row
-    from pipelines.dedup_split import LIGHT_COLUMNS, decide
+    from pipelines.dedup_split import LIGHT_COLUMNS, apply_decisions, decide
     from pipelines.sources import plan_source, source_rows
+    from pipelines.write import write_batch
 
     source = plan_source(config)
     with storage.open_input(source.annotation_uri, config.storage) as fh:
         rows = [decode_row(r, config) for r in source_rows(source, fh)]
     light = pa.Table.from_pylist([{c: r.get(c) for c in LIGHT_COLUMNS} for r in rows])
     d = decide(light, config.split)
-    for i, r in enumerate(rows):
-        if r[REJECT_REASON] is None and r["_order"] in d.duplicates:
-            rows[i] = reject(r, "duplicate", d.duplicates[r["_order"]], "dedup")
-        elif r["_order"] in d.splits:
-            r["split"] = d.splits[r["_order"]]
+    rows = [apply_decisions(r, d.duplicates, d.splits) for r in rows]
     rows = augment_rows(rows, config.augment, config.validation)
-    out = Path(config.output_dir)
-    kept = [r for r in rows if r[REJECT_REASON] is None]
-    for split in SPLITS:
-        part = [{c: r.get(c) for c in SAMPLE_SCHEMA.names} for r in kept if r["split"] == split]
-        (out / split).mkdir(parents=True, exist_ok=True)
-        step = config.shards.rows_per_file
-        for k in range(max(1, math.ceil(len(part) / step))):
-            chunk = pa.Table.from_pylist(part[k * step : (k + 1) * step], schema=SAMPLE_SCHEMA)
-            pq.write_table(chunk, out / split / f"{split}-{k:05d}.parquet")
-    return {"rows_written": len(kept), "rows_total": len(rows)}
+    fs = pafs.LocalFileSystem()
+    write_batch(stage_table(rows), config.output_dir, config.shards.rows_per_file, fs)
+    return {
+        "rows_written": sum(r[REJECT_REASON] is None for r in rows),
+        "rows_total": len(rows),
+    }
 
 
 def run_ray(config) -> dict[str, object]:

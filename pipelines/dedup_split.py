@@ -104,17 +104,21 @@ def decide(light: pa.Table, cfg: SplitConfig) -> Decisions:
     return decisions
 
 
+def apply_decisions(
+    row: dict[str, Any], duplicates: dict[int, str], splits: dict[int, str]
+) -> dict[str, Any]:
+    """`row` rejected as a duplicate, or given its assigned split (kept rows only; no Ray)."""
+    if row[REJECT_REASON] is None:
+        order = row[ORDER]
+        if order in duplicates:
+            return reject(row, "duplicate", duplicates[order], stage="dedup")
+        if order in splits:
+            return {**row, "split": splits[order]}
+    return row
+
+
 def _apply(batch: pa.Table, duplicates: dict[int, str], splits: dict[int, str]) -> pa.Table:
-    out = []
-    for row in batch.to_pylist():
-        if row[REJECT_REASON] is None:
-            order = row[ORDER]
-            if order in duplicates:
-                row = reject(row, "duplicate", duplicates[order], stage="dedup")
-            elif order in splits:
-                row["split"] = splits[order]
-        out.append(row)
-    return stage_table(out)
+    return stage_table([apply_decisions(r, duplicates, splits) for r in batch.to_pylist()])
 
 
 def dedup_and_split(

@@ -57,10 +57,11 @@ def clear_outputs(config: DataConfig) -> None:
         storage.delete_dir(storage.join_uri(config.output_dir, split), config.storage)
 
 
-def _write_batch(
+def write_batch(
     batch: pa.Table, output_dir: str, rows_per_file: int, filesystem: pafs.FileSystem
 ) -> pa.Table:
-    """map_batches fn: write the batch's kept rows as shards; return every row's light columns."""
+    """Write the batch's kept rows as shards; return every row's light columns (the map
+    function of `write_shards`, usable without Ray)."""
     kept = batch.filter(pc.is_null(batch[REJECT_REASON]))
     if kept.num_rows:
         first = pc.min(batch[ORDER]).as_py()
@@ -79,7 +80,7 @@ def write_shards(ds: ray.data.Dataset, config: DataConfig) -> ray.data.Dataset:
     """The rows' light columns (lazy) after each task wrote its kept rows as shards."""
     fs, _ = storage.filesystem_for(config.output_dir, config.storage)
     return ds.map_batches(
-        _write_batch,
+        write_batch,
         batch_format="pyarrow",
         batch_size=None,
         fn_kwargs={
