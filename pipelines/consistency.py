@@ -34,21 +34,12 @@ REASON = "inconsistent"
 SCORE = "consistency_score"
 
 
-def bundle_meta(model_uri: str) -> dict[str, Any]:
-    """The bundle's metadata (`hazard_model.json`: prompt, labels, ...), read on the driver.
-
-    `model_uri` is a local bundle directory (a stage's output_dir/model).
-    """
-    return read_bundle(model_uri)
-
-
 def load_scorer(model_uri: str) -> tuple[Any, Any]:
     """(model in eval mode, processor) of the bundle at `model_uri` (a local directory), loaded
     as the server loads them."""
     from hazard.vlm import load_model, load_processor
 
-    path = model_uri
-    return load_model(path).eval(), load_processor(path)
+    return load_model(model_uri).eval(), load_processor(model_uri)
 
 
 def require_labels(task: TaskSpec) -> tuple[str, ...]:
@@ -204,9 +195,7 @@ def consistency_filter(
     if not cfg.enabled:
         return ds
     require_labels(task)
-    if not cfg.model_uri:
-        raise ValueError("the consistency filter needs consistency.model_uri")
-    meta = bundle_meta(cfg.model_uri)
+    meta = read_bundle(cfg.model_uri)  # the config guarantees a model_uri when enabled
     labels = check_labels(task, meta, cfg.model_uri)
     scored = ds.map_batches(
         _Scorer,

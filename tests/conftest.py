@@ -44,6 +44,12 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def ray_s3(moto_s3, ray_local):  # noqa: F811  (moto_s3 is the imported fixture)
+    """The moto S3 server with a local Ray started after it (its workers see the AWS_* vars)."""
+    return moto_s3
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
     """The tiny checkpoint (built and pre-trained once per machine, then cached)."""

@@ -18,16 +18,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def ray_s3(moto_s3):
-    import ray
-
-    ray.init(num_cpus=1, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield moto_s3
-    ray.shutdown()
-
-
 def test_env_endpoint_is_the_loopback_moto_server(moto_s3):
     assert moto_s3.endpoint.startswith("http://127.0.0.1:")
     uri = f"s3://{moto_s3.bucket}/probe/hello.txt"

@@ -70,17 +70,6 @@ def samples(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
     return folder, write_samples(folder)
 
 
-@pytest.fixture(scope="module")
-def ray_s3(moto_s3):
-    """Ray started after moto, so its workers inherit the AWS_* variables pointing at it."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield moto_s3
-    ray.shutdown()
-
-
 def check_kept(row: dict, original: bytes, name: str) -> None:
     assert row[REJECT_REASON] is None, (name, row[REJECT_DETAIL])
     assert row["content_hash"] == sha_of_shas(original)
