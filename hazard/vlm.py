@@ -45,8 +45,9 @@ def load_processor(path: str | Path, max_pixels: int | None = None):
     return AutoProcessor.from_pretrained(str(path), **kwargs)
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded image bytes to RGB; raises PIL's errors on bad input."""
+def open_stored_image(data: bytes) -> Image.Image:
+    """RGB image of bytes the data job stored (already checked, upright, within budget);
+    raises PIL's errors on bad input. Untrusted bytes go through `hazard.images.decode_image`."""
     with Image.open(io.BytesIO(data)) as img:
         return img.convert("RGB")
 
@@ -212,7 +213,7 @@ def score_split(
     probs, truth = [], []
     for i in range(0, len(rows), batch_size):
         part = table.take(rows[i : i + batch_size]).to_pydict()
-        images = [[decode_image(b) for b in imgs] for imgs in part["images"]]
+        images = [[open_stored_image(b) for b in imgs] for imgs in part["images"]]
         probs.extend(label_probabilities(model, processor, images, prompt, labels).tolist())
         truth.extend(part["answer"])
     return probs, truth

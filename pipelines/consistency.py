@@ -79,7 +79,7 @@ def score_rows(
 ) -> list[float]:
     """p(row's answer) for each row (its `images` are encoded bytes), `batch_size` rows per
     forward pass (None: all at once). ValueError if an answer is not among `labels`."""
-    from hazard.vlm import decode_image, label_probabilities
+    from hazard.vlm import label_probabilities, open_stored_image
 
     labels = tuple(labels)
     index = {label: i for i, label in enumerate(labels)}
@@ -95,7 +95,7 @@ def score_rows(
     scores: list[float] = []
     for start in range(0, len(rows), step):
         part = rows[start : start + step]
-        images = [[decode_image(data) for data in row["images"]] for row in part]
+        images = [[open_stored_image(data) for data in row["images"]] for row in part]
         probs = label_probabilities(model, processor, images, prompt, labels)
         scores.extend(probs[i, index[row["answer"]]].item() for i, row in enumerate(part))
     return scores

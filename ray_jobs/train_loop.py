@@ -24,7 +24,7 @@ from hazard.config.train import TrainConfig
 from hazard.finetune import apply_lora, deepspeed_config, weighted_answer_loss
 from hazard.metrics import classification_report
 from hazard.tasks import get_task
-from hazard.vlm import SequenceTooLong, collate, decode_image, encode, score_split
+from hazard.vlm import SequenceTooLong, collate, encode, open_stored_image, score_split
 
 DS_TAG = "deepspeed"
 STATE_FILE = "train_state.json"
@@ -38,7 +38,7 @@ def _encode_batch(processor, batch: dict, prompt: str, max_length: int):
     """
     encoded, answers, skipped = [], [], []
     for images, answer in zip(batch["images"], batch["answer"], strict=True):
-        pics = [decode_image(bytes(b)) for b in images]
+        pics = [open_stored_image(bytes(b)) for b in images]
         try:
             encoded.append(encode(processor, pics, prompt, str(answer), max_length))
         except SequenceTooLong as exc:

@@ -24,7 +24,7 @@ from hazard.demo.synthetic import render_scene
 from hazard.labels import RISK_LABELS
 from hazard.schema import content_hash
 from hazard.tasks import get_task
-from hazard.vlm import decode_image, label_probabilities, load_model, load_processor
+from hazard.vlm import label_probabilities, load_model, load_processor, open_stored_image
 from pipelines.common import REJECT_DETAIL, REJECT_REASON, REJECT_STAGE, stage_table
 from pipelines.consistency import consistency_filter, mark_inconsistent, score_rows
 from tests.integration.serve_fixtures import make_bundle
@@ -91,7 +91,7 @@ def build_rows() -> list[dict]:
             k = 2 * li + i
             orig = _row(f"{label}-{i}", _scene(label, 3, li, i), label, "train", k)
             originals.append(orig)
-            good = _png(_flip_rotate(decode_image(orig["images"][0])))
+            good = _png(_flip_rotate(open_stored_image(orig["images"][0])))
             copies.append(_row(f"{orig['id']}#aug0", good, label, "train", k, orig["id"], ["r"]))
             other = RISK_LABELS[(li + 2) % len(RISK_LABELS)]
             bad = (grey, noise, _scene(other, 4, li, i))[k % 3]
@@ -139,7 +139,7 @@ def expected(bundle, rows):
     for r in rows:
         if r["split"] == "train" and r[REJECT_REASON] is None:
             probs = label_probabilities(
-                model, processor, [[decode_image(r["images"][0])]], meta["prompt"], labels
+                model, processor, [[open_stored_image(r["images"][0])]], meta["prompt"], labels
             )
             scores[r["id"]] = float(probs[0, labels.index(r["answer"])])
     drop, gaps = set(), []
