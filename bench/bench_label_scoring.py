@@ -61,11 +61,13 @@ def path_context(path: str) -> contextlib.AbstractContextManager:
 
 
 def model_kind(path: Path) -> str:
-    from hazard.bundle import BUNDLE_FILE
+    from hazard.bundle import NotABundleError, read_meta
 
-    if (Path(path) / BUNDLE_FILE).is_file():
-        return "trained bundle"
-    return "cached tiny model, pre-trained only (not fine-tuned)"
+    try:
+        read_meta(path)
+    except NotABundleError:
+        return "cached tiny model, pre-trained only (not fine-tuned)"
+    return "trained bundle"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -101,7 +103,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def setup(args: argparse.Namespace, n_images: int):
     """Tiny model, processor, benchmark images (labels cycle through RISK_LABELS), prompt."""
-    from hazard.bundle import BUNDLE_FILE, read_bundle
+    from hazard.bundle import NotABundleError, open_bundle
     from hazard.demo.synthetic import render_scene
     from hazard.demo.tiny_qwen import ensure_tiny_model
     from hazard.labels import RISK_LABELS
@@ -109,16 +111,20 @@ def setup(args: argparse.Namespace, n_images: int):
     from hazard.vlm import load_model, load_processor
 
     path = args.model or ensure_tiny_model()
+    task = get_task("corridor_risk")
+    prompt, labels, processor_args = task.prompt, tuple(task.labels), ()
+    try:  # a trained bundle: verified, scored with its own prompt, labels and image sizes
+        bundle = open_bundle(path)
+        meta = bundle.meta
+        path, prompt, labels = bundle.path, meta.prompt, tuple(meta.labels)
+        processor_args = (meta.max_pixels, meta.min_pixels)
+    except NotABundleError:
+        pass
     model = load_model(path).eval()
-    processor = load_processor(path)
+    processor = load_processor(path, *processor_args)
     rng = np.random.default_rng(args.seed)
     truth = [RISK_LABELS[i % len(RISK_LABELS)] for i in range(n_images)]
     images = [[render_scene(label, rng, size=args.image_size)[0]] for label in truth]
-    task = get_task("corridor_risk")
-    prompt, labels = task.prompt, tuple(task.labels)
-    if (Path(path) / BUNDLE_FILE).is_file():
-        meta = read_bundle(path)
-        prompt, labels = meta["prompt"], tuple(meta["labels"])
     if set(labels) != set(RISK_LABELS):
         raise SystemExit(f"{path} scores labels {labels}, not the five risk labels")
     return path, model, processor, images, truth, prompt, labels

@@ -1,15 +1,14 @@
 """The cascade decision shared by serving and calibration: escalate?, then fuse.
 
 A `FusionSpec` (correction-coefficient parameters + escalation threshold θ) is fitted by the
-calibration job, saved as `fusion.json` beside the model versions, and loaded by the app.
+calibration job, recorded in the specialist bundle's hazard_model.json (`fusion`, see
+`hazard.bundle`) and read from there by the app.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hazard.fusion import CorrectionParams, fuse, hazard_score, predict_label, should_escalate
 
@@ -33,13 +32,6 @@ class FusionSpec:
         if not 0.0 <= theta <= 1.0:
             raise ValueError(f"fusion theta must be in [0, 1], got {theta}")
         return cls(CorrectionParams.from_dict(data.get("correction", {})), theta)
-
-    @classmethod
-    def load(cls, path: str | Path) -> FusionSpec:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"fusion file not found: {path} (run the calibration job)")
-        return cls.from_dict(json.loads(path.read_text()))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ checkpoint is a standard Qwen2.5-VL that vLLM can serve.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from hazard.config.train import DeepSpeedSpec, LoraSpec, OptimSpec
@@ -48,25 +50,46 @@ def apply_lora(model, spec: LoraSpec, seed: int = 0):
     return get_peft_model(model, config)
 
 
+def lr_factor(step: int, optim: OptimSpec) -> float:
+    """The share of `optim.lr` used by optimizer step `step` (0-based).
+
+    Linear warm-up that starts above zero ((step+1)/(warmup+1): no step is wasted at lr 0),
+    then cosine to `min_lr_ratio` or linear towards 0 over the remaining steps."""
+    warmup = min(optim.warmup_steps, optim.max_steps - 1)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, optim.max_steps - warmup))
+    if optim.schedule == "linear":
+        return 1.0 - progress
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def lr_scheduler(optim: OptimSpec):
+    """A callable for `deepspeed.initialize(lr_scheduler=...)`: optimizer -> LambdaLR following
+    `lr_factor`; DeepSpeed steps it once per optimizer step and checkpoints its state."""
+
+    def build(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_factor(k, optim))
+
+    return build
+
+
 def deepspeed_config(optim: OptimSpec, ds: DeepSpeedSpec) -> dict:
-    """DeepSpeed config for one optimizer step per micro-batch on every worker."""
+    """DeepSpeed config: micro-batch and accumulation, AdamW, ZeRO stage with optional CPU
+    offload, bf16. The learning-rate schedule is `lr_scheduler`, passed beside it."""
+    zero: dict = {"stage": ds.zero_stage}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     return {
         "train_micro_batch_size_per_gpu": optim.batch_size,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": optim.grad_accum_steps,
         "optimizer": {
             "type": "AdamW",
             "params": {"lr": optim.lr, "weight_decay": optim.weight_decay, "torch_adam": True},
         },
-        "scheduler": {
-            "type": "WarmupDecayLR",
-            "params": {
-                "warmup_min_lr": 0.0,
-                "warmup_max_lr": optim.lr,
-                "warmup_num_steps": min(optim.warmup_steps, optim.max_steps - 1),
-                "total_num_steps": optim.max_steps,
-            },
-        },
-        "zero_optimization": {"stage": ds.zero_stage},
+        "zero_optimization": zero,
         "bf16": {"enabled": ds.bf16},
         "gradient_clipping": ds.gradient_clipping,
         "steps_per_print": 10**9,
@@ -87,21 +110,32 @@ def class_weight_table(
     return {label: float(weights.get(label, 1.0)) for label in label_counts}
 
 
-def weighted_answer_loss(
-    logits: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor
-) -> torch.Tensor:
-    """Token cross-entropy on answer tokens, each sample's tokens weighted by its class weight.
+def answer_logit_mask(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: the positions whose next token is an answer token (labels not ignored).
 
-    logits [B, T, V], labels [B, T] (IGNORE_INDEX on prompt, image and padding tokens).
+    Passed as `logits_to_keep`, the model projects only these hidden states onto the
+    vocabulary: a few positions per sample instead of every prompt and image token."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return mask
+
+
+def weighted_answer_loss(
+    answer_logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    sample_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy over the answer tokens, each sample's tokens weighted by its class weight.
+
+    answer_logits [N, V] are the logits at the N True positions of `mask` (row-major, as the
+    model returns them for a boolean `logits_to_keep`); labels [B, T] with IGNORE_INDEX on
+    prompt, image and padding tokens; sample_weights [B].
     """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    token_loss = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(shift_labels.shape)
-    mask = (shift_labels != IGNORE_INDEX).float()
-    w = sample_weights.float().unsqueeze(1) * mask
+    next_tokens = torch.zeros_like(labels)
+    next_tokens[:, :-1] = labels[:, 1:]
+    targets = next_tokens[mask]
+    rows = torch.nonzero(mask, as_tuple=True)[0]
+    token_loss = torch.nn.functional.cross_entropy(answer_logits.float(), targets, reduction="none")
+    w = sample_weights.float()[rows]
     return (token_loss * w).sum() / w.sum().clamp(min=1e-8)

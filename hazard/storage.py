@@ -1,10 +1,10 @@
 """The one storage layer: local paths, ``file://`` and ``s3://`` URIs, on pyarrow filesystems.
 
-Used by the data job (sources, Parquet outputs, lineage); built for training (checkpoints, model
-bundles) and serving (loading bundles into a local cache) too, which still read local paths
-today. Everything goes through `filesystem_for`,
-which builds a `pyarrow.fs.LocalFileSystem` or `pyarrow.fs.S3FileSystem`; pass that filesystem
-to pyarrow and Ray Data too (`ray_io`), so all of them reach the same endpoint.
+Used by the data job (sources, Parquet outputs, lineage) and by `hazard.bundle` (model bundles:
+upload, download into the local cache under `cache_root()`, sha256 manifests). Everything goes
+through `filesystem_for`, which builds a `pyarrow.fs.LocalFileSystem` or
+`pyarrow.fs.S3FileSystem`; pass that filesystem to pyarrow and Ray Data too (`ray_io`), so all
+of them reach the same endpoint.
 
 S3 settings come from the standard AWS environment variables, read here and passed explicitly
 because pyarrow's `S3FileSystem()` ignores `AWS_ENDPOINT_URL`: `AWS_ENDPOINT_URL_S3` (wins) or
@@ -25,7 +25,7 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -385,6 +385,13 @@ def open_output(
         stream.close()
 
 
+def delete_file(uri: str | os.PathLike, config: StorageConfig | None = None) -> None:
+    """Remove one file or object; nothing if it is absent."""
+    fs, path = filesystem_for(uri, config)
+    with _errors(os.fspath(uri)), suppress(FileNotFoundError):
+        fs.delete_file(path)
+
+
 def write_bytes(uri: str | os.PathLike, data: bytes, config: StorageConfig | None = None) -> None:
     """Write (replace) the file atomically, see `open_output`."""
     with open_output(uri, config) as fh:
@@ -404,6 +411,11 @@ def write_parquet(
 # --- directories and the local cache ----------------------------------------------------------
 
 
+def cache_root() -> Path:
+    """The project's local cache folder: $HAZARD_CACHE, else ~/.cache/hazard-cascade."""
+    return Path(os.environ.get("HAZARD_CACHE") or Path.home() / ".cache" / "hazard-cascade")
+
+
 def _copy(src: IO, dst: IO) -> str:
     """Copy a stream in chunks; the sha256 hex digest of what was copied."""
     digest = hashlib.sha256()
@@ -420,12 +432,18 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def upload_dir(
-    local_dir: str | os.PathLike, uri: str | os.PathLike, config: StorageConfig | None = None
+    local_dir: str | os.PathLike,
+    uri: str | os.PathLike,
+    config: StorageConfig | None = None,
+    exclude: Collection[str] = (),
 ) -> dict[str, str]:
-    """Copy every file under `local_dir` to `uri`/<relative path>, one at a time; returns the
-    manifest {relative_path: sha256} of what was uploaded (give it to `download_dir`)."""
+    """Copy every file under `local_dir` (but the relative paths in `exclude`) to
+    `uri`/<relative path>, one at a time; returns the manifest {relative_path: sha256} of what
+    was uploaded (give it to `download_dir`)."""
     manifest = {}
     for entry in list_files(local_dir):
+        if entry.relpath in exclude:
+            continue
         with open_input(entry.uri) as src, open_output(join_uri(uri, entry.relpath), config) as dst:
             manifest[entry.relpath] = _copy(src, dst)
     return manifest

@@ -31,17 +31,27 @@ def load_model(path: str | Path, dtype: str = "float32"):
     )
 
 
-def load_processor(path: str | Path, max_pixels: int | None = None):
+QWEN_MIN_PIXELS = 56 * 56
+QWEN_MAX_PIXELS = 12_845_056  # Qwen2.5-VL's processor defaults
+
+
+def load_processor(path: str | Path, max_pixels: int | None = None, min_pixels: int | None = None):
     """Load the checkpoint's processor (tokenizer + image processor + chat template).
 
     `max_pixels` caps the image size, and so the image tokens per picture (Qwen2.5-VL: one
-    per 28x28 pixels); the smallest size stays Qwen's 56x56 unless max_pixels is below it.
+    per 28x28 pixels); `min_pixels` upscales smaller pictures. Unset, min_pixels stays Qwen's
+    56x56 (or max_pixels when that is smaller) and max_pixels the checkpoint's own. A processor
+    saved with a bundle keeps both, so serving resizes as training did.
     """
     from transformers import AutoProcessor
 
     kwargs = {}
-    if max_pixels:
-        kwargs["size"] = {"shortest_edge": min(56 * 56, max_pixels), "longest_edge": max_pixels}
+    if max_pixels or min_pixels:
+        longest = max_pixels or QWEN_MAX_PIXELS
+        kwargs["size"] = {
+            "shortest_edge": min_pixels or min(QWEN_MIN_PIXELS, longest),
+            "longest_edge": longest,
+        }
     return AutoProcessor.from_pretrained(str(path), **kwargs)
 
 
@@ -156,9 +166,11 @@ def label_log_likelihoods(
     if not first_tokens_collide(label_ids):
         inputs = _to_device(collate(encoded, pad_id, processor.image_token_id), model)
         inputs.pop("labels")
-        logits = model(**inputs).logits
         last = inputs["attention_mask"].sum(dim=1) - 1
-        logp = torch.log_softmax(logits[torch.arange(len(encoded)), last].float(), dim=-1)
+        keep = torch.zeros_like(inputs["attention_mask"], dtype=torch.bool)
+        keep[torch.arange(len(encoded)), last] = True  # project only the answer position
+        logits = model(**inputs, logits_to_keep=keep).logits  # [batch, vocab]
+        logp = torch.log_softmax(logits.float(), dim=-1)
         return logp[:, [ids[0] for ids in label_ids]].cpu()
     expanded = [
         Encoded(
@@ -203,12 +215,14 @@ def score_split(
     batch_size: int,
     rank: int = 0,
     world: int = 1,
+    storage=None,
 ) -> tuple[list[list[float]], list[str]]:
-    """Label probabilities and true answers for every `world`-th row of a Parquet split,
-    starting at `rank` (so `world` workers score each row exactly once)."""
-    import pyarrow.parquet as pq
+    """Label probabilities and true answers for every `world`-th row of a Parquet split
+    (a local folder or `s3://` prefix; `storage` a StorageConfig), starting at `rank` (so
+    `world` workers score each row exactly once)."""
+    from hazard.storage import read_parquet
 
-    table = pq.read_table(split_dir, columns=["images", "answer"])
+    table = read_parquet(split_dir, storage, columns=["images", "answer"])
     rows = list(range(rank, table.num_rows, world))
     probs, truth = [], []
     for i in range(0, len(rows), batch_size):

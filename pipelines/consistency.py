@@ -1,14 +1,16 @@
 """Consistency filter stage: drop augmented copies the model no longer sees as their label.
 
 Needs: `id`, `images`, `answer`, `split`, `parent_id`, `_reject_reason` (augmented rows), a model
-bundle (`hazard_model.json`: prompt, labels) and a task with a closed label set.
+bundle (`hazard.bundle`: its prompt and labels; local, file:// or s3://) and a task with a closed
+label set.
 Adds: `consistency_score` = p(row's answer) (float32) on every kept train row (originals and
 copies), scored like the server does (`hazard.vlm.label_probabilities` with the bundle's prompt
 and labels). A copy whose score is more than `margin` below its parent's is rejected
 (`inconsistent`, stage `consistency`). Val/test rows and rejected rows pass through untouched; a
 copy whose parent was not scored (absent or rejected) is kept.
 
-Scoring runs in an actor pool (each actor loads the model once). Parents are joined on the
+Scoring runs in an actor pool (each actor opens, verifies and loads the bundle once; the driver
+reads its metadata only). Parents are joined on the
 driver, whatever the block layout: the scored dataset is materialized, {original id: score} is
 collected from its light columns only (never the images), and a second map marks the copies.
 `score_rows` and `mark_inconsistent` are the same steps without Ray.
@@ -24,7 +26,7 @@ import pyarrow as pa
 import ray
 from ray.data.expressions import col
 
-from hazard.bundle import read_bundle
+from hazard.bundle import BundleMeta, open_bundle, read_meta
 from hazard.config.data import ConsistencyConfig, RayConfig
 from hazard.tasks import TaskSpec
 from pipelines.common import REJECT_REASON, map_rows, reject, stage_table
@@ -35,11 +37,14 @@ SCORE = "consistency_score"
 
 
 def load_scorer(model_uri: str) -> tuple[Any, Any]:
-    """(model in eval mode, processor) of the bundle at `model_uri` (a local directory), loaded
+    """(model in eval mode, processor) of the bundle at `model_uri`, opened and verified, loaded
     as the server loads them."""
     from hazard.vlm import load_model, load_processor
 
-    return load_model(model_uri).eval(), load_processor(model_uri)
+    bundle = open_bundle(model_uri)
+    meta = bundle.meta
+    processor = load_processor(bundle.path, meta.max_pixels, meta.min_pixels)
+    return load_model(bundle.path).eval(), processor
 
 
 def require_labels(task: TaskSpec) -> tuple[str, ...]:
@@ -52,9 +57,9 @@ def require_labels(task: TaskSpec) -> tuple[str, ...]:
     return task.labels
 
 
-def check_labels(task: TaskSpec, meta: dict[str, Any], model_uri: str) -> tuple[str, ...]:
+def check_labels(task: TaskSpec, meta: BundleMeta, model_uri: str) -> tuple[str, ...]:
     """The bundle's labels; ValueError if some of the task's labels are not among them."""
-    labels = tuple(meta["labels"])
+    labels = tuple(meta.labels)
     missing = [label for label in require_labels(task) if label not in labels]
     if missing:
         raise ValueError(
@@ -195,7 +200,7 @@ def consistency_filter(
     if not cfg.enabled:
         return ds
     require_labels(task)
-    meta = read_bundle(cfg.model_uri)  # the config guarantees a model_uri when enabled
+    meta = read_meta(cfg.model_uri)  # the config guarantees a model_uri when enabled
     labels = check_labels(task, meta, cfg.model_uri)
     scored = ds.map_batches(
         _Scorer,
@@ -205,7 +210,7 @@ def consistency_filter(
         num_cpus=cfg.cpus_per_actor,
         fn_constructor_kwargs={
             "model_uri": cfg.model_uri,
-            "prompt": meta["prompt"],
+            "prompt": meta.prompt,
             "labels": labels,
             "cpus": cfg.cpus_per_actor,
         },

@@ -1,196 +1,278 @@
 """The Ray Train worker loop both stages share: DeepSpeed + PEFT LoRA on Qwen2.5-VL.
 
-Each worker loads the checkpoint, adds LoRA adapters, wraps it in a DeepSpeed engine (ZeRO-2,
-gloo on CPU, NCCL on GPU) and steps through its shard of the training data. At the end every
-rank saves its DeepSpeed state (a collective), the shards of the validation set are scored and
-gathered, and rank 0 writes the model bundle: the merged checkpoint (a standard Qwen2.5-VL in
-safetensors), the LoRA adapter and `hazard_model.json` with the validation metrics.
+`train_loop` is the Ray Train entry; `StageRecipe` holds the steps of the recipe
+(`hazard.training`): set-up, resume, train step, evaluate, checkpoint. Every
+`eval.every_steps` and at the end the validation split is scored with serving's read-out and
+reported to Ray Train with a checkpoint; `checkpoint.every_steps` adds checkpoints between
+evaluations. Decisions (best checkpoint, early stop) are taken on gathered metrics, so every
+rank takes them alike and calls `ray.train.report` the same number of times. The bundle is
+built after the run by the driver (`ray_jobs/train.py`) from the best checkpoint.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import shutil
+import random
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from hazard.bundle import BUNDLE_FILE
 from hazard.config.train import TrainConfig
-from hazard.finetune import apply_lora, deepspeed_config, weighted_answer_loss
-from hazard.metrics import classification_report
 from hazard.tasks import get_task
-from hazard.vlm import SequenceTooLong, collate, encode, open_stored_image, score_split
+from hazard.training.checkpoint import load_checkpoint, save_checkpoint
+from hazard.training.evaluate import eval_summary, evaluate_split
+from hazard.training.state import BestTracker, TrainState
+from hazard.training.step import encode_batch, micro_batch_loss
+from hazard.vlm import SequenceTooLong
 
-DS_TAG = "deepspeed"
-STATE_FILE = "train_state.json"
+MAX_SKIPPED_IDS = 20
 
 
-def _encode_batch(processor, batch: dict, prompt: str, max_length: int):
-    """Encode a Ray Data numpy batch; returns the encoded samples and their answers.
+class TooManySkipped(RuntimeError):
+    """More samples exceeded max_length than optim.max_skip_fraction allows."""
 
-    A sample over max_length is skipped with a message (never truncated); a batch left empty
-    is an error, since every worker must step together.
-    """
-    encoded, answers, skipped = [], [], []
-    for images, answer in zip(batch["images"], batch["answer"], strict=True):
-        pics = [open_stored_image(bytes(b)) for b in images]
-        try:
-            encoded.append(encode(processor, pics, prompt, str(answer), max_length))
-        except SequenceTooLong as exc:
-            print(f"[train] skipping sample: {exc}", flush=True)
-            skipped.append(str(exc))
-            continue
-        answers.append(str(answer))
-    if not encoded:
-        raise SequenceTooLong(f"every sample of a batch is too long, e.g. {skipped[0]}")
-    return encoded, answers
+
+class StageRecipe:
+    """One worker's run of a cascade stage."""
+
+    def __init__(self, loop_config: dict):
+        import ray.train
+
+        self.cfg = TrainConfig.model_validate(loop_config["config"])
+        self.class_weights: dict[str, float] = loop_config["class_weights"]
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.local_rank = ctx.get_local_rank()
+        self.task = get_task(self.cfg.optim.task)
+        self.model_uri = loop_config["model_uri"]
+        self.state = TrainState(tracker=BestTracker(self.cfg.eval.min_delta))
+        self.start = time.time()
+
+    # -- set-up -------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Seed, fetch the model source (once per node), build the DeepSpeed engine, resume."""
+        import ray.train
+        import torch.distributed as dist
+
+        from hazard.training.setup import build_engine, local_model_source
+
+        seed = self.cfg.optim.seed + self.rank
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        if self.local_rank == 0:
+            path = local_model_source(self.model_uri, self.cfg.storage)
+        dist.barrier()  # the node's copy is complete before the other local ranks read it
+        if self.local_rank != 0:
+            path = local_model_source(self.model_uri, self.cfg.storage)
+        self.engine, self.processor, self.n_trainable = build_engine(self.cfg, path)
+        checkpoint = ray.train.get_checkpoint()  # the run's latest (after a failure or re-submit)
+        if checkpoint:
+            with checkpoint.as_directory() as ckpt_dir:
+                self.state = load_checkpoint(self.engine, ckpt_dir, self.rank, self.cfg.run_name)
+            self.state.resumed_from.append(self.state.step)
+            self._log(
+                f"resumed from the checkpoint of step {self.state.step} (epoch "
+                f"{self.state.epoch}, micro-batch {self.state.batches_in_epoch} of it)"
+            )
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self) -> None:
+        """Train until max_steps or early stop, evaluating and checkpointing on schedule."""
+        import ray.train
+
+        cfg, state = self.cfg, self.state
+        shard = ray.train.get_dataset_shard("train")
+        accum, micro, losses = cfg.optim.grad_accum_steps, 0, []
+        step_samples, step_skipped, last_good = 0, [], None
+        self.engine.train()
+        while state.step < cfg.optim.max_steps and not state.stopped_early:
+            batches = shard.iter_batches(
+                batch_size=cfg.optim.batch_size,
+                batch_format="numpy",
+                drop_last=True,
+                local_shuffle_buffer_size=4 * cfg.optim.batch_size,
+                local_shuffle_seed=cfg.optim.seed + state.epoch * 1000 + self.rank,
+            )
+            done = False
+            for i, batch in enumerate(batches):
+                if i < state.batches_in_epoch:  # resuming: skip what was already trained on
+                    continue
+                state.batches_in_epoch += 1
+                encoded, answers, skipped = encode_batch(
+                    self.processor, batch, self.task.prompt, cfg.optim.max_length
+                )
+                step_samples += len(batch["answer"])
+                step_skipped += skipped
+                scale = 1.0
+                if encoded:
+                    last_good = (encoded, answers)
+                elif last_good is not None:  # keep DeepSpeed's collectives in step, no gradient
+                    (encoded, answers), scale = last_good, 0.0
+                else:
+                    raise SequenceTooLong(
+                        f"every sample of the first micro-batch is over max_length, e.g. "
+                        f"{skipped[0]}"
+                    )
+                loss = micro_batch_loss(
+                    self.engine, self.processor, encoded, answers, self.class_weights, scale
+                )
+                self.engine.backward(loss)
+                self.lr = float(self.engine.get_lr()[0])  # the rate this step applies
+                self.engine.step()
+                if scale:
+                    losses.append(loss.item())
+                micro += 1
+                if micro % accum:
+                    continue
+                state.step += 1
+                self._count_samples(step_samples, step_skipped)
+                step_samples, step_skipped = 0, []
+                done = self.after_step(losses)
+                losses = []
+                if done:
+                    break
+            if not done:
+                state.epoch += 1
+                state.batches_in_epoch = 0
+        self._check_skipped(final=True)
+
+    def after_step(self, losses: list[float]) -> bool:
+        """Log; evaluate and checkpoint on schedule; True when the run should end."""
+        cfg, state = self.cfg, self.state
+        step = state.step
+        lr = self.lr
+        loss = float(np.mean(losses)) if losses else math.nan
+        state.steps.append(
+            {"step": step, "loss": loss, "lr": lr, "seconds": round(time.time() - self.start, 2)}
+        )
+        last = step >= cfg.optim.max_steps
+        if step % cfg.optim.log_every == 0 or last:
+            recent = [s["loss"] for s in state.steps[-cfg.optim.log_every :]]
+            self._log(
+                f"{cfg.stage} step {step}/{cfg.optim.max_steps} loss {np.nanmean(recent):.4f} "
+                f"lr {lr:.2e} ({time.time() - self.start:.0f}s)"
+            )
+        evaluate = last or (cfg.eval.every_steps and step % cfg.eval.every_steps == 0)
+        stop = False
+        summary = None
+        if evaluate:
+            summary = self.evaluate()
+            stop = state.tracker.should_stop(cfg.eval.patience) and not last
+            if stop:
+                state.stopped_early = True
+                self._log(
+                    f"early stop at step {step}: {cfg.eval.metric} has not improved on step "
+                    f"{state.tracker.best_step}'s {state.tracker.best_value:.4f} for "
+                    f"{cfg.eval.patience} evaluations"
+                )
+        if evaluate or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
+            self.checkpoint(summary, loss, lr)
+        return last or stop
+
+    # -- evaluate -----------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Score the validation split (all ranks), record it; returns its summary."""
+        cfg, state = self.cfg, self.state
+        self.engine.eval()
+        report, _, _ = evaluate_split(
+            self.engine.module,
+            self.processor,
+            f"{cfg.data_dir}/val",
+            self.task.prompt,
+            self.task.labels,
+            cfg.optim.eval_batch_size,
+            cfg.storage,
+        )
+        self.engine.train()
+        summary = eval_summary(state.step, report)
+        improved = state.tracker.update(state.step, summary[cfg.eval.metric])
+        state.evals.append(summary)
+        hr = summary["high_risk_recall"]
+        self._log(
+            f"eval step {state.step}: macro-F1 {summary['macro_f1']:.3f} accuracy "
+            f"{summary['accuracy']:.3f} balanced {summary['balanced_accuracy']:.3f} high-risk "
+            f"recall {'n/a' if hr is None else f'{hr:.3f}'}"
+            + (" (best so far)" if improved else f" (best: step {state.tracker.best_step})")
+        )
+        return summary
+
+    # -- checkpoint ---------------------------------------------------------------------
+    def checkpoint(self, summary: dict | None, loss: float, lr: float) -> None:
+        """Save this step's checkpoint on every rank and report it with the metrics."""
+        import ray.train
+
+        state, tracker = self.state, self.state.tracker
+        metrics = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "loss": loss,
+            "lr": lr,
+            "evaluated": summary is not None,
+            "best_step": tracker.best_step,
+            "samples": state.samples,
+            "skipped": state.skipped,
+            "trainable_parameters": self.n_trainable,
+            "resumed_from": list(state.resumed_from),
+            "selection_score": math.nan,
+        }
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "high_risk_recall"):
+            value = summary.get(key) if summary else None
+            metrics[f"val_{key}"] = math.nan if value is None else value
+        if summary is not None:
+            metrics["selection_score"] = tracker.selection_score(
+                state.step, summary[self.cfg.eval.metric]
+            )
+        with tempfile.TemporaryDirectory(prefix="hazard-ckpt-") as tmp:
+            save_checkpoint(self.engine, tmp, self.rank, self.cfg.run_name, state)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"step_{state.step:08d}",
+            )
+
+    # -- bookkeeping --------------------------------------------------------------------
+    def _count_samples(self, samples: int, skipped: list[str]) -> None:
+        """Add this optimizer step's samples and skips over all ranks; fail once the skipped
+        share can no longer stay under max_skip_fraction."""
+        import torch.distributed as dist
+
+        parts = [(samples, skipped)]
+        if self.world > 1:
+            parts = [None] * self.world
+            dist.all_gather_object(parts, (samples, skipped))
+        self.state.samples += sum(p[0] for p in parts)
+        for _, ids in parts:
+            self.state.skipped += len(ids)
+            room = MAX_SKIPPED_IDS - len(self.state.skipped_ids)
+            self.state.skipped_ids.extend(ids[: max(room, 0)])
+        self._check_skipped(final=False)
+
+    def _check_skipped(self, final: bool) -> None:
+        o, state = self.cfg.optim, self.state
+        planned = o.max_steps * o.batch_size * o.grad_accum_steps * self.world
+        total = state.samples if final else max(planned, state.samples)
+        if state.skipped > o.max_skip_fraction * total:
+            raise TooManySkipped(
+                f"{state.skipped} of {state.samples} training samples were over max_length "
+                f"{o.max_length} (more than optim.max_skip_fraction={o.max_skip_fraction} of "
+                f"{total}), e.g. {state.skipped_ids[:5]}; lower model.max_pixels or raise "
+                "optim.max_length"
+            )
+
+    def _log(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"[train] {message}", flush=True)
 
 
 def train_loop(loop_config: dict) -> None:
-    """Ray Train entry: `loop_config` holds the TrainConfig dict, the checkpoint path and
+    """Ray Train entry: `loop_config` holds the TrainConfig dict, the model source URI and
     the per-label loss weights computed by the driver."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
-    import deepspeed
-    import ray.train
-    import torch.distributed as dist
-
-    from hazard.vlm import load_model, load_processor
-
-    cfg = TrainConfig.model_validate(loop_config["config"])
-    weights: dict[str, float] = loop_config["class_weights"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    task = get_task(cfg.optim.task)
-    torch.manual_seed(cfg.optim.seed + rank)
-
-    processor = load_processor(loop_config["model_path"], cfg.model.max_pixels)
-    model = apply_lora(
-        load_model(loop_config["model_path"], cfg.model.dtype), cfg.lora, seed=cfg.optim.seed
-    )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=trainable,
-        config=deepspeed_config(cfg.optim, cfg.deepspeed),
-    )
-
-    step = resumed_from = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # Ray Train V2 resumes a run with the same name from its latest checkpoint
-        with checkpoint.as_directory() as d:
-            engine.load_checkpoint(d, tag=DS_TAG)
-            step = resumed_from = json.loads((Path(d) / STATE_FILE).read_text())["step"]
-        if rank == 0:
-            print(f"[train] resumed at step {step}")
-
-    shard = ray.train.get_dataset_shard("train")
-    pad_id, image_id = processor.tokenizer.pad_token_id, processor.image_token_id
-    losses: list[float] = []
-    start = time.time()
-    engine.train()
-    epoch = 0
-    while step < cfg.optim.max_steps:
-        for batch in shard.iter_batches(
-            batch_size=cfg.optim.batch_size,
-            batch_format="numpy",
-            drop_last=True,
-            local_shuffle_buffer_size=4 * cfg.optim.batch_size,
-            local_shuffle_seed=cfg.optim.seed + epoch * 1000 + rank,
-        ):
-            encoded, answers = _encode_batch(processor, batch, task.prompt, cfg.optim.max_length)
-            inputs = {k: v.to(engine.device) for k, v in collate(encoded, pad_id, image_id).items()}
-            labels = inputs.pop("labels")
-            sample_w = torch.tensor([weights.get(a, 1.0) for a in answers], device=engine.device)
-            logits = engine(**inputs).logits
-            loss = weighted_answer_loss(logits, labels, sample_w)
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-            step += 1
-            if rank == 0 and (step % cfg.optim.log_every == 0 or step == cfg.optim.max_steps):
-                print(
-                    f"[train] {cfg.stage} step {step}/{cfg.optim.max_steps} "
-                    f"loss {np.mean(losses[-cfg.optim.log_every :]):.4f} "
-                    f"lr {engine.get_lr()[0]:.2e} ({time.time() - start:.0f}s)",
-                    flush=True,
-                )
-            if step >= cfg.optim.max_steps:
-                break
-        epoch += 1
-    train_seconds = time.time() - start
-
-    # Validation: every rank scores its shard; rank 0 gathers and computes the metrics.
-    engine.eval()
-    # Read directly, not through a Ray Train dataset shard (which drops rows to equalise
-    # shards): every validation row is scored exactly once across the workers.
-    probs, truth = score_split(
-        engine.module,
-        processor,
-        f"{cfg.data_dir}/val",
-        task.prompt,
-        task.labels,
-        cfg.optim.eval_batch_size,
-        rank=rank,
-        world=world,
-    )
-    gathered: list = [None] * world
-    dist.all_gather_object(gathered, (probs, truth))
-    probs = [p for part in gathered for p in part[0]]
-    truth = [t for part in gathered for t in part[1]]
-    preds = [task.labels[int(np.argmax(p))] for p in probs]
-    report = classification_report(truth, preds, labels=task.labels)
-    metrics = {
-        "step": step,
-        "resumed_from": resumed_from,
-        "train_loss_first": float(np.mean(losses[: cfg.optim.log_every])) if losses else None,
-        "train_loss_last": float(np.mean(losses[-cfg.optim.log_every :])) if losses else None,
-        "train_seconds": round(train_seconds, 1),
-        "trainable_parameters": n_trainable,
-        "val_macro_f1": report["macro_f1"],
-        "val_accuracy": report["accuracy"],
-        "val_high_risk_recall": report.get("high_risk_recall"),
-        "val_n": report["n"],
-    }
-
-    with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(tmp, tag=DS_TAG)  # collective: every rank writes its part
-        if rank == 0:
-            (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step}))
-            _write_bundle(cfg, engine.module, processor, loop_config, metrics, report, probs, truth)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _write_bundle(cfg, peft_model, processor, loop_config, metrics, report, probs, truth):
-    """Rank 0: adapter + merged standard checkpoint + metadata into output_dir/model."""
-    out = Path(cfg.output_dir) / "model"
-    tmp = out.with_name("model.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(tmp / "adapter", safe_serialization=True)
-    merged = peft_model.merge_and_unload()
-    merged.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    task = get_task(cfg.optim.task)
-    meta = {
-        "name": cfg.model.name,
-        "version": cfg.version,
-        "stage": cfg.stage,
-        "task": task.name,
-        "prompt": task.prompt,
-        "labels": list(task.labels),
-        "base_checkpoint": str(loop_config["model_path"]),
-        "metrics": metrics,
-        "val_report": report,
-        "val_predictions": {"probabilities": probs, "labels": truth},
-        "config": cfg.model_dump(),
-    }
-    (tmp / BUNDLE_FILE).write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    print(f"[train] wrote model bundle {out}", flush=True)
+    recipe = StageRecipe(loop_config)
+    recipe.setup()
+    recipe.run()

@@ -24,6 +24,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from hazard.bundle import read_meta
 from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config.serve import ServeConfig, ServedModel
 from hazard.images import ImageTooLarge, InvalidImage, decode_image
@@ -350,12 +351,28 @@ class HazardAPI:
         return {"results": await asyncio.gather(*(one(i) for i in req.items))}
 
 
+def specialist_fusion(cfg: ServeConfig) -> FusionSpec:
+    """The fusion calibrated into the specialist bundle (its metadata only is read); the
+    defaults (always consult the specialist) when it has none."""
+    meta = read_meta(cfg.specialist.model_uri)
+    if meta.fusion is None:
+        log.warning("%s has no calibrated fusion: using the defaults", cfg.specialist.model_uri)
+    elif meta.scoring_dtype and meta.scoring_dtype != cfg.dtype:
+        log.warning(
+            "fusion of %s was calibrated on %s scores; serving in %s",
+            cfg.specialist.model_uri,
+            meta.scoring_dtype,
+            cfg.dtype,
+        )
+    return meta.fusion_spec()
+
+
 def compose_app(
     cfg: ServeConfig, *, scorer_options: dict | None = None, ingress_options: dict | None = None
 ) -> serve.Application:
     """The application graph; the options override the deployments' (tests use this to shrink
     queues; a Serve config file's `deployments:` section does the same in production)."""
-    fusion = FusionSpec.load(cfg.fusion_uri) if cfg.fusion_uri else FusionSpec()
+    fusion = specialist_fusion(cfg)
     common = dict(
         engine=cfg.engine,
         dtype=cfg.dtype,

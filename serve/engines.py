@@ -12,17 +12,27 @@ from abc import ABC, abstractmethod
 import numpy as np
 from PIL import Image
 
-from hazard.bundle import read_bundle
+from hazard.bundle import open_bundle
 
 
 class ScoringEngine(ABC):
-    """Scores images against the bundle's prompt and label set."""
+    """Scores images against the bundle's prompt and label set.
+
+    The bundle is opened (verified; an s3:// one fetched into the local cache) once, here:
+    `path` is the local folder the subclasses load from.
+    """
 
     def __init__(self, model_uri: str):
-        meta = read_bundle(model_uri)
-        self.model_uri = model_uri
-        self.prompt: str = meta["prompt"]
-        self.labels: tuple[str, ...] = tuple(meta["labels"])
+        bundle = open_bundle(model_uri)
+        self.model_uri, self.path, self.meta = model_uri, bundle.path, bundle.meta
+        self.prompt: str = bundle.meta.prompt
+        self.labels: tuple[str, ...] = tuple(bundle.meta.labels)
+
+    def load_processor(self):
+        """The bundle's processor, resizing images as training did."""
+        from hazard.vlm import load_processor
+
+        return load_processor(self.path, self.meta.max_pixels, self.meta.min_pixels)
 
     @abstractmethod
     def score(self, images: list[list[Image.Image]]) -> np.ndarray:
@@ -36,10 +46,10 @@ class TransformersEngine(ScoringEngine):
         super().__init__(model_uri)
         import torch
 
-        from hazard.vlm import load_model, load_processor
+        from hazard.vlm import load_model
 
-        self.processor = load_processor(model_uri)
-        self.model = load_model(model_uri, dtype).eval()
+        self.processor = self.load_processor()
+        self.model = load_model(self.path, dtype).eval()
         if torch.cuda.is_available():
             self.model.to("cuda")
 
@@ -65,9 +75,9 @@ class VLLMEngine(ScoringEngine):
             raise RuntimeError(
                 "engine 'vllm' needs vLLM on a GPU node; use 'transformers'"
             ) from exc
-        from hazard.vlm import first_tokens_collide, label_token_ids, load_processor, prompt_text
+        from hazard.vlm import first_tokens_collide, label_token_ids, prompt_text
 
-        self.processor = load_processor(model_uri)
+        self.processor = self.load_processor()
         ids = label_token_ids(self.processor, self.labels)
         if first_tokens_collide(ids):
             raise ValueError(f"labels {self.labels} share first tokens; use engine 'transformers'")
@@ -76,7 +86,7 @@ class VLLMEngine(ScoringEngine):
         # Processed logprobs are taken after the allowed-token whitelist, so the top-k returned
         # are exactly the label tokens (raw logprobs are the top-k of the whole vocabulary).
         self.llm = LLM(
-            model=model_uri,
+            model=str(self.path),  # its processor files carry the training image sizes
             dtype=dtype,
             limit_mm_per_prompt={"image": 1},
             logprobs_mode="processed_logprobs",

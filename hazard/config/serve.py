@@ -14,16 +14,17 @@ class _Strict(BaseModel):
 class ServedModel(_Strict):
     name: str = Field(description="Model name reported in responses and /v1/models.")
     version: str = Field(description="Model version reported in responses and /v1/models.")
-    model_uri: str = Field(description="Folder of the merged checkpoint (a training bundle).")
+    model_uri: str = Field(
+        description="The model bundle, <stage output_dir>/model: a local folder, file:// or "
+        "s3:// (fetched into $HAZARD_CACHE/bundles and verified)."
+    )
 
 
 class ServeConfig(_Strict):
     base: ServedModel = Field(description="Stage-1 five-class base model.")
-    specialist: ServedModel = Field(description="Stage-2 high-risk specialist.")
-    fusion_uri: str | None = Field(
-        None,
-        description="fusion.json from the calibration job (correction + threshold); "
-        "None uses the defaults of hazard.fusion and always consults the specialist.",
+    specialist: ServedModel = Field(
+        description="Stage-2 high-risk specialist. Its bundle carries the fusion the calibration "
+        "job fitted; without one the defaults of hazard.fusion apply (always consult it)."
     )
     engine: Literal["transformers", "vllm"] = Field(
         "transformers", description="Inference engine: transformers (CPU/GPU) or vllm (GPU)."

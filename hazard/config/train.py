@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hazard.labels import RISK_LABELS
+from hazard.storage import StorageConfig
+from hazard.tasks import TASKS
 
 
 class _Strict(BaseModel):
@@ -20,6 +21,12 @@ class ModelSpec(_Strict):
         "from_pretrained, or 'tiny' for the project's cached tiny Qwen2.5-VL."
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype.")
+    min_pixels: int | None = Field(
+        None,
+        ge=784,
+        description="Fewest pixels per image the processor keeps (smaller images are upscaled); "
+        "None: Qwen's 56x56, or max_pixels when that is smaller.",
+    )
     max_pixels: int | None = Field(
         None,
         ge=784,
@@ -27,6 +34,17 @@ class ModelSpec(_Strict):
         "28x28 pixels); saved with the bundle so serving resizes alike. None keeps the "
         "checkpoint's own setting.",
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute the decoder's and vision blocks' activations in the backward "
+        "pass (use_cache off): ~1/3 more compute for a fraction of the activation memory.",
+    )
+
+    @model_validator(mode="after")
+    def _pixel_range(self):
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+        return self
 
 
 class LoraSpec(_Strict):
@@ -48,8 +66,18 @@ class LoraSpec(_Strict):
 class OptimSpec(_Strict):
     task: str = Field("corridor_risk", description="Task whose prompt and labels are trained.")
     max_steps: int = Field(200, ge=1, description="Optimizer steps (all workers step together).")
-    batch_size: int = Field(8, ge=1, description="Samples per worker per step.")
+    batch_size: int = Field(8, ge=1, description="Samples per worker per micro-batch.")
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches per optimizer step (effective batch = "
+        "batch_size x grad_accum_steps x workers).",
+    )
     lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    schedule: Literal["cosine", "linear"] = Field(
+        "cosine", description="Decay after warm-up: cosine (to min_lr_ratio) or linear (to 0)."
+    )
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine floor as a share of lr.")
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_length: int = Field(512, ge=16, description="Token budget per sample; never truncated.")
@@ -62,20 +90,84 @@ class OptimSpec(_Strict):
     )
     eval_batch_size: int = Field(16, ge=1, description="Samples per scoring forward pass.")
     log_every: int = Field(10, ge=1, description="Report training loss every N steps.")
+    max_skip_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of training samples that may be skipped for exceeding max_length "
+        "before the run fails.",
+    )
 
     @model_validator(mode="after")
-    def _known_labels(self):
+    def _closed_task(self):
+        spec = TASKS.get(self.task)
+        if spec is None:
+            raise ValueError(f"unknown task {self.task!r}; known: {sorted(TASKS)}")
+        if not spec.labels:
+            closed = sorted(name for name, t in TASKS.items() if t.labels)
+            raise ValueError(
+                f"task {self.task!r} has no closed label set, so it cannot be scored by label "
+                f"likelihood; train one of {closed}"
+            )
         if isinstance(self.class_weights, dict):
-            unknown = set(self.class_weights) - set(RISK_LABELS)
+            unknown = set(self.class_weights) - set(spec.labels)
             if unknown:
                 raise ValueError(f"class_weights has unknown labels {sorted(unknown)}")
         return self
+
+
+METRICS = ("macro_f1", "balanced_accuracy", "accuracy", "high_risk_recall")
+
+
+class EvalSpec(_Strict):
+    every_steps: int = Field(
+        0,
+        ge=0,
+        description="Score the validation split every N optimizer steps (0: at the end "
+        "only; the end is always scored).",
+    )
+    metric: Literal[METRICS] = Field(  # type: ignore[valid-type]
+        "macro_f1", description="Validation metric that picks the best checkpoint (higher wins)."
+    )
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement."
+    )
+    min_delta: float = Field(0.0, ge=0, description="Smallest gain that counts as improvement.")
+
+
+class CheckpointSpec(_Strict):
+    every_steps: int = Field(
+        0,
+        ge=0,
+        description="Checkpoint every N optimizer steps besides every evaluation "
+        "(0: only at evaluations and the end).",
+    )
+    keep: int = Field(
+        3,
+        ge=1,
+        description="Checkpoints kept: the best by eval.metric (the latest is always "
+        "kept too, for resuming).",
+    )
 
 
 class DeepSpeedSpec(_Strict):
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage.")
     bf16: bool = Field(False, description="Train in bf16 (GPU or CPUs with bf16 support).")
     gradient_clipping: float = Field(1.0, gt=0, description="Global grad-norm clip.")
+    offload_optimizer: bool = Field(
+        False, description="Keep optimizer state in CPU memory (ZeRO 1-3)."
+    )
+    offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO-3).")
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self):
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(
+                "offload_params needs zero_stage 3 (parameters are only partitioned there)"
+            )
+        return self
 
 
 class ScalingSpec(_Strict):
@@ -94,5 +186,22 @@ class TrainConfig(_Strict):
     model: ModelSpec
     lora: LoraSpec = Field(default_factory=LoraSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig,
+        description="S3 endpoint/region/credential variables for s3:// model, data, checkpoint "
+        "and bundle URIs (defaults: the standard AWS environment variables).",
+    )
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self):
+        labels = TASKS[self.optim.task].labels or ()
+        if self.eval.metric == "high_risk_recall" and "high_risk" not in labels:
+            raise ValueError(
+                f"eval.metric high_risk_recall needs a task with a high_risk "
+                f"label; {self.optim.task!r} has {list(labels)}"
+            )
+        return self

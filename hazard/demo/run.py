@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 
+from hazard.bundle import open_bundle
 from hazard.client import wait_ready
 from hazard.config import load_config
 from hazard.config.serve import ServeConfig
@@ -202,7 +203,6 @@ def run_demo(out: Path, n_per_label: int, steps: int, workers: int, score_limit:
             [
                 f"base.model_uri={paths['stage1'] / 'model'}",
                 f"specialist.model_uri={paths['stage2'] / 'model'}",
-                f"fusion_uri={paths['calibration'] / 'fusion.json'}",
             ],
         )
         doc = serve_config(serve_cfg, host="127.0.0.1", port=port)
@@ -265,8 +265,8 @@ def _load(path: Path) -> dict:
 def _report(paths: dict[str, Path], counts: dict, timings: dict, serving: dict, total: float):
     def stage(key: str) -> dict:
         m = _load(paths[key] / "metrics.json")
-        bundle = _load(paths[key] / "model" / "hazard_model.json")
-        return {"metrics": m, "val_report": bundle["val_report"]}
+        bundle = open_bundle(paths[key] / "model")  # verified, as serving will load it
+        return {"metrics": m, "val_report": bundle.meta.val_report}
 
     return {
         "dataset": counts,
@@ -288,7 +288,6 @@ def next_commands(out: Path) -> list[str]:
         overrides = (
             f" \\\n      --set base.model_uri={rel}/stage1_base/model"
             f" --set specialist.model_uri={rel}/stage2_specialist/model"
-            f" --set fusion_uri={rel}/calibration/fusion.json"
         )
     return [
         "export HAZARD_API_KEY=change-me",
@@ -315,11 +314,19 @@ def _print_summary(con: Console, r: dict, out: Path) -> None:
     con.say("=" * 72)
     con.say(
         f"stage 1 base        val macro-F1 {s1['val_macro_f1']:.3f} (chance 0.20), "
-        f"acc {s1['val_accuracy']:.3f}, trained {s1['train_seconds']}s"
+        f"acc {s1['val_accuracy']:.3f}, best step {s1['best_step']}/{s1['step']}, "
+        f"trained {s1['train_seconds']}s"
     )
     con.say(
         f"stage 2 specialist  val macro-F1 {s2['val_macro_f1']:.3f}, high-risk recall "
-        f"{s2['val_high_risk_recall']}, trained {s2['train_seconds']}s"
+        f"{s2['val_high_risk_recall']}, best step {s2['best_step']}/{s2['step']}, "
+        f"trained {s2['train_seconds']}s"
+    )
+    val = r["calibration"]["val"]
+    con.say(
+        f"cascade (val)       macro-F1 stage 1 alone {val['base']['macro_f1']:.3f} -> fused "
+        f"{val['fused']['macro_f1']:.3f}; high-risk recall {val['base']['high_risk_recall']:.3f}"
+        f" -> {val['fused']['high_risk_recall']:.3f}; escalation {val['escalation_rate']:.2f}"
     )
     con.say(
         f"cascade (test)      macro-F1 base {cal['base']['macro_f1']:.3f} -> fused "
@@ -333,6 +340,10 @@ def _print_summary(con: Console, r: dict, out: Path) -> None:
     )
     con.say(f"timings (s)         {json.dumps(r['timings_s'])}; total {r['total_seconds']}s")
     con.say(f"report              {_relative(out)}/report.json; logs in {_relative(out)}/logs/")
+    con.say(
+        f"plots               {_relative(out)}/stage1_base/plots/, "
+        f"{_relative(out)}/stage2_specialist/plots/, {_relative(out)}/calibration/plots/"
+    )
     con.say("\nnext:")
     for cmd in next_commands(out):
         con.say(f"  {cmd}")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from hazard.labels import RISK_LABELS
+from hazard.storage import cache_root
 from hazard.tasks import TASKS
 
 SPECIAL_TOKENS = (
@@ -98,8 +99,7 @@ BUILD_VERSION = "2"  # bump when the recipe changes, to invalidate caches
 
 def default_cache_dir() -> Path:
     """Where the tiny checkpoint is cached: $HAZARD_CACHE or ~/.cache/hazard-cascade."""
-    root = Path(os.environ.get("HAZARD_CACHE", Path.home() / ".cache" / "hazard-cascade"))
-    return root / f"tiny-qwen2.5-vl-{recipe_hash()}"
+    return cache_root() / f"tiny-qwen2.5-vl-{recipe_hash()}"
 
 
 def recipe_hash() -> str:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import shutil
 import socket
 from pathlib import Path
 
 from PIL import Image
 
-from hazard.bundle import BUNDLE_FILE
-from hazard.labels import RISK_LABELS
+from hazard.bundle import write_bundle
 from hazard.tasks import get_task
+from tests.bundle_fixtures import add_adapter, bundle_fields
 
 
 def free_port() -> int:
@@ -23,25 +22,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def make_bundle(tiny_model: Path, dest: Path, name: str, version: str, stage: str) -> Path:
-    """A serving bundle: the tiny checkpoint (real, untrained for the task) + hazard_model.json."""
+def make_bundle(
+    tiny_model: Path, dest: Path, name: str, version: str, stage: str, fusion: dict | None = None
+) -> Path:
+    """A serving bundle written by `write_bundle`: the tiny checkpoint (real, untrained for the
+    task), a small stand-in adapter and the metadata, with `fusion` for a specialist."""
     shutil.copytree(tiny_model, dest)
-    meta = {
-        "name": name,
-        "version": version,
-        "stage": stage,
-        "task": "corridor_risk",
-        "prompt": get_task("corridor_risk").prompt,
-        "labels": list(RISK_LABELS),
-    }
-    (dest / BUNDLE_FILE).write_text(json.dumps(meta, indent=2))
+    add_adapter(dest)
+    task = get_task("corridor_risk")
+    fields = bundle_fields(stage, name=name, version=version, task=task.name, prompt=task.prompt)
+    write_bundle(dest, **dict(fields, min_pixels=None, max_pixels=None, fusion=fusion))
     return dest
 
 
-def write_fusion(path: Path, theta: float) -> Path:
-    """A fusion.json with the default correction and escalation threshold `theta`."""
-    path.write_text(json.dumps({"correction": {"slope": 1.5, "intercept": 0.5}, "theta": theta}))
-    return path
+def fusion(theta: float, **correction: float) -> dict:
+    """A fusion spec as the calibration job attaches it (`correction`: CorrectionParams fields,
+    the defaults for the others)."""
+    params = {"slope": 1.5, "intercept": 0.5, "k_min": 0.5, "k_max": 2.0, **correction}
+    return {"correction": params, "theta": theta, "fitted_on": "test"}
 
 
 def image_bytes(size: tuple[int, int] = (64, 48), color=(200, 30, 30), fmt: str = "PNG") -> bytes:

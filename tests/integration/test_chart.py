@@ -59,7 +59,6 @@ SCENARIO_IDS = [_scenario_id(s) for s in SCENARIOS]
 SERVE_ARG_KEYS = {
     "base",
     "specialist",
-    "fusion_uri",
     "engine",
     "api_key_env",
     "max_batch_items",
@@ -556,7 +555,6 @@ def test_serve_config_follows_the_serving_contract(helm: str, values_file: Path 
         assert all(isinstance(v, str) and v for v in args[model].values()), args[model]
     assert args["engine"] in ("transformers", "vllm")
     assert args["api_key_env"] == "HAZARD_API_KEY"
-    assert isinstance(args["fusion_uri"], str) and args["fusion_uri"]
     for key in ("max_batch_items", "max_image_bytes", "max_image_pixels"):
         assert isinstance(args[key], int) and args[key] > 0, key
     assert app["deployments"], "no deployment options"
@@ -650,7 +648,7 @@ def test_model_rollout_changes_only_the_serve_config(helm: str) -> None:
             None,
             "serve.app.base.version=2.0.0",
             "serve.app.base.modelUri=s3://hazard-cascade-models/base/2.0.0/",
-            "serve.app.fusionUri=s3://hazard-cascade-models/specialist/2.0.0/fusion.json",
+            "serve.app.specialist.modelUri=s3://hazard-cascade-models/specialist/2.0.0/",
             "serve.deployments.BaseScorer.autoscaling.maxReplicas=3",
         )
         if d["kind"] == "RayService"

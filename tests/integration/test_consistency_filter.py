@@ -10,7 +10,6 @@ hazard.vlm.label_probabilities, the margin rule applied by hand.
 from __future__ import annotations
 
 import io
-import json
 import re
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 import ray
 from PIL import Image
 
-from hazard.bundle import BUNDLE_FILE
+from hazard.bundle import read_meta
 from hazard.config.data import ConsistencyConfig, RayConfig
 from hazard.demo.synthetic import render_scene
 from hazard.labels import RISK_LABELS
@@ -132,14 +131,14 @@ def rows():
 @pytest.fixture(scope="module")
 def expected(bundle, rows):
     """({id: p(answer)} of the rows to score, ids to drop), each row scored alone, no Ray."""
-    meta = json.loads((bundle / BUNDLE_FILE).read_text())
+    meta = read_meta(bundle)
     model, processor = load_model(bundle).eval(), load_processor(bundle)
-    labels = tuple(meta["labels"])
+    labels = tuple(meta.labels)
     scores = {}
     for r in rows:
         if r["split"] == "train" and r[REJECT_REASON] is None:
             probs = label_probabilities(
-                model, processor, [[open_stored_image(r["images"][0])]], meta["prompt"], labels
+                model, processor, [[open_stored_image(r["images"][0])]], meta.prompt, labels
             )
             scores[r["id"]] = float(probs[0, labels.index(r["answer"])])
     drop, gaps = set(), []
@@ -219,10 +218,10 @@ def test_val_test_and_rejected_rows_pass_through(rows, output):
 @pytest.mark.slow
 def test_ray_free_path_gives_the_same_result(bundle, rows, expected):
     scores, drop = expected
-    meta = json.loads((bundle / BUNDLE_FILE).read_text())
+    meta = read_meta(bundle)
     model, processor = load_model(bundle).eval(), load_processor(bundle)
     todo = [r for r in rows if r["id"] in scores]
-    got = score_rows(model, processor, todo, meta["prompt"], meta["labels"], batch_size=7)
+    got = score_rows(model, processor, todo, meta.prompt, meta.labels, batch_size=7)
     for row, score in zip(todo, got, strict=True):
         assert score == pytest.approx(scores[row["id"]], abs=1e-5)
     scored = {r["id"]: s for r, s in zip(todo, got, strict=True)}

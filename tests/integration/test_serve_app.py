@@ -4,8 +4,9 @@ Real Ray (2 CPUs), real Ray Serve on a free 127.0.0.1 port, real HTTP (httpx), a
 bundles built from the cached tiny Qwen2.5-VL (untrained for the task, but a real checkpoint
 loaded through the same path as the 7B/3B). Four applications, one per configuration, are
 deployed together once (replica start-up dominates the run time, and starting them side by side
-overlaps it): the cascade (θ = 0, always escalate), base-only (θ = 1), and two back-pressure
-set-ups with tiny queues.
+overlaps it): the cascade (θ = 0, always escalate, a non-default correction), base-only (θ = 1),
+and two back-pressure set-ups with tiny queues. The fusion of each comes from its specialist
+bundle's metadata, as the calibration job records it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import pytest
 import ray
 from PIL import Image
 from ray import serve
-from serve_fixtures import b64, free_port, image_bytes, make_bundle, write_fusion
+from serve_fixtures import b64, free_port, fusion, image_bytes, make_bundle
 
 from hazard.config.serve import ServeConfig
-from hazard.labels import RISK_LABELS
+from hazard.fusion import CorrectionParams, fuse, hazard_score, predict_label
+from hazard.labels import HIGH_RISK, RISK_LABELS
 from serve.app import compose_app
 
 pytestmark = pytest.mark.slow
@@ -38,41 +40,41 @@ BASE = ("hazard-base-test", "1.2.3")
 SPEC = ("hazard-specialist-test", "4.5.6")
 RETRY_AFTER_S = 7
 SEEN_STATUS: list[tuple[str, int]] = []  # every response of the module, for the no-500 check
+# The cascade's fusion, far from the defaults (k = clip(0.5 + 1.5 p, 0.5, 2)): k = 0.3 whatever
+# the specialist says, so p(high_risk) shrinks where the default correction keeps or raises it.
+ALWAYS = fusion(theta=0.0, slope=0.0, intercept=0.3, k_min=0.1, k_max=0.3)
+NEVER = fusion(theta=1.0)
 
 
 def _apps(tmp, tiny_model_path) -> dict[str, tuple[str, serve.Application]]:
     """{key: (route prefix, application)} of the four configurations."""
     base = make_bundle(tiny_model_path, tmp / "base", *BASE, stage="base")
-    spec = make_bundle(tiny_model_path, tmp / "spec", *SPEC, stage="specialist")
-    common = dict(
-        base={"name": BASE[0], "version": BASE[1], "model_uri": str(base)},
-        specialist={"name": SPEC[0], "version": SPEC[1], "model_uri": str(spec)},
-        **LIMITS,
+    always, never = (
+        make_bundle(tiny_model_path, tmp / key, *SPEC, stage="specialist", fusion=spec)
+        for key, spec in (("spec_always", ALWAYS), ("spec_never", NEVER))
     )
-    always = str(write_fusion(tmp / "fusion_always.json", 0.0))
-    never = str(write_fusion(tmp / "fusion_never.json", 1.0))
+
+    def config(spec, **kw) -> ServeConfig:
+        specialist = {"name": SPEC[0], "version": SPEC[1], "model_uri": str(spec)}
+        base_model = {"name": BASE[0], "version": BASE[1], "model_uri": str(base)}
+        return ServeConfig(base=base_model, specialist=specialist, **LIMITS, **kw)
+
     # Each batch waits its full 3 s for company: a request holds its model slot that long, so a
     # burst sent at once meets full queues (a margin for a loaded 2-core machine).
-    slow = dict(common, fusion_uri=never, model_batch_wait_s=3.0, retry_after_s=RETRY_AFTER_S)
+    slow = config(never, model_batch_wait_s=3.0, retry_after_s=RETRY_AFTER_S)
     tiny_queue = {"max_ongoing_requests": 1, "max_queued_requests": 1}
     # 8 model replicas + 4 ingresses must fit in 2 CPUs (the defaults reserve 0.5 per model).
     small = {"ray_actor_options": {"num_cpus": 0.15}}
     return {
-        "cascade": (
-            "/",
-            compose_app(ServeConfig(**common, fusion_uri=always), scorer_options=small),
-        ),
-        "base_only": (
-            "/theta1",
-            compose_app(ServeConfig(**common, fusion_uri=never), scorer_options=small),
-        ),
+        "cascade": ("/", compose_app(config(always), scorer_options=small)),
+        "base_only": ("/theta1", compose_app(config(never), scorer_options=small)),
         "scorer_queue": (
             "/scorerq",
-            compose_app(ServeConfig(**slow), scorer_options=dict(small, **tiny_queue)),
+            compose_app(slow, scorer_options=dict(small, **tiny_queue)),
         ),
         "ingress_queue": (
             "/ingressq",
-            compose_app(ServeConfig(**slow), scorer_options=small, ingress_options=tiny_queue),
+            compose_app(slow, scorer_options=small, ingress_options=tiny_queue),
         ),
     }
 
@@ -196,7 +198,7 @@ def test_models_needs_auth_and_lists_both(client, cascade):
     ]
     assert all(m["labels"] == list(RISK_LABELS) for m in body["models"])
     assert body["labels"] == list(RISK_LABELS)
-    assert body["fusion"]["theta"] == 0.0
+    assert body["fusion"] == {"correction": ALWAYS["correction"], "theta": 0.0}
 
 
 # -- scoring ------------------------------------------------------------------------------------
@@ -388,6 +390,24 @@ def test_theta_one_never_escalates(client, base_only):
     for i, res in enumerate(r.json()["results"]):
         assert_score(res, str(i), escalated=False)
     assert client.get(f"{base_only}/v1/models", headers=AUTH).json()["fusion"]["theta"] == 1.0
+
+
+def test_cascade_fuses_with_the_specialist_bundles_correction(client, cascade, base_only):
+    """The base-only app answers p_base itself; both bundles hold the same tiny weights, so the
+    specialist's p(high_risk) is p_base's. The cascade must answer their fusion under the
+    bundle's correction, computed here with hazard.fusion, not the default one."""
+    image = {"id": "f", "image": b64(image_bytes())}  # the tiny model: p(high_risk) ~ 0.9
+    p_base = client.post(f"{base_only}/v1/score", headers=AUTH, json=image).json()["probabilities"]
+    got = client.post(f"{cascade}/v1/score", headers=AUTH, json=image).json()
+    params = CorrectionParams(**ALWAYS["correction"])
+    want = fuse(p_base, p_base[HIGH_RISK], params)
+    default = fuse(p_base, p_base[HIGH_RISK])
+    assert default[HIGH_RISK] - want[HIGH_RISK] > 0.1  # the bundle's correction matters here
+    assert got["escalated"] is True
+    for label in RISK_LABELS:
+        assert got["probabilities"][label] == pytest.approx(want[label], abs=1e-4), label
+    assert got["hazard_score"] == pytest.approx(hazard_score(want), abs=1e-4)
+    assert got["risk_level"] == predict_label(want)
 
 
 # -- back-pressure ------------------------------------------------------------------------------

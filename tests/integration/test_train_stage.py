@@ -1,8 +1,9 @@
 """A training stage through real Ray Train: DeepSpeed ZeRO-2 + LoRA on 2 CPU workers.
 
-Small sizes: a few steps on a small prepared folder. Checks the model bundle (a merged standard
-Qwen2.5-VL that loads with from_pretrained, the adapter, metrics) and that re-running the same
-run name resumes from the Ray Train checkpoint.
+Small sizes: a few steps on a small prepared folder. Checks evaluation during training, the
+checkpoints Ray keeps, the bundle built from the best checkpoint (a merged standard
+Qwen2.5-VL whose metrics are its own), the report, resuming a run by its name, refusing a
+corrupt checkpoint, and early stopping.
 """
 
 from __future__ import annotations
@@ -10,79 +11,138 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from hazard.bundle import read_bundle
-from hazard.config import load_config
-from hazard.config.data import DataConfig
+from hazard.bundle import open_bundle
 from hazard.config.train import TrainConfig
-from hazard.demo.synthetic import write_folder_dataset
 from hazard.labels import RISK_LABELS
-from hazard.vlm import label_probabilities, load_model, load_processor
-from pipelines.prepare import prepare
+from hazard.metrics import classification_report
+from hazard.storage import sha256_file
+from hazard.vlm import load_model, load_processor, score_split
 from ray_jobs.train import run
+from tests.integration.train_fixtures import (
+    ADAPTER,
+    STAGE1,
+    kept_checkpoints,
+    prepare_small,
+    stage_config,
+)
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("train")
-    write_folder_dataset(root / "raw", n_per_label=6, seed=1, corrupt=0)
-    cfg = load_config(
-        REPO / "configs/tiny/data.yaml",
-        DataConfig,
-        [f"source.uri={root / 'raw'}", f"output_dir={root / 'data'}", "augment.copies=1"],
-    )
-    prepare(cfg)
+    prepare_small(root)
     return root
 
 
-def _cfg(root, stage_file: str, steps: int, overrides=()) -> TrainConfig:
-    return load_config(
-        REPO / stage_file,
-        TrainConfig,
-        [
-            f"data_dir={root / 'data'}",
-            f"output_dir={root / stage_file.split('/')[-1][:-5]}",
-            f"optim.max_steps={steps}",
-            "optim.batch_size=4",
-            "optim.log_every=2",
-            *overrides,
-        ],
+def _cfg(root, stage_file: str, steps: int, overrides=(), out: str | None = None) -> TrainConfig:
+    out_dir = root / (out or stage_file.split("/")[-1][:-5])
+    return stage_config(root / "data", out_dir, steps, overrides, stage_file)
+
+
+def _checkpoints(metrics: dict) -> dict[int, Path]:
+    return kept_checkpoints(metrics["checkpoint_dir"])
+
+
+def _first_best(evals: list[dict], metric: str) -> dict:
+    """The earliest evaluation with the highest value (the rule, computed independently)."""
+    top = max(e[metric] for e in evals)
+    return next(e for e in evals if e[metric] == top)
+
+
+def test_stage1_evaluates_keeps_the_best_checkpoint_and_bundles_it(prepared, tiny_model_path):
+    cfg = _cfg(
+        prepared, STAGE1, 4, ["eval.every_steps=2", "checkpoint.every_steps=1", "checkpoint.keep=2"]
     )
-
-
-def test_stage1_trains_writes_a_standard_bundle_and_resumes(prepared, tiny_model_path):
-    cfg = _cfg(prepared, "configs/tiny/stage1_base.yaml", steps=4)
     metrics = run(cfg)
-    assert metrics["step"] == 4
-    assert metrics["val_n"] == 5  # every validation row scored once across the 2 workers
-    assert 0.0 <= metrics["val_macro_f1"] <= 1.0
-    bundle = read_bundle(metrics["model_dir"])
-    assert bundle["labels"] == list(RISK_LABELS) and bundle["stage"] == "base"
-    model_dir = metrics["model_dir"]
-    config = json.loads(Path(model_dir, "config.json").read_text())
-    assert config["model_type"] == "qwen2_5_vl"
-    assert (prepared / "stage1_base/model/adapter/adapter_model.safetensors").is_file()
-    # The merged checkpoint is a plain Qwen2.5-VL: loads and scores without PEFT.
-    from PIL import Image
+    history = metrics["history"]
+    assert [s["step"] for s in history["steps"]] == [1, 2, 3, 4]
+    assert [e["step"] for e in history["evals"]] == [2, 4]
+    assert all(e["n"] == 5 for e in history["evals"])  # every val row scored once over 2 ranks
+    best = _first_best(history["evals"], "macro_f1")
+    assert metrics["best_step"] == best["step"]
+    # keep=2 by score: the two evaluated checkpoints outrank the unevaluated steps 1 and 3
+    assert sorted(_checkpoints(metrics)) == [2, 4]
 
-    model, processor = load_model(model_dir), load_processor(model_dir)
-    probs = label_probabilities(
-        model, processor, [[Image.new("RGB", (112, 112))]], bundle["prompt"], RISK_LABELS
+    opened = open_bundle(metrics["model_dir"])
+    meta = opened.meta
+    assert meta.labels == list(RISK_LABELS) and meta.stage == "base"
+    best_ckpt = _checkpoints(metrics)[best["step"]]
+    assert meta.adapter_sha256 == sha256_file(best_ckpt / ADAPTER)
+    # the bundle's metrics are those of the merged model it holds, scored again here
+    model, processor = load_model(opened.path).eval(), load_processor(opened.path)
+    probs, truth = score_split(
+        model, processor, str(prepared / "data/val"), meta.prompt, RISK_LABELS, 16
     )
-    assert abs(probs.sum().item() - 1) < 1e-5
-    # LoRA changed the weights: the merged model differs from the tiny base.
-    base = load_model(tiny_model_path)
+    preds = [RISK_LABELS[max(range(5), key=row.__getitem__)] for row in probs]
+    report = classification_report(truth, preds)
+    assert meta.metrics["val_macro_f1"] == pytest.approx(report["macro_f1"], abs=1e-9)
+    assert meta.metrics["val_accuracy"] == pytest.approx(report["accuracy"], abs=1e-9)
+    assert np.allclose(meta.val_predictions.probabilities, probs, atol=1e-6)
+    # a plain Qwen2.5-VL (no PEFT needed), changed by LoRA
+    config = json.loads((opened.path / "config.json").read_text())
+    assert config["model_type"] == "qwen2_5_vl"
     name = "model.language_model.layers.0.self_attn.q_proj.weight"
-    assert not base.state_dict()[name].equal(model.state_dict()[name])
+    assert not load_model(tiny_model_path).state_dict()[name].equal(model.state_dict()[name])
+    # the report
+    out = prepared / "stage1_base"
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["best_step"] == best["step"] and written["history"] == history
+    for rel in written["plots"].values():
+        with Image.open(out / rel) as png:
+            assert png.format == "PNG" and png.width > 300
 
-    # Same run name, more steps: Ray Train V2 resumes from the step-4 checkpoint.
-    resumed = run(_cfg(prepared, "configs/tiny/stage1_base.yaml", steps=6))
-    assert resumed["step"] == 6
-    assert resumed["resumed_from"] == 4
+
+def test_same_run_name_resumes_and_continues_the_step_count(prepared):
+    # the previous test's run, 2 more steps: Ray Train V2 resumes from its step-4 checkpoint
+    cfg = _cfg(prepared, STAGE1, 6, ["eval.every_steps=2", "checkpoint.every_steps=1"])
+    metrics = run(cfg)
+    assert metrics["resumed_from"] == [4]
+    assert [s["step"] for s in metrics["history"]["steps"]] == [1, 2, 3, 4, 5, 6]
+    assert [e["step"] for e in metrics["history"]["evals"]] == [2, 4, 6]
+
+
+def test_a_corrupt_checkpoint_is_refused_naming_the_file(prepared):
+    latest = max(
+        _checkpoints(
+            {"checkpoint_dir": prepared / "stage1_base/ray_results/stage1-base-tiny"}
+        ).items()
+    )[1]
+    target = latest / ADAPTER
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(Exception) as err:
+        run(_cfg(prepared, STAGE1, 8, ["eval.every_steps=2"]))
+    assert str(target) in str(err.value)
+    assert "sha256 does not match" in str(err.value)
+
+
+def test_early_stopping_keeps_the_earlier_best_checkpoint(prepared):
+    cfg = _cfg(
+        prepared,
+        STAGE1,
+        12,
+        ["eval.every_steps=1", "eval.patience=1", "checkpoint.keep=1", "optim.lr=1e-2"],
+        out="early_stop",
+    )
+    metrics = run(cfg)
+    evals = metrics["history"]["evals"]
+    best = _first_best(evals, "macro_f1")
+    assert metrics["stopped_early"] is True
+    # stopped at the first evaluation after the best that did not beat it
+    assert metrics["step"] == best["step"] + 1 < 12
+    assert metrics["best_step"] == best["step"]
+    kept = _checkpoints(metrics)
+    assert sorted(kept) == [best["step"], metrics["step"]]  # the best and the latest
+    meta = open_bundle(metrics["model_dir"]).meta
+    assert meta.adapter_sha256 == sha256_file(kept[best["step"]] / ADAPTER)
+    assert meta.adapter_sha256 != sha256_file(kept[metrics["step"]] / ADAPTER)
 
 
 def test_specialist_uses_enrichment_and_weights(prepared):

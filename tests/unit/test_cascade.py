@@ -1,4 +1,4 @@
-"""FusionSpec (the calibration artefact) and the cascade decision."""
+"""FusionSpec (the calibration artefact, kept in the specialist bundle) and the cascade decision."""
 
 from __future__ import annotations
 
@@ -18,22 +18,16 @@ P_BASE = {
 }
 
 
-def test_fusion_spec_round_trips_through_a_file(tmp_path):
+def test_fusion_spec_round_trips_through_json():
     spec = FusionSpec(CorrectionParams(slope=2.0, intercept=0.2), theta=0.35)
-    path = tmp_path / "fusion.json"
-    path.write_text(json.dumps(dict(spec.to_dict(), fitted_on="val")))
-    assert FusionSpec.load(path) == spec
+    stored = json.loads(json.dumps(dict(spec.to_dict(), fitted_on="val")))  # as calibration does
+    assert FusionSpec.from_dict(stored) == spec
 
 
 @pytest.mark.parametrize("bad, match", [({"theta": 1.5}, "theta"), ({"thetta": 0.1}, "unknown")])
 def test_fusion_spec_rejects_bad_files(bad, match):
     with pytest.raises(ValueError, match=match):
         FusionSpec.from_dict(bad)
-
-
-def test_missing_fusion_file_says_what_to_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="calibration"):
-        FusionSpec.load(tmp_path / "nope.json")
 
 
 def test_cascade_escalates_on_theta_and_fuses():

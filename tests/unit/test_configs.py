@@ -87,7 +87,6 @@ def test_tiny_configs_chain_into_each_other_and_match_the_demo():
     assert s1.data_dir == s2.data_dir == cal.data_dir == data.output_dir
     assert cal.base_uri == serve.base.model_uri == f"{s1.output_dir}/model"
     assert cal.specialist_uri == serve.specialist.model_uri == f"{s2.output_dir}/model"
-    assert serve.fusion_uri == f"{cal.output_dir}/fusion.json"
 
     demo = {k: v.as_posix() for k, v in layout(DEFAULT_OUT).items()}
     assert data.source.uri == demo["raw"]

@@ -1,0 +1,50 @@
+"""Worker set-up: the model source on local disk, LoRA, gradient checkpointing, DeepSpeed."""
+
+from __future__ import annotations
+
+import hashlib
+
+from hazard.config.train import TrainConfig
+from hazard.storage import StorageConfig, cache_root, download_dir, parse_uri
+
+
+def local_model_source(uri: str, storage: StorageConfig | None = None) -> str:
+    """A checkpoint `from_pretrained` can read: `s3://` sources are fetched into the cache
+    (`models/<hash of the URI>`), local folders and hub ids are returned as given.
+
+    A bundle (a folder with hazard_model.json) is opened through `hazard.bundle`, verified
+    against its manifest; a bare checkpoint on S3 has no manifest, so it is fetched whole."""
+    scheme, _ = parse_uri(uri)
+    if scheme != "s3":
+        return uri
+    from hazard.bundle import BUNDLE_FILE, open_bundle
+    from hazard.storage import exists, join_uri
+
+    if exists(join_uri(uri, BUNDLE_FILE), storage):
+        return str(open_bundle(uri, storage=storage).path)
+    dest = cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return str(download_dir(uri, dest, config=storage))
+
+
+def build_engine(cfg: TrainConfig, model_path: str):
+    """(DeepSpeed engine, processor, trainable parameter count) for one worker."""
+    import deepspeed
+
+    from hazard.finetune import apply_lora, deepspeed_config, lr_scheduler
+    from hazard.vlm import load_model, load_processor
+
+    processor = load_processor(model_path, cfg.model.max_pixels, cfg.model.min_pixels)
+    model = load_model(model_path, cfg.model.dtype)
+    model.config.use_cache = False
+    if cfg.model.gradient_checkpointing:
+        # non-reentrant: works with frozen inputs (LoRA) without enable_input_require_grads
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_lora(model, cfg.lora, seed=cfg.optim.seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=trainable,
+        config=deepspeed_config(cfg.optim, cfg.deepspeed),
+        lr_scheduler=lr_scheduler(cfg.optim),
+    )
+    return engine, processor, sum(p.numel() for p in trainable)
