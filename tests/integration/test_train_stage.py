@@ -145,9 +145,36 @@ def test_early_stopping_keeps_the_earlier_best_checkpoint(prepared):
     assert meta.adapter_sha256 != sha256_file(kept[metrics["step"]] / ADAPTER)
 
 
-def test_specialist_uses_enrichment_and_weights(prepared):
+def test_zero3_gathers_the_partitioned_adapter_for_the_bundle(prepared):
+    """Under ZeRO-3 each rank holds a slice of the LoRA weights; the checkpoint's adapter is
+    gathered from both ranks. Scored again after the fp32 merge, the bundle must give exactly
+    the validation figures the engine itself measured at that step: an adapter saved from one
+    rank's empty slices would give the base model's figures instead."""
+    cfg = _cfg(prepared, STAGE1, 2, ["deepspeed.zero_stage=3"], out="zero3")
+    metrics = run(cfg)
+    (last_eval,) = metrics["history"]["evals"]
+    meta = open_bundle(metrics["model_dir"]).meta
+    for key in ("accuracy", "macro_f1", "balanced_accuracy"):
+        assert meta.metrics[f"val_{key}"] == pytest.approx(last_eval[key], abs=1e-9), key
+    assert meta.config["deepspeed"]["zero_stage"] == 3
+
+
+def test_specialist_uses_enrichment_and_weights_and_differs_from_the_base(prepared):
     cfg = _cfg(prepared, "configs/tiny/stage2_specialist.yaml", 2, ["scaling.num_workers=1"])
     metrics = run(cfg)
     assert metrics["step"] == 2
     assert metrics["train_rows"]["high_risk"] == 3 * metrics["train_rows"]["no_risk"]
     assert metrics["loss_weights"]["high_risk"] == 2.0
+    # a different model from stage 1's (trained in the first test on the same data): its
+    # adapter also covers the vision tower, and it scores the same validation rows differently
+    spec = open_bundle(metrics["model_dir"])
+    base = open_bundle(prepared / "stage1_base/model")
+    targets = json.loads((spec.path / "adapter/adapter_config.json").read_text())
+    base_targets = json.loads((base.path / "adapter/adapter_config.json").read_text())
+    assert "visual" in targets["target_modules"] and "visual" not in base_targets["target_modules"]
+    assert spec.meta.val_predictions.labels == base.meta.val_predictions.labels
+    diff = np.abs(
+        np.array(spec.meta.val_predictions.probabilities)
+        - np.array(base.meta.val_predictions.probabilities)
+    )
+    assert diff.max() > 0.01

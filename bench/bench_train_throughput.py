@@ -1,0 +1,530 @@
+"""Training throughput: the Ray Train + DeepSpeed loop against a plain PyTorch loop, same work.
+
+    python -m bench.bench_train_throughput [--steps 60] [--skip 5] [--repeats 3] [--threads 1]
+        [--workers 1[,2]] [--out PATH]
+
+Both paths train stage 1 (`configs/tiny/stage1_base.yaml`: the cached tiny Qwen2.5-VL, LoRA r=16
+on q/k/v/o, float32) with batch 8 for `--steps` optimizer steps (no evaluation or checkpoint
+between steps) on the same data: synthetic scenes (`--n-per-label` per label) through the data
+job, made once under runs/bench/train/.
+- `ray`: `ray_jobs.train.run(cfg)` on a local Ray (2 CPUs, started by the benchmark) with
+  `scaling.num_workers` workers: Ray Data shards, DeepSpeed ZeRO-2 engine, the shared
+  worker loop, then the final evaluation, checkpoint and bundle (outside the timed window).
+- `plain`: one process per worker, no Ray, no DeepSpeed: `hazard.vlm.load_model`,
+  `hazard.finetune.apply_lora`, `torch.optim.AdamW` over the LoRA weights with
+  `hazard.finetune.lr_scheduler`, the train split read with pyarrow in a seeded shuffled order,
+  per micro-batch `encode_batch` + `micro_batch_loss`, backward, gradient clipping at
+  `deepspeed.gradient_clipping`, step. With 2 workers: two processes at once, each on half the
+  rows, starting their loops together, without gradient exchange; their samples/s are summed.
+Equal torch threads per worker: Ray sets OMP_NUM_THREADS to a worker's CPUs (`cpus_per_worker`
+1 with one worker, 0.5 with two so that Ray Data keeps a CPU: 1 thread either way), and a probe
+through the same Ray Train scaling records what the workers really get; the plain processes get
+OMP_NUM_THREADS and `torch.set_num_threads` = `--threads` (default 1; the table warns when
+the two differ).
+
+Rates are steady-state: from the end of step `--skip` to the end of the last step (set-up and
+the first steps excluded), from each step's `seconds` (the Ray run's
+`metrics["history"]["steps"]`, the plain loop's own). tokens/s counts non-padding tokens
+(prompt with image tokens, plus answer): the plain loop counts its encoded samples; for `ray` it
+is the train split's mean tokens per sample (every row encoded once) x samples/s.
+`overhead` = plain samples/s / ray samples/s at equal workers (medians over the `--repeats`
+interleaved repeats); the target is <= 1.25.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import (
+    REPO_ROOT,
+    command,
+    default_out,
+    environment,
+    git_state,
+    loadavg,
+    write_json,
+)
+
+NAME = "train_throughput"
+MODULE = "bench.bench_train_throughput"
+STAGE1 = REPO_ROOT / "configs" / "tiny" / "stage1_base.yaml"
+DATA_CONFIG = REPO_ROOT / "configs" / "tiny" / "data.yaml"
+TARGET_OVERHEAD = 1.25
+PATHS = ("plain", "ray")
+
+
+def steady_state(steps: list[dict], skip: int) -> tuple[list[dict], float]:
+    """The steps after step `skip` and the seconds they took: from the end of step `skip` to
+    the end of the last step (`steps` as in a run's history: {"step", "seconds", ...}, seconds
+    counted from any fixed start)."""
+    by_step = sorted(steps, key=lambda s: s["step"])
+    start = next((s for s in by_step if s["step"] == skip), None)
+    if start is None:
+        raise ValueError(f"no step {skip} in the history (steps {[s['step'] for s in by_step]})")
+    window = [s for s in by_step if s["step"] > skip]
+    if not window:
+        raise ValueError(f"no step after step {skip}: run more steps than --skip")
+    seconds = window[-1]["seconds"] - start["seconds"]
+    if seconds <= 0:
+        raise ValueError(f"steps {skip}..{window[-1]['step']} took {seconds} s")
+    return window, seconds
+
+
+def steady_rates(steps: list[dict], skip: int, samples_per_step: int | None = None) -> dict:
+    """Samples/s (and tokens/s when the steps carry "tokens") over the steady-state window.
+
+    Steps that carry "samples" are summed; otherwise each counts `samples_per_step`."""
+    window, seconds = steady_state(steps, skip)
+    if all("samples" in s for s in window):
+        samples = sum(s["samples"] for s in window)
+    elif samples_per_step is not None:
+        samples = len(window) * samples_per_step
+    else:
+        raise ValueError("steps carry no 'samples' and no samples_per_step was given")
+    out = {
+        "steps": len(window),
+        "seconds": seconds,
+        "samples": samples,
+        "samples_per_s": samples / seconds,
+        "step_ms": 1000 * seconds / len(window),
+    }
+    if all("tokens" in s for s in window):
+        out["tokens"] = sum(s["tokens"] for s in window)
+        out["tokens_per_s"] = out["tokens"] / seconds
+    return out
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def prepare_data(root: Path, n_per_label: int) -> Path:
+    """Synthetic scenes through the data job into root/data-<n> (made once, needs Ray)."""
+    from hazard.config import load_config
+    from hazard.config.data import DataConfig
+    from hazard.demo.synthetic import write_folder_dataset
+    from pipelines.prepare import prepare
+
+    data = root / f"data-{n_per_label}"
+    if (data / "lineage.json").is_file():
+        return data
+    raw = root / f"raw-{n_per_label}"
+    shutil.rmtree(raw, ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)
+    write_folder_dataset(raw, n_per_label=n_per_label, seed=1, corrupt=0)
+    cfg = load_config(DATA_CONFIG, DataConfig, [f"source.uri={raw}", f"output_dir={data}"])
+    prepare(cfg)
+    return data
+
+
+def token_stats(cfg, model_path: str) -> dict:
+    """Non-padding tokens per sample (prompt, image tokens, answer) over every train row."""
+    from hazard.storage import read_parquet
+    from hazard.tasks import get_task
+    from hazard.vlm import encode, load_processor, open_stored_image
+
+    processor = load_processor(model_path, cfg.model.max_pixels, cfg.model.min_pixels)
+    prompt = get_task(cfg.optim.task).prompt
+    table = read_parquet(f"{cfg.data_dir}/train", columns=["images", "answer"]).to_pydict()
+    lengths, image_tokens = [], []
+    for images, answer in zip(table["images"], table["answer"], strict=True):
+        pics = [open_stored_image(b) for b in images]
+        e = encode(processor, pics, prompt, str(answer), cfg.optim.max_length)
+        lengths.append(len(e.input_ids))
+        image_tokens.append(e.n_image_tokens)
+    counts: dict[str, int] = {}
+    for a in table["answer"]:
+        counts[a] = counts.get(a, 0) + 1
+    return {
+        "rows": len(lengths),
+        "rows_per_label": dict(sorted(counts.items())),
+        "mean_tokens": float(np.mean(lengths)),
+        "min_tokens": int(min(lengths)),
+        "max_tokens": int(max(lengths)),
+        "mean_image_tokens": float(np.mean(image_tokens)),
+    }
+
+
+# --- plain path --------------------------------------------------------------------------------
+
+
+def plain_worker(job: dict) -> dict:
+    """One plain training process (no Ray, no DeepSpeed); returns its step history."""
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    import pyarrow.parquet as pq
+
+    from hazard.config.train import TrainConfig
+    from hazard.finetune import apply_lora, lr_scheduler
+    from hazard.tasks import get_task
+    from hazard.training.step import encode_batch, micro_batch_loss
+    from hazard.vlm import load_model, load_processor
+
+    start = time.time()
+    cfg = TrainConfig.model_validate(job["config"])
+    rank, world, o = job["rank"], job["world"], cfg.optim
+    torch.manual_seed(o.seed + rank)
+    np.random.seed(o.seed + rank)
+    processor = load_processor(job["model_path"], cfg.model.max_pixels, cfg.model.min_pixels)
+    model = load_model(job["model_path"], cfg.model.dtype)
+    model.config.use_cache = False
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_lora(model, cfg.lora, seed=o.seed)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay)
+    scheduler = lr_scheduler(o)(optimizer)
+    table = pq.read_table(f"{cfg.data_dir}/train", columns=["id", "images", "answer"])
+    shard = np.arange(table.num_rows)[rank::world]
+    prompt = get_task(o.task).prompt
+    setup_seconds = time.time() - start
+
+    barrier = Path(job["barrier_dir"])  # the workers start their loops together
+    (barrier / f"ready-{rank}").touch()
+    while len(list(barrier.glob("ready-*"))) < world:
+        time.sleep(0.05)
+
+    steps, step, epoch, micro = [], 0, 0, 0
+    samples = tokens = 0
+    losses = []
+    while step < o.max_steps:
+        order = np.random.default_rng(o.seed + epoch * 1000 + rank).permutation(shard)
+        for i in range(0, len(order) - o.batch_size + 1, o.batch_size):  # drop_last
+            batch = table.take(order[i : i + o.batch_size]).to_pydict()
+            encoded, answers, _ = encode_batch(processor, batch, prompt, o.max_length)
+            loss = micro_batch_loss(model, processor, encoded, answers, job["class_weights"])
+            (loss / o.grad_accum_steps).backward()  # DeepSpeed scales by accumulation alike
+            losses.append(loss.item())
+            samples += len(batch["answer"])
+            tokens += sum(len(e.input_ids) for e in encoded)
+            micro += 1
+            if micro % o.grad_accum_steps:
+                continue
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.deepspeed.gradient_clipping)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            steps.append(
+                {
+                    "step": step,
+                    "loss": float(np.mean(losses)),
+                    "seconds": round(time.time() - start, 3),
+                    "samples": samples,
+                    "tokens": tokens,
+                }
+            )
+            samples = tokens = 0
+            losses = []
+            if step >= o.max_steps:
+                break
+        epoch += 1
+    return {
+        "steps": steps,
+        "started_at": start,  # epoch seconds: the workers' windows can be lined up
+        "setup_seconds": setup_seconds,
+        "epochs_started": epoch,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "shard_rows": int(len(shard)),
+    }
+
+
+def run_plain(cfg, model_path: str, weights: dict, threads: int, workdir: Path) -> dict:
+    """`scaling.num_workers` plain processes at once, each with its own OMP_NUM_THREADS."""
+    world = cfg.scaling.num_workers
+    run_dir = workdir / f"plain-w{world}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (run_dir / "barrier").mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs = []
+    t = time.perf_counter()
+    for rank in range(world):
+        job = {
+            "config": cfg.model_dump(mode="json"),
+            "model_path": model_path,
+            "class_weights": weights,
+            "threads": threads,
+            "rank": rank,
+            "world": world,
+            "barrier_dir": str(run_dir / "barrier"),
+            "result": str(run_dir / f"result-{rank}.json"),
+        }
+        (run_dir / f"job-{rank}.json").write_text(json.dumps(job))
+        log = (run_dir / f"log-{rank}.txt").open("w")
+        cmd = [sys.executable, "-m", MODULE, "--plain-worker", str(run_dir / f"job-{rank}.json")]
+        procs.append((subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=log), log))
+    for rank, (proc, log) in enumerate(procs):
+        rc = proc.wait()
+        log.close()
+        if rc != 0:
+            tail = (run_dir / f"log-{rank}.txt").read_text()[-3000:]
+            raise RuntimeError(f"plain worker {rank} failed ({rc}):\n{tail}")
+    wall = time.perf_counter() - t
+    workers = [json.loads((run_dir / f"result-{r}.json").read_text()) for r in range(world)]
+    return {"wall_seconds": wall, "workers": workers}
+
+
+# --- ray path ----------------------------------------------------------------------------------
+
+
+def _probe_loop(config: dict) -> None:
+    """Ray Train worker: write this rank's torch threads and OMP_NUM_THREADS to a file."""
+    import ray.train
+    import torch
+
+    rank = ray.train.get_context().get_world_rank()
+    Path(config["dir"], f"threads-{rank}.json").write_text(
+        json.dumps(
+            {
+                "torch_threads": torch.get_num_threads(),
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            }
+        )
+    )
+
+
+def probe_ray_threads(cfg, workdir: Path) -> list[dict]:
+    """The torch threads and OMP_NUM_THREADS each Ray Train worker gets under cfg's scaling
+    (a run of the same TorchTrainer set-up with a loop that only records them)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    world = cfg.scaling.num_workers
+    probe = workdir / f"probe-w{world}"
+    shutil.rmtree(probe, ignore_errors=True)
+    probe.mkdir(parents=True)
+    trainer = TorchTrainer(
+        _probe_loop,
+        train_loop_config={"dir": str(probe)},
+        scaling_config=ScalingConfig(
+            num_workers=world, resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}
+        ),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=RunConfig(name="probe", storage_path=str(probe / "ray_results")),
+    )
+    trainer.fit()
+    return [json.loads((probe / f"threads-{r}.json").read_text()) for r in range(world)]
+
+
+def run_ray(cfg) -> dict:
+    """`ray_jobs.train.run` on a fresh output folder (the same run name would resume)."""
+    from ray_jobs.train import run
+
+    shutil.rmtree(cfg.output_dir, ignore_errors=True)
+    t = time.perf_counter()
+    metrics = run(cfg)
+    return {
+        "wall_seconds": time.perf_counter() - t,
+        "train_seconds": metrics.get("train_seconds"),
+        "steps": metrics["history"]["steps"],
+        "samples": metrics.get("samples"),
+        "skipped_samples": metrics.get("skipped_samples"),
+    }
+
+
+# --- the benchmark -----------------------------------------------------------------------------
+
+
+def stage_config(data_dir: Path, out: Path, workers: int, args):
+    from hazard.config import load_config
+    from hazard.config.train import TrainConfig
+
+    return load_config(
+        STAGE1,
+        TrainConfig,
+        [
+            f"data_dir={data_dir}",
+            f"output_dir={out}",
+            f"run_name=bench-train-w{workers}",
+            f"optim.max_steps={args.steps}",
+            f"optim.batch_size={args.batch_size}",
+            "optim.grad_accum_steps=1",
+            "eval.every_steps=0",
+            "checkpoint.every_steps=0",
+            f"scaling.num_workers={workers}",
+            f"scaling.cpus_per_worker={1 if workers == 1 else 0.5}",
+            *args.overrides,
+        ],
+    )
+
+
+def _step_one(steps: list[dict]) -> float:
+    """Seconds from the start of the worker's recipe to the end of step 1 (set-up included)."""
+    return next(s["seconds"] for s in steps if s["step"] == 1)
+
+
+def summarize_path(runs: list[dict], skip: int, samples_per_step: int, mean_tokens: float):
+    """Steady-state rates of each repeat and their medians for one path."""
+    each = []
+    for r in runs:
+        if "workers" in r:  # plain: each process's own window, samples/s summed
+            parts = [steady_rates(w["steps"], skip) for w in r["workers"]]
+            rate = {
+                "samples_per_s": sum(p["samples_per_s"] for p in parts),
+                "tokens_per_s": sum(p["tokens_per_s"] for p in parts),
+                "step_ms": statistics.mean(p["step_ms"] for p in parts),
+                "setup_seconds": max(_step_one(w["steps"]) for w in r["workers"]),
+                "per_worker": parts,
+            }
+        else:  # ray: every rank steps together; tokens from the data's mean per sample
+            part = steady_rates(r["steps"], skip, samples_per_step)
+            rate = {
+                "samples_per_s": part["samples_per_s"],
+                "tokens_per_s": part["samples_per_s"] * mean_tokens,
+                "step_ms": part["step_ms"],
+                "setup_seconds": _step_one(r["steps"]),
+                "window": part,
+            }
+        each.append({**rate, "wall_seconds": r["wall_seconds"]})
+    keys = ("samples_per_s", "tokens_per_s", "step_ms", "setup_seconds", "wall_seconds")
+    return {
+        **{k: statistics.median(e[k] for e in each) for k in keys},
+        "samples_per_s_each": [e["samples_per_s"] for e in each],
+        "repeats": each,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
+    p.add_argument("--skip", type=int, default=5, help="first steps left out of the rates")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per worker per step")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs of each path")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per plain process")
+    p.add_argument("--workers", default="1", help="comma list of worker counts, e.g. 1,2")
+    p.add_argument("--n-per-label", type=int, default=20, help="synthetic images per label")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--workdir", type=Path, default=REPO_ROOT / "runs" / "bench" / "train")
+    p.add_argument("--out", type=Path, default=None, help="JSON path")
+    p.add_argument("--plain-worker", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.plain_worker:  # a child process of run_plain
+        job = json.loads(args.plain_worker.read_text())
+        Path(job["result"]).write_text(json.dumps(plain_worker(job)))
+        return 0
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    args.workdir = args.workdir.resolve()
+    if args.steps <= args.skip:
+        p.error(f"--steps {args.steps} must be more than --skip {args.skip}")
+
+    import ray
+
+    from hazard.demo.tiny_qwen import ensure_tiny_model
+    from hazard.finetune import class_weight_table
+
+    load_before = loadavg()
+    model_path = str(ensure_tiny_model())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    results: dict[int, dict] = {}
+    try:
+        data_dir = prepare_data(args.workdir, args.n_per_label)
+        base = stage_config(data_dir, args.workdir / "ray-w1", 1, args)
+        tokens = token_stats(base, model_path)
+        weights = class_weight_table(base.optim.class_weights, tokens["rows_per_label"])
+        for w in worker_counts:
+            cfg = stage_config(data_dir, args.workdir / f"ray-w{w}", w, args)
+            probe = probe_ray_threads(cfg, args.workdir)
+            runs: dict[str, list[dict]] = {"plain": [], "ray": []}
+            for rep in range(args.repeats):  # interleaved, so load changes hit both alike
+                for name in PATHS if rep % 2 == 0 else PATHS[::-1]:
+                    print(f"[bench] {w} worker(s), repeat {rep + 1}: {name}", flush=True)
+                    if name == "plain":
+                        run = run_plain(cfg, model_path, weights, args.threads, args.workdir)
+                    else:
+                        run = run_ray(cfg)
+                    runs[name].append(run)
+            per_step = cfg.optim.batch_size * cfg.optim.grad_accum_steps * w
+            paths = {
+                n: summarize_path(r, args.skip, per_step, tokens["mean_tokens"])
+                for n, r in runs.items()
+            }
+            ratios = [
+                a / b
+                for a, b in zip(
+                    paths["plain"]["samples_per_s_each"],
+                    paths["ray"]["samples_per_s_each"],
+                    strict=True,
+                )
+            ]
+            plain_threads = [x["torch_threads"] for r in runs["plain"] for x in r["workers"]]
+            results[w] = {
+                "cpus_per_worker": cfg.scaling.cpus_per_worker,
+                "equal_threads": {t["torch_threads"] for t in probe} == set(plain_threads),
+                "ray_worker_threads": probe,
+                "plain_worker_threads": plain_threads,
+                "paths": paths,
+                "overhead": paths["plain"]["samples_per_s"] / paths["ray"]["samples_per_s"],
+                "overhead_each": ratios,
+                "raw": runs,
+            }
+    finally:
+        ray.shutdown()
+
+    payload = {
+        "benchmark": NAME,
+        **command(MODULE, argv),
+        "git": git_state(),
+        "environment": environment(),
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
+        "model": model_path,
+        "data": {"dir": str(data_dir), "n_per_label": args.n_per_label, **tokens},
+        "config": base.model_dump(mode="json"),
+        "steps": args.steps,
+        "skip": args.skip,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "target_overhead": TARGET_OVERHEAD,
+        "results": {str(w): r for w, r in results.items()},
+    }
+    print(
+        f"\ntrain throughput: tiny Qwen2.5-VL, LoRA r={base.lora.r}, batch {base.optim.batch_size} "
+        f"per worker, {base.optim.max_steps} steps (rates over steps {args.skip + 1}-"
+        f"{base.optim.max_steps}), "
+        f"{args.threads} torch thread(s) per worker, {args.repeats} repeat(s), medians; "
+        f"{tokens['mean_tokens']:.1f} tokens/sample"
+    )
+    print(
+        f"{'workers':>7} {'path':<6} {'samples/s':>10} {'tokens/s':>10} {'step ms':>8} "
+        f"{'setup s':>8} {'run s':>7} {'threads':>8}"
+    )
+    for w, r in results.items():
+        plain_threads = ",".join(str(t) for t in sorted(set(r["plain_worker_threads"])))
+        ray_threads = ",".join(str(t["torch_threads"]) for t in r["ray_worker_threads"])
+        for name, s in r["paths"].items():
+            threads = plain_threads if name == "plain" else ray_threads
+            print(
+                f"{w:>7} {name:<6} {s['samples_per_s']:>10.2f} {s['tokens_per_s']:>10.0f} "
+                f"{s['step_ms']:>8.0f} {s['setup_seconds']:>8.1f} {s['wall_seconds']:>7.1f} "
+                f"{threads!s:>8}"
+            )
+        verdict = "met" if r["overhead"] <= TARGET_OVERHEAD else "NOT met"
+        each = ", ".join(f"{x:.2f}" for x in r["overhead_each"])
+        print(
+            f"{'':>7} overhead plain/ray {r['overhead']:.2f}x (each repeat: {each}); "
+            f"target <= {TARGET_OVERHEAD}x {verdict}"
+        )
+        if not r["equal_threads"]:
+            print(f"{'':>7} WARNING: thread counts differ (--threads must match Ray's workers)")
+    print("ray tokens/s = the split's mean tokens per sample x samples/s; plain counts its own")
+    path = write_json(args.out or default_out(NAME), payload)
+    print(f"json: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
