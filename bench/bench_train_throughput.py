@@ -269,6 +269,9 @@ def run_plain(cfg, model_path: str, weights: dict, threads: int, workdir: Path) 
         rc = proc.wait()
         log.close()
         if rc != 0:
+            for other, _ in procs:  # the others would wait at the barrier for ever
+                other.kill()
+                other.wait()
             tail = (run_dir / f"log-{rank}.txt").read_text()[-3000:]
             raise RuntimeError(f"plain worker {rank} failed ({rc}):\n{tail}")
     wall = time.perf_counter() - t
@@ -396,6 +399,67 @@ def summarize_path(runs: list[dict], skip: int, samples_per_step: int, mean_toke
     }
 
 
+def compare(runs: dict[str, list[dict]], probe: list[dict], cfg, skip: int, mean_tokens: float):
+    """Both paths' steady-state figures at one worker count, and the overhead plain/ray."""
+    per_step = cfg.optim.batch_size * cfg.optim.grad_accum_steps * cfg.scaling.num_workers
+    paths = {n: summarize_path(r, skip, per_step, mean_tokens) for n, r in runs.items()}
+    plain_threads = [x["torch_threads"] for r in runs["plain"] for x in r["workers"]]
+    each = zip(
+        paths["plain"]["samples_per_s_each"], paths["ray"]["samples_per_s_each"], strict=True
+    )
+    return {
+        "cpus_per_worker": cfg.scaling.cpus_per_worker,
+        "equal_threads": {t["torch_threads"] for t in probe} == set(plain_threads),
+        "ray_worker_threads": probe,
+        "plain_worker_threads": plain_threads,
+        "paths": paths,
+        "overhead": paths["plain"]["samples_per_s"] / paths["ray"]["samples_per_s"],
+        "overhead_each": [a / b for a, b in each],
+        "raw": runs,
+    }
+
+
+def print_table(payload: dict) -> None:
+    """The benchmark's table, from its JSON payload."""
+    cfg, data = payload["config"], payload["data"]
+    steps, skip = cfg["optim"]["max_steps"], payload["skip"]
+    print(
+        f"\ntrain throughput: tiny Qwen2.5-VL, LoRA r={cfg['lora']['r']}, batch "
+        f"{cfg['optim']['batch_size']} per worker, {steps} steps (rates over steps {skip + 1}-"
+        f"{steps}), {payload['threads']} torch thread(s) per plain process, "
+        f"{payload['repeats']} repeat(s), medians; {data['mean_tokens']:.1f} tokens/sample"
+    )
+    print(
+        f"{'workers':>7} {'path':<6} {'samples/s':>10} {'tokens/s':>10} {'step ms':>8} "
+        f"{'setup s':>8} {'run s':>7} {'threads':>8}"
+    )
+    target = payload["target_overhead"]
+    for w, r in payload["results"].items():
+        threads = {
+            "plain": ",".join(str(t) for t in sorted(set(r["plain_worker_threads"]))),
+            "ray": ",".join(str(t["torch_threads"]) for t in r["ray_worker_threads"]),
+        }
+        for name, s in r["paths"].items():
+            print(
+                f"{w:>7} {name:<6} {s['samples_per_s']:>10.2f} {s['tokens_per_s']:>10.0f} "
+                f"{s['step_ms']:>8.0f} {s['setup_seconds']:>8.1f} {s['wall_seconds']:>7.1f} "
+                f"{threads[name]:>8}"
+            )
+        verdict = "met" if r["overhead"] <= target else "NOT met"
+        each = ", ".join(f"{x:.2f}" for x in r["overhead_each"])
+        print(
+            f"{'':>7} overhead plain/ray {r['overhead']:.2f}x (each repeat: {each}); "
+            f"target <= {target}x {verdict}"
+        )
+        if not r["equal_threads"]:
+            print(f"{'':>7} WARNING: thread counts differ (--threads must match Ray's workers)")
+    print(
+        "setup s: recipe start to the end of step 1; run s: the whole run (ray: run(cfg) with "
+        "its final evaluation and bundle; plain: the processes)\n"
+        "ray tokens/s = the split's mean tokens per sample x samples/s; plain counts its own"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
@@ -447,30 +511,7 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         run = run_ray(cfg)
                     runs[name].append(run)
-            per_step = cfg.optim.batch_size * cfg.optim.grad_accum_steps * w
-            paths = {
-                n: summarize_path(r, args.skip, per_step, tokens["mean_tokens"])
-                for n, r in runs.items()
-            }
-            ratios = [
-                a / b
-                for a, b in zip(
-                    paths["plain"]["samples_per_s_each"],
-                    paths["ray"]["samples_per_s_each"],
-                    strict=True,
-                )
-            ]
-            plain_threads = [x["torch_threads"] for r in runs["plain"] for x in r["workers"]]
-            results[w] = {
-                "cpus_per_worker": cfg.scaling.cpus_per_worker,
-                "equal_threads": {t["torch_threads"] for t in probe} == set(plain_threads),
-                "ray_worker_threads": probe,
-                "plain_worker_threads": plain_threads,
-                "paths": paths,
-                "overhead": paths["plain"]["samples_per_s"] / paths["ray"]["samples_per_s"],
-                "overhead_each": ratios,
-                "raw": runs,
-            }
+            results[w] = compare(runs, probe, cfg, args.skip, tokens["mean_tokens"])
     finally:
         ray.shutdown()
 
@@ -484,43 +525,13 @@ def main(argv: list[str] | None = None) -> int:
         "model": model_path,
         "data": {"dir": str(data_dir), "n_per_label": args.n_per_label, **tokens},
         "config": base.model_dump(mode="json"),
-        "steps": args.steps,
         "skip": args.skip,
         "threads": args.threads,
         "repeats": args.repeats,
         "target_overhead": TARGET_OVERHEAD,
         "results": {str(w): r for w, r in results.items()},
     }
-    print(
-        f"\ntrain throughput: tiny Qwen2.5-VL, LoRA r={base.lora.r}, batch {base.optim.batch_size} "
-        f"per worker, {base.optim.max_steps} steps (rates over steps {args.skip + 1}-"
-        f"{base.optim.max_steps}), "
-        f"{args.threads} torch thread(s) per worker, {args.repeats} repeat(s), medians; "
-        f"{tokens['mean_tokens']:.1f} tokens/sample"
-    )
-    print(
-        f"{'workers':>7} {'path':<6} {'samples/s':>10} {'tokens/s':>10} {'step ms':>8} "
-        f"{'setup s':>8} {'run s':>7} {'threads':>8}"
-    )
-    for w, r in results.items():
-        plain_threads = ",".join(str(t) for t in sorted(set(r["plain_worker_threads"])))
-        ray_threads = ",".join(str(t["torch_threads"]) for t in r["ray_worker_threads"])
-        for name, s in r["paths"].items():
-            threads = plain_threads if name == "plain" else ray_threads
-            print(
-                f"{w:>7} {name:<6} {s['samples_per_s']:>10.2f} {s['tokens_per_s']:>10.0f} "
-                f"{s['step_ms']:>8.0f} {s['setup_seconds']:>8.1f} {s['wall_seconds']:>7.1f} "
-                f"{threads!s:>8}"
-            )
-        verdict = "met" if r["overhead"] <= TARGET_OVERHEAD else "NOT met"
-        each = ", ".join(f"{x:.2f}" for x in r["overhead_each"])
-        print(
-            f"{'':>7} overhead plain/ray {r['overhead']:.2f}x (each repeat: {each}); "
-            f"target <= {TARGET_OVERHEAD}x {verdict}"
-        )
-        if not r["equal_threads"]:
-            print(f"{'':>7} WARNING: thread counts differ (--threads must match Ray's workers)")
-    print("ray tokens/s = the split's mean tokens per sample x samples/s; plain counts its own")
+    print_table(payload)
     path = write_json(args.out or default_out(NAME), payload)
     print(f"json: {path}")
     return 0
