@@ -248,10 +248,25 @@ def run_demo(out: Path, n_per_label: int, steps: int, workers: int, score_limit:
     return report
 
 
+# Ray's job head waits only 10 s for the node's job agent; on a loaded machine a fresh head's
+# agent can take longer to register, and the submission is refused before the job starts.
+AGENT_NOT_READY = "No available agent to submit job"
+SUBMIT_ATTEMPTS = 4
+
+
 def _run(con: Console, what: str, cmd: list[str], log: Path, bar, head: LocalRay | None = None):
-    """Run one logged command, its `step N/M` lines moving `bar`."""
+    """Run one logged command, its `step N/M` lines moving `bar`; a job submission refused
+    because the head's job agent is not up yet is tried again (nothing ran)."""
     on_line = con.follow_steps(bar) if bar is not None else (lambda line: None)
-    seconds = run_logged(what, cmd, log, on_line, env=head.env if head else None, cwd=REPO)
+    for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+        try:
+            seconds = run_logged(what, cmd, log, on_line, env=head.env if head else None, cwd=REPO)
+            break
+        except JobFailed as exc:
+            if attempt == SUBMIT_ATTEMPTS or AGENT_NOT_READY not in exc.log.read_text():
+                raise
+            con.say(f"    the Ray job agent is not ready yet; submitting again ({attempt})")
+            time.sleep(5 * attempt)
     if bar is not None and bar.total:
         bar.n = bar.total
         bar.refresh()

@@ -41,10 +41,11 @@ def build_engine(cfg: TrainConfig, model_path: str):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_lora(model, cfg.lora, seed=cfg.optim.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)  # before ZeRO-3 partitions them
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=trainable,
         config=deepspeed_config(cfg.optim, cfg.deepspeed),
         lr_scheduler=lr_scheduler(cfg.optim),
     )
-    return engine, processor, sum(p.numel() for p in trainable)
+    return engine, processor, n_trainable
