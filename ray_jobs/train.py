@@ -52,8 +52,14 @@ def resolve_model_uri(path: str) -> str:
 
 
 def build_datasets(cfg: TrainConfig):
-    """The training Ray Dataset (with `high_risk_oversample` copies of high-risk rows) and
-    its rows per label."""
+    """The training Ray Dataset and its rows per label (one pass of the data).
+
+    `high_risk_oversample` copies of high-risk rows are added; the result is materialized once
+    and then laid end to end for as many passes (epochs) as `max_steps` needs, each pass in its
+    own seeded block order, so every worker streams one dataset from start to finish instead of
+    restarting Ray Data's streaming split at each epoch (seconds per restart)."""
+    import math
+
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # keep job logs readable
@@ -65,8 +71,15 @@ def build_datasets(cfg: TrainConfig):
     if cfg.optim.high_risk_oversample > 1:
         high = train.filter(lambda row: row["answer"] == HIGH_RISK)
         train = train.union(*[high] * (cfg.optim.high_risk_oversample - 1))
+    train = train.materialize()
     counts = dict(Counter(row["answer"] for row in train.select_columns(["answer"]).iter_rows()))
-    return train.randomize_block_order(seed=cfg.optim.seed), counts
+    rows = sum(counts.values())
+    o = cfg.optim
+    needed = o.max_steps * o.batch_size * o.grad_accum_steps * cfg.scaling.num_workers
+    # one pass more than the exact need: each worker drops its last partial batch per shard
+    passes = max(1, math.ceil(needed / max(rows, 1)) + 1)
+    shuffled = [train.randomize_block_order(seed=o.seed + k) for k in range(passes)]
+    return shuffled[0].union(*shuffled[1:]) if passes > 1 else shuffled[0], counts
 
 
 def data_lineage_id(cfg: TrainConfig) -> str | None:
