@@ -36,9 +36,9 @@ class BestTracker:
         """The score to report with the checkpoint of the evaluation just recorded."""
         if value is None:
             return -math.inf
-        if step == self.best_step:
+        if step == self.best_step or value < self.best_value:
             return value
-        return math.nextafter(min(value, self.best_value), -math.inf)
+        return math.nextafter(self.best_value, -math.inf)  # a tie or a gain under min_delta
 
     def should_stop(self, patience: int | None) -> bool:
         """True after `patience` evaluations without improvement."""
