@@ -4,6 +4,7 @@
     hazard data prepare --config …   import, validate, augment, write Parquet (Ray Data)
     hazard train --config …          train a stage (Ray Train, DeepSpeed, LoRA)
     hazard calibrate --config …      fit the fusion on validation data
+    hazard score-dataset --config …  score a folder/Parquet/s3:// dataset to a submission file
     hazard serve --config …          run the HTTP app on Ray Serve until interrupted
     hazard score IMAGE… --url …      score images against a running endpoint
     hazard model build-tiny          build (once) the cached tiny Qwen2.5-VL
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     _job(data, "synth", "hazard.demo.synthetic", "write a synthetic labelled corridor image folder")
     _job(sub, "train", "ray_jobs.train", "train one cascade stage on Ray Train")
     _job(sub, "calibrate", "ray_jobs.calibrate", "fit the fusion on validation data")
+    _job(sub, "score-dataset", "ray_jobs.score_dataset", "score a whole dataset (Ray Data)")
     _job(sub, "serve", "hazard.serve_file", "run the HTTP application on Ray Serve")
     _job(sub, "score", "hazard.client", "score images against a running endpoint")
     _job(sub, "demo", "hazard.demo.run", "run the whole pipeline end to end on the tiny model")

@@ -5,8 +5,10 @@
 Writes a Ray Serve config file (the same shape as a RayService's `serveConfigV2`) holding one
 application `import_path: serve.app:build_app` with the YAML as `args`, then runs
 `serve run` on it (or prints it with --print). `serve deploy` takes the same file. The API key
-named by `api_key_env`, when set in this shell, goes to the replicas in the app's runtime env
-of a private temporary file, removed when `serve run` exits.
+named by `api_key_env` must be set in this shell unless the config says `auth: disabled`; it
+goes to the replicas in the app's runtime env of a private temporary file, removed when
+`serve run` exits. A missing key or a bundle that cannot load exits 2 with the reason, before
+Serve starts (`serve run` itself would retry a failing deployment forever).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 
 import yaml
 
+from hazard.bundle import read_meta
 from hazard.config import add_config_args, load_job_config
 from hazard.config.serve import ServeConfig
+from hazard.labels import HIGH_RISK, RISK_LABELS
 
 APP_NAME = "hazard-cascade"
 IMPORT_PATH = "serve.app:build_app"
@@ -61,12 +65,43 @@ def with_api_key(doc: dict, cfg: ServeConfig, environ: dict[str, str]) -> dict:
     they do not inherit this shell's, so the key travels in the app's `runtime_env`, as a
     Kubernetes Secret's does in the chart.
     """
-    key = environ.get(cfg.api_key_env or "")
+    key = environ.get(cfg.api_key_env) if cfg.auth == "api_key" else None
     if not key:
         return doc
     app = dict(doc["applications"][0])
     app["runtime_env"] = {"env_vars": {cfg.api_key_env: key}}
     return {**doc, "applications": [app]}
+
+
+def preflight(cfg: ServeConfig, environ: dict[str, str]) -> list[str]:
+    """Why the app cannot start, found before Serve starts (empty when nothing is wrong).
+
+    `serve run FILE` retries a failing deployment forever, so `hazard serve` checks here what
+    it can see: the API key in this shell (it forwards it to the replicas) unless
+    `auth: disabled`, and each bundle's metadata (read, parsed, its labels and the specialist's
+    fusion; weights are loaded, and verified, by the replicas).
+    """
+    problems = []
+    if cfg.auth == "api_key" and not environ.get(cfg.api_key_env):
+        problems.append(
+            f"auth is api_key but {cfg.api_key_env} is unset or empty in this shell; "
+            "export it, or set auth=disabled explicitly"
+        )
+    needs = {"base": list(RISK_LABELS), "specialist": [HIGH_RISK]}
+    for role, model in (("base", cfg.base), ("specialist", cfg.specialist)):
+        try:
+            meta = read_meta(model.model_uri)
+            if role == "specialist":
+                meta.fusion_spec()
+        except Exception as exc:  # any reason the bundle cannot load, reported
+            problems.append(f"{role} bundle {model.model_uri} cannot load: {exc}")
+            continue
+        missing = [label for label in needs[role] if label not in meta.labels]
+        if missing:
+            problems.append(
+                f"{role} bundle {model.model_uri} lacks labels {missing} (has {meta.labels})"
+            )
+    return problems
 
 
 def _run_serve(path: Path) -> int:
@@ -110,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print:
         print(yaml.safe_dump(doc, sort_keys=False))
         return 0
+    problems = preflight(cfg, dict(os.environ))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     tmp = Path(tempfile.mkdtemp(prefix="hazard-serve-"))
     try:
         return _run_serve(

@@ -14,12 +14,15 @@ import hmac
 import logging
 import os
 import time
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
+from pydantic.json_schema import models_json_schema
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -48,11 +51,141 @@ class ApiError(Exception):
 
 class ScoreItem(BaseModel):
     id: str | None = Field(None, max_length=256, description="Caller's id, echoed back.")
-    image: str = Field(description="The image, base64-encoded (PNG, JPEG or WEBP).")
+    image: str = Field(
+        description="The image, base64-encoded (PNG, JPEG or WEBP); line breaks are ignored.",
+        json_schema_extra={"contentEncoding": "base64"},
+    )
 
 
 class BatchRequest(BaseModel):
-    items: list[ScoreItem] = Field(description="Images to score, answered in order.")
+    items: list[ScoreItem] = Field(
+        description="Images to score, answered in order (at most `max_batch_items`)."
+    )
+
+
+# -- response models: declared in /openapi.json (the routes return plain dicts of this shape) ---
+class ErrorBody(BaseModel):
+    detail: str = Field(description="What was wrong, for a human.")
+
+
+class ModelRef(BaseModel):
+    role: Literal["base", "specialist"]
+    name: str
+    version: str
+
+
+class ScoreResult(BaseModel):
+    id: str | None = Field(description="The caller's id (JSON) or the upload's file name.")
+    risk_level: str = Field(description="The most probable label after fusion.")
+    probabilities: dict[str, float] = Field(
+        description="All five labels in contract order, summing to 1."
+    )
+    hazard_score: float = Field(ge=0, le=1, description="Expected severity in [0, 1].")
+    escalated: bool = Field(description="Whether the specialist was consulted.")
+    models: list[ModelRef] = Field(description="The base, plus the specialist when escalated.")
+    latency_ms: float = Field(ge=0, description="Decoded image to fused answer, milliseconds.")
+
+
+class ItemError(BaseModel):
+    status: int = Field(description="The status a single-image request would have had (400/413).")
+    detail: str
+
+
+class BatchItemError(BaseModel):
+    id: str | None
+    error: ItemError
+
+
+class BatchResult(BaseModel):
+    results: list[ScoreResult | BatchItemError] = Field(description="One per item, in order.")
+
+
+class ModelInfo(BaseModel):
+    role: Literal["base", "specialist"]
+    name: str
+    version: str
+    labels: list[str]
+    uri: str
+
+
+class ModelsResult(BaseModel):
+    models: list[ModelInfo]
+    labels: list[str] = Field(description="The five risk labels in contract order.")
+    fusion: dict[str, Any] = Field(description="{correction, theta} of the served fusion.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    ready: bool
+    models: dict[str, Literal["ready", "not ready"]] = Field(
+        description="Per role (base, specialist): whether it answered the probe."
+    )
+
+
+def _err(description: str, headers: dict | None = None) -> dict:
+    """An OpenAPI response entry with the JSON error body."""
+    entry: dict = {"model": ErrorBody, "description": description}
+    if headers:
+        entry["headers"] = headers
+    return entry
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer"},
+    }
+}
+_AUTH_ERRORS = {
+    401: _err(
+        "API key missing or wrong",
+        {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    ),
+}
+_OVERLOAD = {503: _err("A model deployment is overloaded or unavailable", _RETRY_AFTER)}
+_BODY_ERRORS = {
+    400: _err("Invalid base64, undecodable image, side ratio >= 200:1, malformed multipart"),
+    413: _err("Body, image bytes, image pixels or batch items over a limit"),
+    415: _err("Content-Type is not one the route takes"),
+    422: _err("JSON that does not fit the schema; multipart without a `file` field"),
+}
+_SECURITY = [{"bearer": []}, {"apiKey": []}]
+_JSON_ITEM = {"schema": {"$ref": "#/components/schemas/ScoreItem"}}
+_SCORE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The image (PNG, JPEG or WEBP); its file name "
+                            "becomes the result's id.",
+                        }
+                    },
+                },
+                "encoding": {"file": {"contentType": "image/png, image/jpeg, image/webp"}},
+            },
+            "application/json": _JSON_ITEM,
+        },
+    },
+    "security": _SECURITY,
+}
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}}},
+    },
+    "security": _SECURITY,
+}
 
 
 @serve.deployment(
@@ -108,6 +241,27 @@ class ModelScorer:
             raise RuntimeError("engine not loaded")
 
 
+class MissingApiKey(RuntimeError):
+    """Auth is on (`auth: api_key`) but the key's env var is unset or empty."""
+
+
+def replica_api_key(cfg: ServeConfig, environ) -> str | None:
+    """The API key the ingress compares against; None only with `auth: disabled`.
+
+    Fails closed: with `auth: api_key` an unset or empty `api_key_env` raises MissingApiKey."""
+    if cfg.auth == "disabled":
+        log.warning("API key auth is disabled by the config (auth: disabled)")
+        return None
+    key = environ.get(cfg.api_key_env, "")
+    if not key:
+        raise MissingApiKey(
+            f"auth is api_key but the env var {cfg.api_key_env} is unset or empty; set it "
+            "(the chart reads it from apiKeySecret; `hazard serve` passes on its shell's) "
+            "or set `auth: disabled` in the serving config"
+        )
+    return key
+
+
 def _media_type(request: Request) -> str:
     """The request's media type, lower-case, without parameters ('' when absent)."""
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -143,6 +297,30 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
 
+def _openapi() -> dict:
+    """FastAPI's document plus what the routes read themselves: the request bodies' schemas
+    (ScoreItem, BatchRequest) and the two ways to send the API key."""
+    if app.openapi_schema is None:
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        _, defs = models_json_schema(
+            [(ScoreItem, "validation"), (BatchRequest, "validation")],
+            ref_template="#/components/schemas/{model}",
+        )
+        components = doc.setdefault("components", {})
+        components.setdefault("schemas", {}).update(defs["$defs"])
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "The API key."},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+app.openapi = _openapi
+
+
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.1},
     max_ongoing_requests=64,
@@ -159,9 +337,7 @@ class HazardAPI:
         self.base, self.specialist = base, specialist
         self.cfg = ServeConfig.model_validate(config)
         self.fusion = FusionSpec.from_dict(fusion)
-        self.api_key = os.environ.get(self.cfg.api_key_env or "", "") or None
-        if self.api_key is None:
-            log.warning("API key auth is OFF: set %s to turn it on", self.cfg.api_key_env)
+        self.api_key = replica_api_key(self.cfg, os.environ)
         self._ready_until = 0.0
 
     # -- request plumbing -------------------------------------------------------------------
@@ -238,11 +414,15 @@ class HazardAPI:
         try:
             return await handle.score.remote([image])
         except (BackPressureError, DeploymentUnavailableError) as exc:
-            raise ApiError(
-                503,
-                f"overloaded or unavailable, retry later ({exc})",
-                {"Retry-After": str(self.cfg.retry_after_s)},
-            ) from exc
+            raise self._overloaded(exc) from exc
+
+    def _overloaded(self, exc: Exception) -> ApiError:
+        log.warning("model deployment overloaded or unavailable: %r", exc)
+        return ApiError(
+            503,
+            "a model is overloaded or unavailable, retry later",
+            {"Retry-After": str(self.cfg.retry_after_s)},
+        )
 
     async def _score(self, item_id: str | None, image: Image.Image) -> dict:
         start = time.perf_counter()
@@ -271,42 +451,77 @@ class HazardAPI:
         }
 
     # -- routes -----------------------------------------------------------------------------
-    @app.get("/healthz", summary="Process alive")
+    @app.get("/healthz", summary="Process alive", response_model=Health)
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Both models loaded and answering")
-    async def readyz(self) -> JSONResponse:
-        if time.monotonic() < self._ready_until:
-            return JSONResponse({"status": "ready"})
+    async def _probe(self, role: str, handle: DeploymentHandle) -> bool:
+        """Whether `role`'s model scores a grey 112x112 image into finite probabilities summing
+        to 1 within 30 s; why not goes to the log only (no exception text or paths to callers)."""
         probe = Image.new("RGB", (112, 112), (128, 128, 128))
         try:
-            results = await asyncio.wait_for(
-                asyncio.gather(self._call(self.base, probe), self._call(self.specialist, probe)),
-                timeout=30,
-            )
-        except Exception as exc:  # any failure means not ready; say why
-            return JSONResponse({"status": "not ready", "detail": repr(exc)}, status_code=503)
-        if not all(
-            abs(sum(r.values()) - 1) < 1e-3 and np.isfinite(list(r.values())).all() for r in results
-        ):
-            return JSONResponse({"status": "not ready", "detail": "bad probabilities"}, 503)
-        self._ready_until = time.monotonic() + 5
-        return JSONResponse({"status": "ready"})
+            probs = await asyncio.wait_for(handle.score.remote([probe]), timeout=30)
+        except Exception as exc:  # any failure means not ready
+            log.warning("readyz: %s model not ready: %r", role, exc)
+            return False
+        values = list(probs.values())
+        if not (np.isfinite(values).all() and abs(sum(values) - 1) < 1e-3):
+            log.warning("readyz: %s model answered bad probabilities %s", role, probs)
+            return False
+        return True
 
-    @app.get("/v1/models", summary="Served models and fusion parameters")
+    @app.get(
+        "/readyz",
+        summary="Both models loaded and answering",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "A model is not ready"}},
+    )
+    async def readyz(self) -> JSONResponse:
+        roles = ("base", "specialist")
+        if time.monotonic() < self._ready_until:
+            ok = [True, True]
+        else:
+            ok = await asyncio.gather(
+                self._probe("base", self.base), self._probe("specialist", self.specialist)
+            )
+        ready = all(ok)
+        if ready:
+            self._ready_until = time.monotonic() + 5
+        body = {
+            "status": "ready" if ready else "not ready",
+            "ready": ready,
+            "models": {r: "ready" if o else "not ready" for r, o in zip(roles, ok, strict=True)},
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get(
+        "/v1/models",
+        summary="Served models and fusion parameters",
+        response_model=None,
+        responses={200: {"model": ModelsResult}, **_AUTH_ERRORS, **_OVERLOAD},
+        openapi_extra={"security": _SECURITY},
+    )
     async def models(self, request: Request) -> dict:
         self._authorize(request)
-        base, spec = await asyncio.gather(
-            self.base.describe.remote(), self.specialist.describe.remote()
-        )
+        try:
+            base, spec = await asyncio.gather(
+                self.base.describe.remote(), self.specialist.describe.remote()
+            )
+        except (BackPressureError, DeploymentUnavailableError) as exc:
+            raise self._overloaded(exc) from exc
         return {
             "models": [dict(base, role="base"), dict(spec, role="specialist")],
             "labels": list(RISK_LABELS),
             "fusion": self.fusion.to_dict(),
         }
 
-    @app.post("/v1/score", summary="Score one image (multipart field `file` or JSON base64)")
+    @app.post(
+        "/v1/score",
+        summary="Score one image (multipart field `file` or JSON base64)",
+        response_model=None,
+        responses={200: {"model": ScoreResult}, **_BODY_ERRORS, **_AUTH_ERRORS, **_OVERLOAD},
+        openapi_extra=_SCORE_BODY,
+    )
     async def score(self, request: Request) -> dict:
         self._authorize(request)
         ctype = _media_type(request)
@@ -330,7 +545,13 @@ class HazardAPI:
             "multipart/form-data or application/json",
         )
 
-    @app.post("/v1/score/batch", summary="Score several base64 images, one result or error each")
+    @app.post(
+        "/v1/score/batch",
+        summary="Score several base64 images, one result or error each",
+        response_model=None,
+        responses={200: {"model": BatchResult}, **_BODY_ERRORS, **_AUTH_ERRORS, **_OVERLOAD},
+        openapi_extra=_BATCH_BODY,
+    )
     async def score_batch(self, request: Request) -> dict:
         self._authorize(request)
         ctype = _media_type(request)
@@ -392,6 +613,34 @@ def compose_app(
     return ingress.bind(base, spec, cfg.model_dump(), fusion.to_dict())
 
 
+def _in_ray_worker() -> bool:
+    """Whether this process is a Ray worker (Serve's controller builds apps of a config file,
+    `serve deploy`/RayService/`serve run FILE`, in a task), not a driver script."""
+    from ray._private.worker import WORKER_MODE, global_worker
+
+    return global_worker.mode == WORKER_MODE
+
+
+def driver_env() -> dict[str, str]:
+    """The env a driver's replicas get: its own, plus its Ray job's runtime_env `env_vars`."""
+    import ray
+
+    env = dict(os.environ)
+    if ray.is_initialized():
+        env.update((ray.get_runtime_context().runtime_env or {}).get("env_vars") or {})
+    return env
+
+
 def build_app(args: dict) -> serve.Application:
-    """The Serve application for a `ServeConfig` dict (RayService `args`)."""
-    return compose_app(ServeConfig.model_validate(args))
+    """The Serve application for a `ServeConfig` dict (RayService `args`).
+
+    Auth fails closed in two places. Every ingress replica checks its own env (the only check
+    that holds on a cluster: a RayService's key is in the serve pods' env, from a Secret). A
+    driver process (`serve run serve.app:build_app`, `serve.run(build_app(cfg))`) also checks
+    its env and job runtime_env here, so it stops before starting Serve; inside a Ray worker
+    (the controller building a config file's app) this check is skipped: that worker's env is
+    not the replicas'."""
+    cfg = ServeConfig.model_validate(args)
+    if not _in_ray_worker():
+        replica_api_key(cfg, driver_env())
+    return compose_app(cfg)

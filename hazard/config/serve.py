@@ -30,8 +30,13 @@ class ServeConfig(_Strict):
         "transformers", description="Inference engine: transformers (CPU/GPU) or vllm (GPU)."
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype.")
-    api_key_env: str | None = Field(
-        "HAZARD_API_KEY", description="Env var holding the API key; auth is on when it is set."
+    auth: Literal["api_key", "disabled"] = Field(
+        "api_key",
+        description="api_key: every /v1 route needs the key of `api_key_env`, and a replica "
+        "whose env lacks it (unset or empty) refuses to start; disabled: no auth (explicit only).",
+    )
+    api_key_env: str = Field(
+        "HAZARD_API_KEY", min_length=1, description="Env var holding the API key (auth: api_key)."
     )
     max_batch_items: int = Field(32, ge=1, description="Most items in one /v1/score/batch call.")
     max_image_bytes: int = Field(10_000_000, ge=1, description="Largest encoded image (bytes).")

@@ -177,7 +177,12 @@ def noise_png(side: int) -> bytes:
 def test_healthz_readyz(client, cascade):
     assert client.get(f"{cascade}/healthz").json() == {"status": "ok"}
     ready = client.get(f"{cascade}/readyz")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {
+        "status": "ready",
+        "ready": True,
+        "models": {"base": "ready", "specialist": "ready"},
+    }
 
 
 def test_docs_and_openapi(client, cascade):
@@ -450,6 +455,36 @@ def test_ingress_queue_full_is_503_with_retry_after(urls):
     for r in responses:
         if r.status_code == 503:
             assert r.headers["retry-after"] == str(RETRY_AFTER_S)
+
+
+def test_readyz_names_the_model_that_is_not_ready(urls):
+    """BaseScorer of the tiny-queue app is full (1 ongoing + 1 queued, each held 3 s): its
+    probe is refused, the idle specialist answers. /readyz says which model, with
+    no exception text."""
+    url = urls["scorer_queue"]
+
+    async def run() -> httpx.Response:
+        payload = {"id": "hold", "image": b64(image_bytes())}
+        async with httpx.AsyncClient(timeout=60) as ac:
+            hold = []
+            for _ in range(2):  # one after the other: the first ongoing, the second queued
+                hold.append(
+                    asyncio.create_task(ac.post(f"{url}/v1/score", headers=AUTH, json=payload))
+                )
+                await asyncio.sleep(0.7)
+            ready = await ac.get(f"{url}/readyz")
+            for r in await asyncio.gather(*hold):
+                _record(r)
+            return ready
+
+    ready = asyncio.run(run())
+    _record(ready)
+    assert ready.status_code == 503, ready.text
+    assert ready.json() == {
+        "status": "not ready",
+        "ready": False,
+        "models": {"base": "not ready", "specialist": "ready"},
+    }
 
 
 def test_no_response_was_a_500():

@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     ("data", "synth"): "--n-per-label",
     ("train",): "--config",
     ("calibrate",): "--config",
+    ("score-dataset",): "--config",
     ("serve",): "--port",
     ("score",): "--url",
     ("demo",): "--n-per-label",

@@ -8,6 +8,7 @@ import pytest
 
 from hazard.config import ConfigError, load_config
 from hazard.config.data import DataConfig
+from hazard.config.score import ScoreDatasetConfig
 from hazard.config.serve import ServeConfig
 from hazard.config.train import TrainConfig
 from ray_jobs.calibrate import CalibrateConfig
@@ -24,6 +25,8 @@ def _model_for(path: Path):
         return TrainConfig
     if name.startswith("calibrate"):
         return CalibrateConfig
+    if name.startswith("score"):
+        return ScoreDatasetConfig
     if name.startswith("serve"):
         return ServeConfig
     raise AssertionError(f"no config model known for {path}; add it to _model_for")
@@ -38,6 +41,8 @@ def test_there_are_configs_for_every_job_and_size():
         "tiny/stage2_specialist.yaml",
         "tiny/data.yaml",
         "tiny/serve.yaml",
+        "tiny/score.yaml",
+        "score.yaml",
     } <= names
 
 
@@ -83,10 +88,12 @@ def test_tiny_configs_chain_into_each_other_and_match_the_demo():
     s2 = load_config(tiny / "stage2_specialist.yaml", TrainConfig)
     cal = load_config(tiny / "calibrate.yaml", CalibrateConfig)
     serve = load_config(tiny / "serve.yaml", ServeConfig)
+    score = load_config(tiny / "score.yaml", ScoreDatasetConfig)
 
     assert s1.data_dir == s2.data_dir == cal.data_dir == data.output_dir
     assert cal.base_uri == serve.base.model_uri == f"{s1.output_dir}/model"
     assert cal.specialist_uri == serve.specialist.model_uri == f"{s2.output_dir}/model"
+    assert (score.base_uri, score.specialist_uri) == (cal.base_uri, cal.specialist_uri)
 
     demo = {k: v.as_posix() for k, v in layout(DEFAULT_OUT).items()}
     assert data.source.uri == demo["raw"]

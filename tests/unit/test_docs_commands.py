@@ -58,6 +58,7 @@ def _strip_env(words: list[str]) -> list[str]:
 
 def _model_for_module(module: str):
     from hazard.config.data import DataConfig
+    from hazard.config.score import ScoreDatasetConfig
     from hazard.config.serve import ServeConfig
     from hazard.config.train import TrainConfig
     from ray_jobs.calibrate import CalibrateConfig
@@ -66,6 +67,7 @@ def _model_for_module(module: str):
         "ray_jobs.prepare_data": DataConfig,
         "ray_jobs.train": TrainConfig,
         "ray_jobs.calibrate": CalibrateConfig,
+        "ray_jobs.score_dataset": ScoreDatasetConfig,
         "hazard.serve_file": ServeConfig,
     }.get(module)
 
@@ -74,6 +76,7 @@ HAZARD_MODULES = {
     ("data", "prepare"): "ray_jobs.prepare_data",
     ("train",): "ray_jobs.train",
     ("calibrate",): "ray_jobs.calibrate",
+    ("score-dataset",): "ray_jobs.score_dataset",
     ("serve",): "hazard.serve_file",
 }
 
