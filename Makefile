@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml scripts/install_helm.py
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) scripts/install_helm.py
+	$(PY) scripts/install_checkov.py  # checkov in a venv of its own: .venv/tools/checkov
 	touch $(STAMP)
 
 demo: setup ## run data -> stage 1 -> stage 2 -> calibration -> serving end to end (tiny model)

@@ -7,6 +7,7 @@
     hazard score-dataset --config …  score a folder/Parquet/s3:// dataset to a submission file
     hazard serve --config …          run the HTTP app on Ray Serve until interrupted
     hazard score IMAGE… --url …      score images against a running endpoint
+    hazard deploy --clusters …       helm upgrades across clusters, gated, with rollback
     hazard model build-tiny          build (once) the cached tiny Qwen2.5-VL
     hazard ray-token [PATH]          write a Ray auth token for a head started by hand
     hazard demo                      everything above, end to end, on the tiny model
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     _job(sub, "score-dataset", "ray_jobs.score_dataset", "score a whole dataset (Ray Data)")
     _job(sub, "serve", "hazard.serve_file", "run the HTTP application on Ray Serve")
     _job(sub, "score", "hazard.client", "score images against a running endpoint")
+    _job(sub, "deploy", "hazard.deploy.command", "roll the chart out across clusters, gated")
     _job(sub, "demo", "hazard.demo.run", "run the whole pipeline end to end on the tiny model")
     _job(sub, "ray-token", "hazard.demo.local_ray", "write a Ray auth token for a local head")
     model = sub.add_parser("model", help="model utilities").add_subparsers(

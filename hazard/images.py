@@ -36,6 +36,12 @@ ENCODE_FORMATS = ("JPEG", "PNG", "WEBP")
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})  # EXIF orientations that exchange width and height
 
 
+# Qwen2.5-VL's processor defaults: the pixel range a picture is resized into (one image token
+# per 28x28 pixels), the serving pixel budget when a bundle names none.
+QWEN_MIN_PIXELS = 56 * 56
+QWEN_MAX_PIXELS = 12_845_056
+
+
 class ImageRejected(ValueError):
     """The bytes break a rule; `reason` is a short machine-readable code."""
 

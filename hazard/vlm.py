@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from hazard.images import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
+
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
 
@@ -29,10 +31,6 @@ def load_model(path: str | Path, dtype: str = "float32"):
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(
         str(path), dtype=getattr(torch, dtype), use_safetensors=True
     )
-
-
-QWEN_MIN_PIXELS = 56 * 56
-QWEN_MAX_PIXELS = 12_845_056  # Qwen2.5-VL's processor defaults
 
 
 def load_processor(path: str | Path, max_pixels: int | None = None, min_pixels: int | None = None):

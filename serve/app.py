@@ -29,9 +29,11 @@ from ray.serve.handle import DeploymentHandle
 
 from hazard.bundle import read_meta
 from hazard.cascade import FusionSpec, combine, needs_specialist
-from hazard.config.serve import ServeConfig, ServedModel
-from hazard.images import ImageTooLarge, InvalidImage, decode_image
+from hazard.config.serve import ModelReplicas, ServeConfig, ServedModel
+from hazard.images import QWEN_MAX_PIXELS, ImageRejected, ImageTooLarge, decode_image
 from hazard.labels import HIGH_RISK, RISK_LABELS
+from serve.admission import Admission, Overloaded
+from serve.metrics import ingress_metrics, model_metrics
 
 log = logging.getLogger("ray.serve")
 
@@ -188,29 +190,30 @@ _BATCH_BODY = {
 }
 
 
-@serve.deployment(
-    ray_actor_options={"num_cpus": 0.5},
-    max_ongoing_requests=16,
-    max_queued_requests=64,
-    health_check_period_s=10,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
-)
+@serve.deployment
 class ModelScorer:
-    """One model replica: batches images and returns label probabilities."""
+    """One model replica: batches images and returns label probabilities.
+
+    Its health check is a real forward of a small grey image through the same batch queue
+    (a success counts for `health_cache_s`), so a replica whose engine stopped answering fails
+    it and Serve replaces the replica."""
 
     def __init__(
         self,
         model: dict,
+        role: str,
         engine: str,
         dtype: str,
         batch_size: int,
         batch_wait_s: float,
         required_labels: tuple[str, ...] = (),
+        health_cache_s: float = 5.0,
+        vllm: dict | None = None,
     ):
         from serve.engines import make_engine
 
-        self.model = ServedModel.model_validate(model)
-        self.engine = make_engine(engine, self.model.model_uri, dtype)
+        self.model, self.role = ServedModel.model_validate(model), role
+        self.engine = make_engine(engine, self.model.model_uri, dtype, vllm or {})
         missing = [label for label in required_labels if label not in self.engine.labels]
         if missing:  # fail the deployment now, not every request later
             raise ValueError(
@@ -219,6 +222,8 @@ class ModelScorer:
             )
         self.score_batch.set_max_batch_size(batch_size)
         self.score_batch.set_batch_wait_timeout_s(batch_wait_s)
+        self.health_cache_s, self._healthy_until = health_cache_s, 0.0
+        self.metrics = model_metrics()
 
     def describe(self) -> dict:
         return {
@@ -230,15 +235,21 @@ class ModelScorer:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def score_batch(self, images: list[list[Image.Image]]) -> list[dict[str, float]]:
+        self.metrics.batch_size.observe(len(images), tags={"model": self.role})
         probs = await asyncio.get_running_loop().run_in_executor(None, self.engine.score, images)
         return [dict(zip(self.engine.labels, map(float, row), strict=True)) for row in probs]
 
     async def score(self, images: list[Image.Image]) -> dict[str, float]:
         return await self.score_batch(images)
 
-    def check_health(self) -> None:
-        if self.engine is None:
-            raise RuntimeError("engine not loaded")
+    async def check_health(self) -> None:
+        if time.monotonic() < self._healthy_until:
+            return
+        probs = await self.score_batch([Image.new("RGB", (56, 56), (128, 128, 128))])
+        values = list(probs.values())
+        if not (np.isfinite(values).all() and abs(sum(values) - 1) < 1e-3):
+            raise RuntimeError(f"{self.role} engine answered bad probabilities {probs}")
+        self._healthy_until = time.monotonic() + self.health_cache_s
 
 
 class MissingApiKey(RuntimeError):
@@ -321,24 +332,122 @@ def _openapi() -> dict:
 app.openapi = _openapi
 
 
-@serve.deployment(
-    ray_actor_options={"num_cpus": 0.1},
-    max_ongoing_requests=64,
-    max_queued_requests=256,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
-)
+async def _done(value):
+    return value
+
+
+class _Slot:
+    """Admission of `images` for one request, as an async context manager (503 on refusal)."""
+
+    def __init__(self, api: HazardAPI, images: int):
+        self.api, self.images, self.taken = api, images, 0
+
+    async def __aenter__(self) -> _Slot:
+        try:
+            self.taken = await self.api.admission.acquire(self.images)
+        except Overloaded as exc:
+            raise self.api._refuse(exc) from None
+        finally:
+            self.api._export_queue()
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        # A request refused for its own input (4xx) did not use the models' time.
+        self.api.admission.release(self.taken, completed=exc_type is None)
+        self.api._export_queue()
+
+
+class _NoAdmission:
+    async def __aenter__(self) -> _NoAdmission:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        return None
+
+
+def _running_replicas(app_name: str, deployment: str) -> int:
+    """RUNNING replicas of `deployment` in `app_name`, from the Serve controller."""
+    status = serve.status().applications[app_name].deployments[deployment]
+    return int(status.replica_states.get("RUNNING", 0))
+
+
+@app.middleware("http")
+async def _count_requests(request: Request, call_next):
+    """Requests by route template (not raw path: bounded label values) and status."""
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        route = request.scope.get("route")
+        ingress_metrics().requests.inc(
+            tags={"route": getattr(route, "path", "unmatched"), "status": str(status)}
+        )
+
+
+@serve.deployment
 @serve.ingress(app)
 class HazardAPI:
-    """HTTP ingress: auth, limits, decoding, the cascade and the response contract."""
+    """HTTP ingress: auth, limits, admission, decoding, the cascade and the response contract."""
 
     def __init__(
-        self, base: DeploymentHandle, specialist: DeploymentHandle, config: dict, fusion: dict
+        self,
+        base: DeploymentHandle,
+        specialist: DeploymentHandle,
+        config: dict,
+        fusion: dict,
+        pixel_budget: int,
     ):
         self.base, self.specialist = base, specialist
         self.cfg = ServeConfig.model_validate(config)
         self.fusion = FusionSpec.from_dict(fusion)
+        self.pixel_budget = pixel_budget
         self.api_key = replica_api_key(self.cfg, os.environ)
         self._ready_until = 0.0
+        adm = self.cfg.admission
+        self.admission = Admission(
+            self._capacity(self.cfg.base_replicas.min_replicas),
+            adm.max_wait_s,
+            adm.max_queue_images,
+        )
+        self.metrics = ingress_metrics()
+        self._watcher: asyncio.Task | None = None
+
+    # -- admission ---------------------------------------------------------------------------
+    def _capacity(self, base_replicas: int) -> int:
+        """Images this ingress replica lets at the models: its share of the base replicas'
+        batch slots (`model_batch_size x batches_in_flight` each)."""
+        slots = self.cfg.model_batch_size * self.cfg.admission.batches_in_flight * base_replicas
+        return max(1, -(-slots // self.cfg.ingress.num_replicas))
+
+    async def _watch_capacity(self) -> None:
+        """Follow the base deployment's running replicas (autoscaling) and export the queue."""
+        app_name = serve.get_replica_context().app_name
+        while True:
+            try:
+                running = await asyncio.to_thread(_running_replicas, app_name, "BaseScorer")
+                if running:
+                    self.admission.set_capacity(self._capacity(running))
+            except Exception as exc:  # the controller busy or restarting: keep the last value
+                log.warning("could not read BaseScorer replicas: %r", exc)
+            self._export_queue()
+            await asyncio.sleep(1.0)
+
+    def _export_queue(self) -> None:
+        self.metrics.queue(self.admission.in_flight, self.admission.waiting_images)
+
+    async def _admitted(self, images: int):
+        """`async with await self._admitted(n):` or a 503 (queue full, deadline)."""
+        if not self.cfg.admission.enabled:
+            return _NoAdmission()
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch_capacity())
+        return _Slot(self, images)
+
+    def _refuse(self, exc: Overloaded) -> ApiError:
+        self.metrics.rejected.inc(tags={"reason": exc.reason})
+        return ApiError(503, exc.detail, {"Retry-After": str(self.cfg.retry_after_s)})
 
     # -- request plumbing -------------------------------------------------------------------
     def _authorize(self, request: Request) -> None:
@@ -358,44 +467,55 @@ class HazardAPI:
         limit = self.cfg.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"request body over {limit} bytes")
+            raise self._refused("body_too_large", 413, f"request body over {limit} bytes")
         chunks, size = [], 0
         async for chunk in request.stream():  # chunked uploads carry no content-length
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, f"request body over {limit} bytes")
+                raise self._refused("body_too_large", 413, f"request body over {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _refused(self, reason: str, status: int, detail: str) -> ApiError:
+        self.metrics.refused.inc(tags={"reason": reason})
+        return ApiError(status, detail)
+
     async def _decode(self, data: bytes) -> Image.Image:
+        """Upright RGB within the models' pixel budget: a large photo is downscaled here, so
+        what waits and travels to a model replica is never bigger than the model needs."""
+        start = time.perf_counter()
         try:  # decoding up to max_image_pixels is CPU work: keep it off the event loop
-            decoded = await asyncio.to_thread(  # upright (EXIF orientation), RGB, full size
+            decoded = await asyncio.to_thread(
                 decode_image,
                 data,
                 max_bytes=self.cfg.max_image_bytes,
                 max_pixels=self.cfg.max_image_pixels,
-                pixel_budget=None,  # ServeConfig has no pixel budget; the processor resizes
+                pixel_budget=self.pixel_budget,
             )
-        except ImageTooLarge as exc:
-            raise ApiError(413, str(exc)) from exc
-        except InvalidImage as exc:
-            raise ApiError(400, str(exc)) from exc
+        except ImageRejected as exc:
+            status = 413 if isinstance(exc, ImageTooLarge) else 400
+            raise self._refused(exc.reason, status, str(exc)) from exc
         img = decoded.image
         w, h = img.size
         if max(w, h) >= MAX_ASPECT_RATIO * min(w, h):
-            raise ApiError(
-                400, f"image is {w}x{h}; the aspect ratio must be under {MAX_ASPECT_RATIO}:1"
+            raise self._refused(
+                "aspect_ratio",
+                400,
+                f"image is {w}x{h}; the aspect ratio must be under {MAX_ASPECT_RATIO}:1",
             )
+        self.metrics.stage("decode", time.perf_counter() - start)
         return img
 
     async def _decode_b64(self, text: str) -> Image.Image:
         text = "".join(text.split())  # base64 wrapped in lines (as `base64` prints it) is fine
         if len(text) > (self.cfg.max_image_bytes + 2) // 3 * 4:
-            raise ApiError(413, f"image over {self.cfg.max_image_bytes} bytes")
+            raise self._refused(
+                "too_many_bytes", 413, f"image over {self.cfg.max_image_bytes} bytes"
+            )
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ApiError(400, f"image is not valid base64: {exc}") from exc
+            raise self._refused("base64", 400, f"image is not valid base64: {exc}") from exc
         return await self._decode(data)
 
     @staticmethod
@@ -427,10 +547,18 @@ class HazardAPI:
     async def _score(self, item_id: str | None, image: Image.Image) -> dict:
         start = time.perf_counter()
         p_base = await self._call(self.base, image)
+        t_base = time.perf_counter()
+        self.metrics.stage("base", t_base - start)
         p_high = None
         if needs_specialist(p_base, self.fusion):
             p_high = (await self._call(self.specialist, image))[HIGH_RISK]
+            self.metrics.stage("specialist", time.perf_counter() - t_base)
+        t_fuse = time.perf_counter()
         result = combine(p_base, p_high, self.fusion)
+        done = time.perf_counter()
+        self.metrics.stage("fusion", done - t_fuse)
+        self.metrics.stage("total", done - start)
+        self.metrics.scored.inc(tags={"escalated": str(result.escalated).lower()})
         models = [{"role": "base", "name": self.cfg.base.name, "version": self.cfg.base.version}]
         if result.escalated:
             models.append(
@@ -447,7 +575,7 @@ class HazardAPI:
             "hazard_score": result.hazard_score,
             "escalated": result.escalated,
             "models": models,
-            "latency_ms": round((time.perf_counter() - start) * 1000, 2),
+            "latency_ms": round((done - start) * 1000, 2),
         }
 
     # -- routes -----------------------------------------------------------------------------
@@ -525,10 +653,17 @@ class HazardAPI:
     async def score(self, request: Request) -> dict:
         self._authorize(request)
         ctype = _media_type(request)
-        if ctype == "application/json":
-            item = self._parse(ScoreItem, await self._body(request))
-            return await self._score(item.id, await self._decode_b64(item.image))
-        if ctype == "multipart/form-data":
+        if ctype not in ("application/json", "multipart/form-data"):
+            raise ApiError(
+                415,
+                f"unsupported media type {ctype or '(none)'}; send "
+                "multipart/form-data or application/json",
+            )
+        # Admitted before the body is read: a refused request costs no upload nor decode.
+        async with await self._admitted(1):
+            if ctype == "application/json":
+                item = self._parse(ScoreItem, await self._body(request))
+                return await self._score(item.id, await self._decode_b64(item.image))
             body = await self._body(request)  # enforces the body limit before parsing
             async with Request(request.scope, _replay(body)).form(
                 max_files=4, max_fields=16
@@ -539,11 +674,6 @@ class HazardAPI:
                 data = await upload.read(self.cfg.max_image_bytes + 1)
                 name = upload.filename
             return await self._score(name, await self._decode(data))
-        raise ApiError(
-            415,
-            f"unsupported media type {ctype or '(none)'}; send "
-            "multipart/form-data or application/json",
-        )
 
     @app.post(
         "/v1/score/batch",
@@ -561,15 +691,30 @@ class HazardAPI:
         if len(req.items) > self.cfg.max_batch_items:
             raise ApiError(413, f"{len(req.items)} items; the limit is {self.cfg.max_batch_items}")
 
-        async def one(item: ScoreItem) -> dict:
+        async def decode(item: ScoreItem) -> Image.Image | dict:
             try:
-                return await self._score(item.id, await self._decode_b64(item.image))
+                return await self._decode_b64(item.image)
             except ApiError as exc:
-                if exc.status == 503:
-                    raise
                 return {"id": item.id, "error": {"status": exc.status, "detail": exc.detail}}
 
-        return {"results": await asyncio.gather(*(one(i) for i in req.items))}
+        async with await self._admitted(len(req.items)):
+            decoded = await asyncio.gather(*(decode(i) for i in req.items))
+            pixels = sum(d.width * d.height for d in decoded if isinstance(d, Image.Image))
+            if pixels > self.cfg.max_batch_pixels:
+                raise self._refused(
+                    "batch_pixels",
+                    413,
+                    f"the batch decodes to {pixels} pixels; the limit is "
+                    f"{self.cfg.max_batch_pixels}",
+                )
+            return {
+                "results": await asyncio.gather(
+                    *(
+                        self._score(item.id, d) if isinstance(d, Image.Image) else _done(d)
+                        for item, d in zip(req.items, decoded, strict=True)
+                    )
+                )
+            }
 
 
 def specialist_fusion(cfg: ServeConfig) -> FusionSpec:
@@ -588,29 +733,84 @@ def specialist_fusion(cfg: ServeConfig) -> FusionSpec:
     return meta.fusion_spec()
 
 
+def pixel_budget(cfg: ServeConfig) -> int:
+    """Pixels the ingress downscales each image to: the larger of the two bundles' training
+    `max_pixels` (Qwen's processor default where a bundle names none); each model's processor
+    resizes further to its own."""
+    budgets = [
+        read_meta(m.model_uri).max_pixels or QWEN_MAX_PIXELS for m in (cfg.base, cfg.specialist)
+    ]
+    return max(budgets)
+
+
+def _scorer_options(cfg: ServeConfig, replicas: ModelReplicas) -> dict:
+    """A model deployment's Serve options, all from the config."""
+    in_flight = cfg.model_batch_size * cfg.admission.batches_in_flight
+    return {
+        "ray_actor_options": {"num_cpus": replicas.num_cpus, "num_gpus": replicas.num_gpus},
+        "autoscaling_config": {
+            "min_replicas": replicas.min_replicas,
+            "initial_replicas": replicas.min_replicas,
+            "max_replicas": replicas.max_replicas,
+            "target_ongoing_requests": replicas.target_ongoing_requests,
+            "upscale_delay_s": replicas.upscale_delay_s,
+            "downscale_delay_s": replicas.downscale_delay_s,
+        },
+        # Admission keeps a replica's share at `in_flight`; the queue is a safety net (a batch
+        # request over capacity, a replica lost) answered 503 by Serve when full.
+        "max_ongoing_requests": in_flight,
+        "max_queued_requests": 4 * in_flight * replicas.max_replicas,
+        "health_check_period_s": cfg.health_check_period_s,
+        "health_check_timeout_s": cfg.health_check_timeout_s,
+        "logging_config": {"encoding": cfg.log_encoding},
+    }
+
+
 def compose_app(
     cfg: ServeConfig, *, scorer_options: dict | None = None, ingress_options: dict | None = None
 ) -> serve.Application:
-    """The application graph; the options override the deployments' (tests use this to shrink
-    queues; a Serve config file's `deployments:` section does the same in production)."""
+    """The application graph, every deployment option from `cfg`; the keyword options override
+    them (tests use this to shrink queues and CPUs)."""
     fusion = specialist_fusion(cfg)
     common = dict(
         engine=cfg.engine,
         dtype=cfg.dtype,
         batch_size=cfg.model_batch_size,
         batch_wait_s=cfg.model_batch_wait_s,
+        health_cache_s=cfg.health_probe_cache_s,
+        vllm=cfg.vllm.model_dump(),
     )
     # Requests Serve itself rejects (queue full) get Retry-After too.
     pressure = {"backpressure_config": {"retry_after_s": cfg.retry_after_s}}
-    scorer = dict(pressure, **(scorer_options or {}))
-    base = ModelScorer.options(name="BaseScorer", **scorer).bind(
-        cfg.base.model_dump(), **common, required_labels=tuple(RISK_LABELS)
+    models = {}
+    for role, name, replicas, labels in (
+        ("base", "BaseScorer", cfg.base_replicas, tuple(RISK_LABELS)),
+        ("specialist", "SpecialistScorer", cfg.specialist_replicas, (HIGH_RISK,)),
+    ):
+        options = {**_scorer_options(cfg, replicas), **pressure, **(scorer_options or {})}
+        models[role] = ModelScorer.options(name=name, **options).bind(
+            getattr(cfg, role).model_dump(), role, **common, required_labels=labels
+        )
+    admission = cfg.admission
+    ingress = {
+        "num_replicas": cfg.ingress.num_replicas,
+        "ray_actor_options": {"num_cpus": cfg.ingress.num_cpus},
+        # Waiting requests are coroutines held by admission (its queue and deadline); Serve's
+        # own limit sits above what admission can hold.
+        "max_ongoing_requests": _capacity_bound(cfg) + admission.max_queue_images + 16,
+        "max_queued_requests": admission.max_queue_images,
+        "logging_config": {"encoding": cfg.log_encoding},
+        **pressure,
+    }
+    ingress = HazardAPI.options(**dict(ingress, **(ingress_options or {})))
+    return ingress.bind(
+        models["base"], models["specialist"], cfg.model_dump(), fusion.to_dict(), pixel_budget(cfg)
     )
-    spec = ModelScorer.options(name="SpecialistScorer", **scorer).bind(
-        cfg.specialist.model_dump(), **common, required_labels=(HIGH_RISK,)
-    )
-    ingress = HazardAPI.options(**dict(pressure, **(ingress_options or {})))
-    return ingress.bind(base, spec, cfg.model_dump(), fusion.to_dict())
+
+
+def _capacity_bound(cfg: ServeConfig) -> int:
+    """The most images admission lets at the models (every base replica up)."""
+    return cfg.model_batch_size * cfg.admission.batches_in_flight * cfg.base_replicas.max_replicas
 
 
 def _in_ray_worker() -> bool:

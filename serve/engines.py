@@ -67,8 +67,11 @@ class VLLMEngine(ScoringEngine):
     for the five risk labels; the transformers engine also handles colliding labels.
     """
 
-    def __init__(self, model_uri: str, dtype: str = "bfloat16"):
+    def __init__(self, model_uri: str, dtype: str = "bfloat16", options: dict | None = None):
         super().__init__(model_uri)
+        from hazard.config.serve import VLLMOptions
+
+        opts = VLLMOptions.model_validate(options or {})
         try:
             from vllm import LLM, SamplingParams
         except ImportError as exc:  # no CPU build of vLLM on the package index
@@ -88,7 +91,12 @@ class VLLMEngine(ScoringEngine):
         self.llm = LLM(
             model=str(self.path),  # its processor files carry the training image sizes
             dtype=dtype,
-            limit_mm_per_prompt={"image": 1},
+            # Bounded context (unset, vLLM reserves KV cache for the checkpoint's 128k tokens)
+            # and modalities (one left out defaults to 999 items and is profiled at start-up).
+            max_model_len=opts.max_model_len,
+            gpu_memory_utilization=opts.gpu_memory_utilization,
+            limit_mm_per_prompt=opts.limit_mm_per_prompt,
+            enforce_eager=opts.enforce_eager,
             logprobs_mode="processed_logprobs",
         )
         self.params = SamplingParams(
@@ -115,10 +123,10 @@ class VLLMEngine(ScoringEngine):
         return np.stack(rows)
 
 
-def make_engine(kind: str, model_uri: str, dtype: str) -> ScoringEngine:
-    """Engine factory used by the Serve deployments."""
+def make_engine(kind: str, model_uri: str, dtype: str, vllm: dict | None = None) -> ScoringEngine:
+    """Engine factory used by the Serve deployments (`vllm`: VLLMOptions fields)."""
     if kind == "transformers":
         return TransformersEngine(model_uri, dtype)
     if kind == "vllm":
-        return VLLMEngine(model_uri, dtype)
+        return VLLMEngine(model_uri, dtype, vllm)
     raise ValueError(f"unknown engine {kind!r}; expected 'transformers' or 'vllm'")

@@ -1,10 +1,15 @@
-"""Config model of the served application (the `args` of `serve.app:build_app`)."""
+"""Config model of the served application (the `args` of `serve.app:build_app`).
+
+Everything the application does is set here, in one spelling: `hazard serve --config`,
+`serve run serve.app:build_app`, a Serve config file and the chart's RayService all pass these
+fields unchanged.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -18,6 +23,76 @@ class ServedModel(_Strict):
         description="The model bundle, <stage output_dir>/model: a local folder, file:// or "
         "s3:// (fetched into $HAZARD_CACHE/bundles and verified)."
     )
+
+
+class ModelReplicas(_Strict):
+    """One model deployment's replicas: Serve autoscaling bounds and resources."""
+
+    min_replicas: int = Field(1, ge=1, description="Replicas kept when idle.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas under load.")
+    target_ongoing_requests: float = Field(
+        8, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+    upscale_delay_s: float = Field(3.0, ge=0, description="Load must last this long to scale up.")
+    downscale_delay_s: float = Field(
+        30.0, ge=0, description="Idle time before a replica is removed."
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica (vllm: 1).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ModelReplicas:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} < min_replicas {self.min_replicas}")
+        return self
+
+
+class IngressReplicas(_Strict):
+    """The HTTP ingress: a fixed number of replicas (admission is shared out between them)."""
+
+    num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per ingress replica.")
+
+
+class Admission(_Strict):
+    """Load shedding at the ingress, counted in images.
+
+    At most `model_batch_size x batches_in_flight x base replicas running` images are at the
+    models at once; the rest wait in a queue as long as the measured scoring rate can empty it
+    within `max_wait_s` (`max_queue_images` caps it; before the first measurement the queue holds
+    `batches_in_flight` batches). A request that finds the queue full is answered 503 +
+    Retry-After at once, and one that waits past `max_wait_s` is answered 503, never computed.
+    """
+
+    enabled: bool = Field(True, description="Off: every request is admitted (not for production).")
+    batches_in_flight: int = Field(
+        2,
+        ge=1,
+        description="Model batches per base replica in flight: one computing, the rest filling.",
+    )
+    max_wait_s: float = Field(
+        2.0, gt=0, description="Deadline for a request waiting for admission (503 past it)."
+    )
+    max_queue_images: int = Field(
+        256, ge=0, description="Hard cap on images waiting for admission per ingress replica."
+    )
+
+
+class VLLMOptions(_Strict):
+    """vLLM engine settings (engine: vllm); ignored by the transformers engine."""
+
+    max_model_len: int = Field(
+        4096, ge=256, description="Context length vLLM reserves KV cache for (prompt + image)."
+    )
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="Fraction of GPU memory vLLM may take."
+    )
+    limit_mm_per_prompt: dict[str, int] = Field(
+        default_factory=lambda: {"image": 1, "video": 0},
+        description="Items per modality per prompt; a modality left out defaults to 999 in "
+        "vLLM and is profiled, so video is 0.",
+    )
+    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (faster start).")
 
 
 class ServeConfig(_Strict):
@@ -41,6 +116,9 @@ class ServeConfig(_Strict):
     max_batch_items: int = Field(32, ge=1, description="Most items in one /v1/score/batch call.")
     max_image_bytes: int = Field(10_000_000, ge=1, description="Largest encoded image (bytes).")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (w x h).")
+    max_batch_pixels: int = Field(
+        50_000_000, ge=1, description="Largest total of decoded pixels in one batch request."
+    )
     max_body_bytes: int = Field(
         64_000_000, ge=1, description="Largest request body; base64 adds a third to image bytes."
     )
@@ -49,3 +127,20 @@ class ServeConfig(_Strict):
         0.01, ge=0, description="How long a model replica waits to fill a batch."
     )
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 when overloaded.")
+    admission: Admission = Field(default_factory=Admission)
+    ingress: IngressReplicas = Field(default_factory=IngressReplicas)
+    base_replicas: ModelReplicas = Field(default_factory=ModelReplicas)
+    specialist_replicas: ModelReplicas = Field(default_factory=ModelReplicas)
+    health_check_period_s: float = Field(
+        10, gt=0, description="How often Serve runs each model replica's health check."
+    )
+    health_check_timeout_s: float = Field(
+        30, gt=0, description="A health check slower than this fails (the replica is replaced)."
+    )
+    health_probe_cache_s: float = Field(
+        5, ge=0, description="A model's successful real forward counts as healthy this long."
+    )
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions)
+    log_encoding: Literal["JSON", "TEXT"] = Field(
+        "JSON", description="Serve replica logs: JSON lines (with request_id) or text."
+    )

@@ -251,7 +251,7 @@ def run_demo(out: Path, n_per_label: int, steps: int, workers: int, score_limit:
 # Ray's job head waits only 10 s for the node's job agent; on a loaded machine a fresh head's
 # agent can take longer to register, and the submission is refused before the job starts.
 AGENT_NOT_READY = "No available agent to submit job"
-SUBMIT_ATTEMPTS = 4
+SUBMIT_ATTEMPTS = 8  # waits 5, 10, 15, 15, ... s between them: about 1.5 min in all
 
 
 def _run(con: Console, what: str, cmd: list[str], log: Path, bar, head: LocalRay | None = None):
@@ -266,7 +266,7 @@ def _run(con: Console, what: str, cmd: list[str], log: Path, bar, head: LocalRay
             if attempt == SUBMIT_ATTEMPTS or AGENT_NOT_READY not in exc.log.read_text():
                 raise
             con.say(f"    the Ray job agent is not ready yet; submitting again ({attempt})")
-            time.sleep(5 * attempt)
+            time.sleep(min(5 * attempt, 15))
     if bar is not None and bar.total:
         bar.n = bar.total
         bar.refresh()

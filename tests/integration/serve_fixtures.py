@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
+import ray
 from PIL import Image
+from ray import serve
 
 from hazard.bundle import write_bundle
 from hazard.tasks import get_task
@@ -23,7 +27,13 @@ def free_port() -> int:
 
 
 def make_bundle(
-    tiny_model: Path, dest: Path, name: str, version: str, stage: str, fusion: dict | None = None
+    tiny_model: Path,
+    dest: Path,
+    name: str,
+    version: str,
+    stage: str,
+    fusion: dict | None = None,
+    max_pixels: int | None = None,
 ) -> Path:
     """A serving bundle written by `write_bundle`: the tiny checkpoint (real, untrained for the
     task), a small stand-in adapter and the metadata, with `fusion` for a specialist."""
@@ -31,7 +41,7 @@ def make_bundle(
     add_adapter(dest)
     task = get_task("corridor_risk")
     fields = bundle_fields(stage, name=name, version=version, task=task.name, prompt=task.prompt)
-    write_bundle(dest, **dict(fields, min_pixels=None, max_pixels=None, fusion=fusion))
+    write_bundle(dest, **dict(fields, min_pixels=None, max_pixels=max_pixels, fusion=fusion))
     return dest
 
 
@@ -51,3 +61,27 @@ def image_bytes(size: tuple[int, int] = (64, 48), color=(200, 30, 30), fmt: str 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+@contextlib.contextmanager
+def serve_cluster(env: dict[str, str], metrics_port: int | None = None) -> Iterator[str]:
+    """A local Ray (2 CPUs) with Serve on a free loopback port; yields the root URL.
+
+    `env` reaches every replica through the job's runtime_env (serve.run gives the driver's to
+    each deployment that has none of its own); `metrics_port` is where Ray's metrics agent
+    exports the app's metrics."""
+    extra = {} if metrics_port is None else {"_metrics_export_port": metrics_port}
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+        **extra,
+    )
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()

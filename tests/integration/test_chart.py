@@ -3,13 +3,17 @@
 What runs here: `helm lint` and `helm template` for the default values and every scenario in
 charts/hazard-cascade/ci/ and k8s/values/; every rendered RayService/RayJob/RayCluster is
 validated against the `openAPIV3Schema` of KubeRay's CRDs (vendored in tests/fixtures/kuberay-crds),
-with fields the API server would silently prune reported as errors; every pod template is held
-to the `restricted` Pod Security Standard; values files are scanned for secret-looking
-literals; the chart's own guards (graceful shutdown vs. grace period, unknown values keys) are
-exercised; the Serve config is parsed and checked against the serving contract and Ray's own
-schema.
+with fields the API server would silently prune reported as errors; every core object, and the
+Pods KubeRay derives from the Ray objects' templates, against the Kubernetes schemas
+(`kubernetes-validate`, strict); checkov over all of them, with accepted findings listed in
+charts/hazard-cascade/checkov-accepted.yaml; every pod template is held to the `restricted` Pod
+Security Standard; values files are scanned for secret-looking literals; the chart's own guards
+are exercised. The Serve args are the values' ServeConfig unchanged and are validated by it; each
+RayJob's entrypoint is parsed and its config loaded as the job loads it, and its cluster must
+hold what the config asks of Ray.
 
-Helm comes from `scripts/install_helm.py` (run by `make setup`); without it these tests fail.
+Helm comes from `scripts/install_helm.py` and checkov from `scripts/install_checkov.py` (both
+run by `make setup`); without them these tests fail.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,22 +61,21 @@ def _scenario_id(path: Path | None) -> str:
 
 SCENARIO_IDS = [_scenario_id(s) for s in SCENARIOS]
 
-# The serving contract of serve.app:build_app (docs/architecture.md, chart README in values.yaml).
-SERVE_ARG_KEYS = {
-    "base",
-    "specialist",
-    "engine",
-    "api_key_env",
-    "max_batch_items",
-    "max_image_bytes",
-    "max_image_pixels",
+JOBS = {  # values key -> (RayJob component label, job module)
+    "dataPrep": ("data-prep", "ray_jobs.prepare_data"),
+    "stage1": ("stage1", "ray_jobs.train"),
+    "stage2": ("stage2", "ray_jobs.train"),
+    "calibrate": ("calibrate", "ray_jobs.calibrate"),
+    "scoreDataset": ("score-dataset", "ray_jobs.score_dataset"),
 }
-MODEL_KEYS = {"name", "version", "model_uri"}
 EXPECTED_ENTRYPOINTS = {
     "data-prep": "python -m ray_jobs.prepare_data --config configs/data_corridor.yaml",
     "stage1": "python -m ray_jobs.train --config configs/stage1_base_7b.yaml",
     "stage2": "python -m ray_jobs.train --config configs/stage2_specialist_3b.yaml",
+    "calibrate": "python -m ray_jobs.calibrate --config configs/calibrate.yaml",
+    "score-dataset": "python -m ray_jobs.score_dataset --config configs/score.yaml",
 }
+GIB = 1024**3
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,6 +369,113 @@ def values_files() -> list[Path]:
     return [CHART / "values.yaml", *CI_FILES, *OVERLAYS]
 
 
+def merged_values(values_file: Path | None) -> dict[str, Any]:
+    """values.yaml with `values_file` coalesced over it, as Helm does."""
+    base = yaml.safe_load((CHART / "values.yaml").read_text())
+    return deep_merge(base, yaml.safe_load(values_file.read_text()) if values_file else {})
+
+
+# --------------------------------------------------------------------------------------------
+# quantities and Ray resources of pods
+
+
+def cpu_quantity(value: str | int | float) -> float:
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def memory_bytes(value: str | int) -> int:
+    text = str(value)
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": GIB, "Ti": 1024**4, "k": 1e3, "M": 1e6, "G": 1e9}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(text)
+
+
+def ray_resources(group: dict[str, Any]) -> dict[str, float]:
+    """CPU and GPU a Ray node of this group offers: `num-cpus`/`num-gpus` of rayStartParams,
+    else the container limits (as KubeRay passes them to `ray start`)."""
+    params = group.get("rayStartParams") or {}
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    cpu = params.get("num-cpus", limits.get("cpu", 0))
+    gpu = params.get("num-gpus", limits.get("nvidia.com/gpu", 0))
+    return {"CPU": cpu_quantity(cpu), "GPU": float(gpu)}
+
+
+def ray_groups(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = _cluster_spec(doc)
+    return [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+
+
+def fit(demands: list[dict[str, float]], nodes: list[dict[str, float]]) -> list[dict]:
+    """First-fit-decreasing placement of resource `demands` on `nodes`; returns those that do
+    not fit (what Ray could never schedule at that cluster size)."""
+    free = [dict(n) for n in nodes]
+    unplaced = []
+    for demand in sorted(demands, key=lambda d: (d.get("GPU", 0), d.get("CPU", 0)), reverse=True):
+        for node in free:
+            if all(node.get(k, 0) + 1e-9 >= v for k, v in demand.items()):
+                for k, v in demand.items():
+                    node[k] -= v
+                break
+        else:
+            unplaced.append(demand)
+    return unplaced
+
+
+# --------------------------------------------------------------------------------------------
+# job entrypoints, parsed and loaded as the jobs do
+
+
+JOB_CONFIG_MODELS = {
+    "ray_jobs.prepare_data": ("hazard.config.data", "DataConfig"),
+    "ray_jobs.train": ("hazard.config.train", "TrainConfig"),
+    "ray_jobs.calibrate": ("ray_jobs.calibrate", "CalibrateConfig"),
+    "ray_jobs.score_dataset": ("hazard.config.score", "ScoreDatasetConfig"),
+}
+
+
+def job_config(entrypoint: str) -> tuple[str, Any]:
+    """(module, validated config) of a RayJob entrypoint: its `--config` file read and its
+    `--set` overrides applied by the project's loader, `hazard.config.load_config`, with the
+    options every job declares (`add_config_args`). Raises on anything the job would refuse."""
+    import argparse
+    import importlib
+    import shlex
+
+    from hazard.config import add_config_args, load_config
+
+    words = shlex.split(entrypoint)
+    assert words[:2] == ["python", "-m"], entrypoint
+    module = words[2]
+    assert module in JOB_CONFIG_MODELS, f"{entrypoint}: unknown job module"
+    parser = argparse.ArgumentParser(prog=module, exit_on_error=False)
+    add_config_args(parser, "key=value")
+    args, unknown = parser.parse_known_args(words[3:])
+    assert not unknown, f"{entrypoint}: arguments the job does not take: {unknown}"
+    where, name = JOB_CONFIG_MODELS[module]
+    model = getattr(importlib.import_module(where), name)
+    return module, load_config(REPO / args.config, model, args.overrides)
+
+
+def local_paths(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(field, path) for every string of a config that names a local file or folder by an
+    absolute path or a file:// URI (these must exist inside the pods)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from local_paths(value, f"{path}.{key}" if path else key)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from local_paths(value, f"{path}.{i}")
+    elif isinstance(node, str) and (node.startswith("/") or node.startswith("file://")):
+        yield path, node.removeprefix("file://")
+
+
+def under(path: str, mounts: set[str]) -> bool:
+    return any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts)
+
+
 # ============================================================================================
 # tests: chart
 
@@ -457,10 +569,8 @@ def test_pods_meet_restricted_pod_security(helm: str, values_file: Path | None) 
 
 @pytest.mark.parametrize("values_file", SCENARIOS, ids=SCENARIO_IDS)
 def test_ray_containers_get_secrets_by_reference(helm: str, values_file: Path | None) -> None:
-    values = deep_merge(
-        yaml.safe_load((CHART / "values.yaml").read_text()),
-        yaml.safe_load(values_file.read_text()) if values_file else {},
-    )
+    values = merged_values(values_file)
+    key_env = values["serve"]["app"]["args"].get("api_key_env", "HAZARD_API_KEY")
     for doc in render(helm, values_file):
         if doc["kind"] not in RAY_KINDS:
             continue
@@ -471,16 +581,17 @@ def test_ray_containers_get_secrets_by_reference(helm: str, values_file: Path | 
                     if SECRET_KEY_NAME.search(name) or name.startswith("AWS_SECRET"):
                         assert "value" not in var, f"{where}: {name} has a literal value"
                 if where.endswith("submitter"):
-                    assert "HAZARD_API_KEY" not in env, f"{where}: submitter gets the API key"
+                    assert key_env not in env, f"{where}: submitter gets the API key"
                     continue
                 if doc["kind"] == "RayService":
-                    ref = env["HAZARD_API_KEY"]["valueFrom"]["secretKeyRef"]
+                    # the variable the app reads the key from (ServeConfig.api_key_env)
+                    ref = env[key_env]["valueFrom"]["secretKeyRef"]
                     assert ref == {
                         "name": values["apiKeySecret"]["name"],
                         "key": values["apiKeySecret"]["key"],
                     }, where
                 else:
-                    assert "HAZARD_API_KEY" not in env, f"{where}: training pods need no API key"
+                    assert key_env not in env, f"{where}: training pods need no API key"
                 s3 = values["s3CredentialsSecret"]["name"]
                 if s3:
                     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -489,13 +600,20 @@ def test_ray_containers_get_secrets_by_reference(helm: str, values_file: Path | 
                     assert "AWS_SECRET_ACCESS_KEY" not in env, where
 
 
+def test_no_api_key_is_mounted_when_auth_is_disabled(helm: str) -> None:
+    (svc,) = [
+        d for d in render(helm, None, "serve.app.args.auth=disabled") if d["kind"] == "RayService"
+    ]
+    for where, template in pod_templates(svc):
+        names = {e["name"] for e in template["spec"]["containers"][0]["env"]}
+        assert "HAZARD_API_KEY" not in names, where
+    args = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert ServeConfig.model_validate(args).auth == "disabled"
+
+
 @pytest.mark.parametrize("values_file", SCENARIOS, ids=SCENARIO_IDS)
 def test_images_are_pinned_and_gpus_only_when_asked(helm: str, values_file: Path | None) -> None:
-    values = deep_merge(
-        yaml.safe_load((CHART / "values.yaml").read_text()),
-        yaml.safe_load(values_file.read_text()) if values_file else {},
-    )
-    image = values["image"]
+    image = merged_values(values_file)["image"]
     expected = f"{image['repository']}:{image['tag']}"
     if image.get("digest"):
         expected += f"@{image['digest']}"
@@ -503,29 +621,62 @@ def test_images_are_pinned_and_gpus_only_when_asked(helm: str, values_file: Path
         if doc["kind"] not in RAY_KINDS:
             continue
         for where, template in pod_templates(doc):
-            for ctr in template["spec"]["containers"]:
+            spec = template["spec"]
+            for ctr in spec["containers"]:
                 assert ctr["image"] == expected, where
                 assert not ctr["image"].endswith(":latest"), where
                 limits = ctr["resources"]["limits"]
                 requests = ctr["resources"].get("requests", {})
-                assert "nvidia.com/gpu" not in requests, f"{where}: GPU belongs in limits only"
-                if "nvidia.com/gpu" in limits:
-                    assert int(limits["nvidia.com/gpu"]) > 0, where
                 assert {"cpu", "memory"} <= limits.keys(), f"{where}: unbounded container"
+                gpus = limits.get("nvidia.com/gpu")
+                assert requests.get("nvidia.com/gpu") == gpus, f"{where}: GPU request != limit"
+                if gpus is not None:
+                    assert int(gpus) > 0, where
+                    assert not gpu_placement_violations(spec), where
 
 
-def test_gpu_scenario_puts_gpus_on_workers_only(helm: str) -> None:
+GFD_LABEL_PREFIXES = ("nvidia.com/", "feature.node.kubernetes.io/")
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def gpu_placement_violations(spec: dict[str, Any]) -> list[str]:
+    """A GPU pod must be placed by its nvidia.com/gpu request alone: no node label that only
+    GPU Feature Discovery sets, and the nvidia.com/gpu taint of GPU node pools tolerated."""
+    bad = [f"nodeSelector {k}" for k in spec.get("nodeSelector") or {}]
+    bad = [b for b in bad if b.split()[1].startswith(GFD_LABEL_PREFIXES)]
+    if "nodeAffinity" in (spec.get("affinity") or {}):
+        bad.append("nodeAffinity")
+    if GPU_TOLERATION not in (spec.get("tolerations") or []):
+        bad.append("no nvidia.com/gpu toleration")
+    return bad
+
+
+def test_gpu_scenario_serves_with_vllm_in_bfloat16(helm: str) -> None:
     (service,) = [d for d in render(helm, CI_DIR / "gpu-values.yaml") if d["kind"] == "RayService"]
     cluster = service["spec"]["rayClusterConfig"]
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in head["resources"]["limits"]
     (worker,) = cluster["workerGroupSpecs"]
-    limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert limits["nvidia.com/gpu"] == "1"
-    config = yaml.safe_load(service["spec"]["serveConfigV2"])
-    assert config["applications"][0]["args"]["engine"] == "vllm"
-    default_docs = render(helm)
-    assert "nvidia.com/gpu" not in json.dumps(default_docs)
+    assert (
+        worker["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    )
+    args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
+    cfg = ServeConfig.model_validate(args)
+    assert (cfg.engine, cfg.dtype) == ("vllm", "bfloat16")
+    assert cfg.vllm.max_model_len == 4096
+    assert cfg.base_replicas.num_gpus == cfg.specialist_replicas.num_gpus == 1
+    assert "nvidia.com/gpu" not in json.dumps(render(helm))
+
+
+def test_gpu_placement_check_is_not_vacuous() -> None:
+    spec = {"nodeSelector": {"nvidia.com/gpu.present": "true", "pool": "a"}, "tolerations": []}
+    assert gpu_placement_violations(spec) == [
+        "nodeSelector nvidia.com/gpu.present",
+        "no nvidia.com/gpu toleration",
+    ]
+    assert not gpu_placement_violations(
+        {"nodeSelector": {"pool": "a"}, "tolerations": [GPU_TOLERATION]}
+    )
 
 
 def _serve_configs(helm: str, values_file: Path | None) -> list[tuple[dict, dict]]:
@@ -540,7 +691,8 @@ SERVE_SCENARIOS = [s for s in SCENARIOS if s is None or "jobs" not in s.name]
 
 
 @pytest.mark.parametrize("values_file", SERVE_SCENARIOS, ids=map(_scenario_id, SERVE_SCENARIOS))
-def test_serve_config_follows_the_serving_contract(helm: str, values_file: Path | None) -> None:
+def test_serve_args_are_the_values_unchanged(helm: str, values_file: Path | None) -> None:
+    """applications[0].args is serve.app.args as written, and build_app's ServeConfig takes it."""
     configs = _serve_configs(helm, values_file)
     assert len(configs) == 1
     doc, config = configs[0]
@@ -548,28 +700,79 @@ def test_serve_config_follows_the_serving_contract(helm: str, values_file: Path 
     assert app["import_path"] == "serve.app:build_app"
     assert app["route_prefix"] == "/"
     args = app["args"]
-    assert set(args) == SERVE_ARG_KEYS
+    assert args == merged_values(values_file)["serve"]["app"]["args"]
     ServeConfig.model_validate(args)  # what build_app will accept
-    for model in ("base", "specialist"):
-        assert set(args[model]) == MODEL_KEYS, model
-        assert all(isinstance(v, str) and v for v in args[model].values()), args[model]
-    assert args["engine"] in ("transformers", "vllm")
-    assert args["api_key_env"] == "HAZARD_API_KEY"
-    for key in ("max_batch_items", "max_image_bytes", "max_image_pixels"):
-        assert isinstance(args[key], int) and args[key] > 0, key
-    assert app["deployments"], "no deployment options"
-    grace = {tpl["spec"]["terminationGracePeriodSeconds"] for _, tpl in pod_templates(doc)}
-    for dep in app["deployments"]:
-        auto = dep["autoscaling_config"]
-        assert 0 <= auto["min_replicas"] <= auto["max_replicas"], dep["name"]
-        assert auto["target_ongoing_requests"] > 0, dep["name"]
-        assert dep["max_ongoing_requests"] >= 1
-        assert dep["max_queued_requests"] >= -1
-        assert dep["graceful_shutdown_timeout_s"] < min(grace), dep["name"]
+    # Deployment options come from ServeConfig (ingress, base_replicas, ...) through build_app;
+    # a `deployments:` section here would override them behind the config's back.
+    assert "deployments" not in app
     # Every pod that hosts Serve exposes the serve port KubeRay's readiness probe checks.
     for where, tpl in pod_templates(doc):
         ports = {p["name"]: p["containerPort"] for p in tpl["spec"]["containers"][0]["ports"]}
         assert ports.get("serve") == 8000, where
+
+
+@pytest.mark.parametrize("values_file", [None, *CI_FILES, *OVERLAYS], ids=SCENARIO_IDS)
+def test_values_args_validate_as_serve_config(values_file: Path | None) -> None:
+    """The args of values.yaml and of every overlay, merged as Helm merges them, are a valid
+    ServeConfig whose model URIs use a scheme hazard.storage reads."""
+    from hazard.storage import SUPPORTED_SCHEMES, parse_uri
+
+    values = merged_values(values_file)
+    cfg = ServeConfig.model_validate(values["serve"]["app"]["args"])
+    mounts = {v["mountPath"] for v in values.get("volumes", [])}
+    for model in (cfg.base, cfg.specialist):
+        scheme, path = parse_uri(model.model_uri)  # raises on a scheme storage cannot read
+        assert scheme in SUPPORTED_SCHEMES, model.model_uri
+        if scheme == "file":
+            assert model.model_uri.startswith(("/", "file:///")), model.model_uri
+            assert under(path, mounts), f"{model.model_uri}: no volume mounted there"
+
+
+def test_default_model_uris_are_s3() -> None:
+    from hazard.storage import parse_uri
+
+    args = merged_values(None)["serve"]["app"]["args"]
+    for role in ("base", "specialist"):
+        assert parse_uri(args[role]["model_uri"])[0] == "s3", args[role]
+    with pytest.raises(ValueError, match="unsupported scheme"):
+        parse_uri("gs://hazard-cascade-models/base/1.0.0/model")
+
+
+def test_vendored_serve_config_schema_is_current() -> None:
+    """values.schema.json holds ServeConfig.model_json_schema() as generated now."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "sync_chart_schema", REPO / "scripts" / "sync_chart_schema.py"
+    )
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    current = json.loads((CHART / "values.schema.json").read_text())
+    assert current == sync.synced(current), (
+        "the chart's copy of ServeConfig's schema is stale: run "
+        "`python scripts/sync_chart_schema.py`"
+    )
+    app = current["properties"]["serve"]["properties"]["app"]["properties"]
+    assert app["args"] == {"$ref": "#/definitions/ServeConfig"}
+    assert set(current["definitions"]["ServeConfig"]["properties"]) == set(ServeConfig.model_fields)
+
+
+@pytest.mark.parametrize("values_file", SERVE_SCENARIOS, ids=map(_scenario_id, SERVE_SCENARIOS))
+def test_serve_replicas_fit_the_worker_group(helm: str, values_file: Path | None) -> None:
+    """At their maximum counts, every Serve replica the ServeConfig asks for finds a place on
+    the serve worker group at its maximum size (the head runs none: num-cpus 0)."""
+    ((doc, config),) = _serve_configs(helm, values_file)
+    cfg = ServeConfig.model_validate(config["applications"][0]["args"])
+    cluster = doc["spec"]["rayClusterConfig"]
+    assert ray_resources(cluster["headGroupSpec"])["CPU"] == 0
+    (worker,) = cluster["workerGroupSpecs"]
+    nodes = [ray_resources(worker)] * worker["maxReplicas"]
+    demands = [{"CPU": cfg.ingress.num_cpus}] * cfg.ingress.num_replicas
+    for replicas in (cfg.base_replicas, cfg.specialist_replicas):
+        demand = {"CPU": replicas.num_cpus, "GPU": replicas.num_gpus}
+        demands += [demand] * replicas.max_replicas
+    assert not fit(demands, nodes), f"unschedulable at full scale on {nodes[0]} x {len(nodes)}"
+    assert fit([{"CPU": 5.0}], [{"CPU": 4.0}]) == [{"CPU": 5.0}]  # the check can fail
 
 
 def _unknown_serve_keys(config: dict[str, Any]) -> list[str]:
@@ -646,10 +849,10 @@ def test_model_rollout_changes_only_the_serve_config(helm: str) -> None:
         for d in render(
             helm,
             None,
-            "serve.app.base.version=2.0.0",
-            "serve.app.base.modelUri=s3://hazard-cascade-models/base/2.0.0/",
-            "serve.app.specialist.modelUri=s3://hazard-cascade-models/specialist/2.0.0/",
-            "serve.deployments.BaseScorer.autoscaling.maxReplicas=3",
+            "serve.app.args.base.version=2.0.0",
+            "serve.app.args.base.model_uri=s3://hazard-cascade-models/base/2.0.0/model",
+            "serve.app.args.specialist.model_uri=s3://hazard-cascade-models/specialist/2.0.0/model",
+            "serve.app.args.base_replicas.max_replicas=3",
         )
         if d["kind"] == "RayService"
     ]
@@ -660,33 +863,6 @@ def test_model_rollout_changes_only_the_serve_config(helm: str) -> None:
         assert "helm.sh/chart" not in labels and "app.kubernetes.io/version" not in labels, where
 
 
-def test_graceful_shutdown_must_be_below_grace_period(helm: str) -> None:
-    for timeout in ("60", "75"):  # equal to, then above, the default 60 s grace period
-        proc = _run_helm(
-            helm,
-            "template",
-            "t",
-            str(CHART),
-            "--set",
-            f"serve.deployments.BaseScorer.gracefulShutdownTimeoutS={timeout}",
-        )
-        assert proc.returncode != 0, f"rendered with gracefulShutdownTimeoutS={timeout}"
-        assert "serve.deployments.BaseScorer.gracefulShutdownTimeoutS" in proc.stderr
-        assert "must be lower than serve.terminationGracePeriodSeconds" in proc.stderr
-    # Raising the grace period makes the same timeout acceptable.
-    ok = _run_helm(
-        helm,
-        "template",
-        "t",
-        str(CHART),
-        "--set",
-        "serve.deployments.BaseScorer.gracefulShutdownTimeoutS=75",
-        "--set",
-        "serve.terminationGracePeriodSeconds=90",
-    )
-    assert ok.returncode == 0, ok.stderr
-
-
 @pytest.mark.parametrize(
     ("setting", "where"),
     [
@@ -694,6 +870,8 @@ def test_graceful_shutdown_must_be_below_grace_period(helm: str) -> None:
         ("serve.worker.replica=3", "/serve/worker"),  # typo of `replicas`
         ("jobs.stage1.enable=true", "/jobs/stage1"),  # typo of `enabled`
         ("serve.app.apiKey=abc", "/serve/app"),
+        ("serve.app.args.max_batch_item=3", "/serve/app/args"),  # not a ServeConfig field
+        ("serve.app.args.vllm.max_len=3", "/serve/app/args/vllm"),
     ],
 )
 def test_unknown_values_key_fails_schema_validation(helm: str, setting: str, where: str) -> None:
@@ -707,11 +885,57 @@ def test_unknown_values_key_fails_schema_validation(helm: str, setting: str, whe
     ("settings", "message"),
     [
         (["image.tag=latest"], "/image/tag"),
-        (["serve.app.engine=onnx"], "/serve/app/engine"),
-        (["serve.app.engine=vllm"], "engine is vllm, which has no CPU build"),
-        (["serve.deployments.BaseScorer.rayActorOptions.numGpus=1"], "serve.worker.gpus is 0"),
+        (["serve.app.args.engine=onnx"], "/serve/app/args/engine"),
+        (["serve.app.args.dtype=float16"], "/serve/app/args/dtype"),
+        (["serve.terminationGracePeriodSeconds=20"], "/serve/terminationGracePeriodSeconds"),
+        (["serve.upgradeStrategy.type=Recreate"], "/serve/upgradeStrategy/type"),
+        (["serve.app.args.engine=vllm"], "engine is vllm, which has no CPU build"),
+        (
+            ["serve.app.args.engine=vllm", "serve.worker.gpus=1"],
+            "set serve.app.args.dtype to bfloat16",
+        ),
+        (["serve.app.args.base_replicas.num_gpus=1"], "serve.worker.gpus is 0"),
+        (
+            ["serve.app.args.specialist_replicas.num_gpus=2", "serve.worker.gpus=1"],
+            "more than one serve worker pod has",
+        ),
         (["serve.worker.minReplicas=5"], "minReplicas (5) <= replicas"),
         (["extraEnv[0].name=HF_TOKEN", "extraEnv[0].value=hf_abc"], "/extraEnv/0"),
+        (
+            ["serve.app.args.base.model_uri=gs://bucket/base/model"],
+            'serve.app.args.base.model_uri "gs://bucket/base/model": use s3://',
+        ),
+        (
+            ["serve.app.args.specialist.model_uri=/mnt/models/specialist/model"],
+            "no entry of `volumes` is mounted there",
+        ),
+        (
+            ["serve.app.args.base.model_uri=models/base"],
+            'serve.app.args.base.model_uri "models/base": use s3://',
+        ),
+        (["scratch.shmSizeLimit=4Gi"], "serve.worker.objectStoreMemory (4Gi) must be smaller"),
+        (["serve.head.objectStoreMemory=4Gi"], "serve.head.objectStoreMemory (4Gi) must be"),
+        (["scratch.shmSizeLimit=8G"], "/scratch/shmSizeLimit"),
+        (["serve.worker.rayStartParams.object-store-memory=1"], "/serve/worker/rayStartParams"),
+        (
+            ["jobs.stage1.enabled=true", "jobs.stage1.worker.objectStoreMemory=9Gi"],
+            "jobs.stage1.worker.objectStoreMemory (9Gi) must be smaller",
+        ),
+        (
+            ["serve.upgradeStrategy.type=NewClusterWithIncrementalUpgrade"],
+            "needs serve.upgradeStrategy.clusterUpgradeOptions.gatewayClassName",
+        ),
+        (
+            [
+                "serve.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
+                "serve.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
+                "serve.autoscaler.enabled=false",
+            ],
+            "needs serve.autoscaler.enabled",
+        ),
+        (["metrics.podMonitor.enabled=true"], "set networkPolicy.metricsFrom.enabled"),
+        (["jobs.dataPrep.overrides[0]=seed='3'"], "/jobs/dataPrep/overrides/0"),
+        (["volumes[0].name=m", "volumes[0].mountPath=/tmp/x"], "/volumes/0"),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(helm: str, settings: list, message: str) -> None:
@@ -730,24 +954,32 @@ def test_long_names_are_shortened_to_kuberay_limits(helm: str) -> None:
         "serve.enabled=true",
     )
     names = [d["metadata"]["name"] for d in docs if d["kind"] in RAY_KINDS]
-    assert len(names) == 4
+    assert len(names) == 1 + len(JOBS)
     for name in names:
         assert len(name) <= 47 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
-    assert len(set(names)) == 4
+    assert len(set(names)) == len(names)
 
 
-def test_jobs_render_one_rayjob_per_enabled_stage(helm: str) -> None:
-    assert not [d for d in render(helm) if d["kind"] == "RayJob"], "jobs must be opt-in"
-    jobs = {
+def _rayjobs(helm: str, values_file: Path | None, *sets: str) -> dict[str, dict[str, Any]]:
+    return {
         d["metadata"]["labels"]["app.kubernetes.io/component"]: d
-        for d in render(helm, CI_DIR / "jobs-values.yaml")
+        for d in render(helm, values_file, *sets)
         if d["kind"] == "RayJob"
     }
+
+
+def test_jobs_render_one_rayjob_per_enabled_job(helm: str) -> None:
+    assert not _rayjobs(helm, None), "jobs must be opt-in"
+    jobs = _rayjobs(helm, CI_DIR / "jobs-values.yaml")
     assert set(jobs) == set(EXPECTED_ENTRYPOINTS)
     assert jobs["data-prep"]["spec"]["entrypoint"] == (
-        EXPECTED_ENTRYPOINTS["data-prep"] + " --set data.seed=3"
+        EXPECTED_ENTRYPOINTS["data-prep"]
+        + " --set 'output_dir=/mnt/data/corridor/prepared' --set 'split.seed=3'"
     )
-    for stage in ("stage1", "stage2"):
+    assert jobs["calibrate"]["spec"]["entrypoint"] == (
+        EXPECTED_ENTRYPOINTS["calibrate"] + " --set 'dtype=bfloat16'"
+    )
+    for stage in ("stage1", "stage2", "score-dataset"):
         assert jobs[stage]["spec"]["entrypoint"] == EXPECTED_ENTRYPOINTS[stage]
     for job in jobs.values():
         spec = job["spec"]
@@ -762,10 +994,200 @@ def test_jobs_render_one_rayjob_per_enabled_stage(helm: str) -> None:
     only2 = render(helm, None, "serve.enabled=false", "jobs.stage2.enabled=true")
     kinds = [(d["kind"], d["metadata"]["name"]) for d in only2 if d["kind"] in RAY_KINDS]
     assert kinds == [("RayJob", "hazard-cascade-stage2")]
-    for stage, key in (("data-prep", "dataPrep"), ("stage1", "stage1")):
-        docs = render(helm, None, f"jobs.{key}.enabled=true")
-        (job,) = [d for d in docs if d["kind"] == "RayJob"]
-        assert job["spec"]["entrypoint"] == EXPECTED_ENTRYPOINTS[stage]
+    for key, (component, module) in JOBS.items():
+        (job,) = _rayjobs(helm, None, f"jobs.{key}.enabled=true").values()
+        assert job["spec"]["entrypoint"] == EXPECTED_ENTRYPOINTS[component]
+        assert job["spec"]["entrypoint"].startswith(f"python -m {module} ")
+
+
+JOB_SCENARIOS = [
+    (None, tuple(f"jobs.{key}.enabled=true" for key in JOBS)),
+    (CI_DIR / "jobs-values.yaml", ()),
+]
+
+
+@pytest.mark.parametrize(("values_file", "sets"), JOB_SCENARIOS, ids=["defaults", "jobs-values"])
+def test_job_entrypoints_load_as_the_jobs_load_them(
+    helm: str, values_file: Path | None, sets: tuple[str, ...]
+) -> None:
+    """Every RayJob's `--config` + `--set` load into its job's config model, and the cluster it
+    builds can hold what that config asks Ray for (Train workers, scoring actors, tasks)."""
+    jobs = _rayjobs(helm, values_file, *sets)
+    assert set(jobs) == set(EXPECTED_ENTRYPOINTS)
+    for component, job in jobs.items():
+        module, cfg = job_config(job["spec"]["entrypoint"])
+        nodes = [ray_resources(g) for g in ray_groups(job)]
+        nodes = [nodes[0]] + nodes[1:] * job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0][
+            "replicas"
+        ]
+        if module == "ray_jobs.train":
+            s = cfg.scaling
+            demands = [{"CPU": s.cpus_per_worker, "GPU": float(s.use_gpu)}] * s.num_workers
+        elif module == "ray_jobs.score_dataset":
+            demands = [{"CPU": cfg.cpus_per_actor, "GPU": cfg.gpus_per_actor}] * cfg.num_actors
+        elif module == "ray_jobs.calibrate":
+            demands = [{"CPU": cfg.cpus_per_task}]
+        else:
+            demands = [{"CPU": cfg.ray.num_cpus or 1.0}]
+        assert not fit(demands, nodes), f"{component}: {demands} do not fit {nodes}"
+
+
+def test_job_entrypoint_check_catches_bad_overrides(helm: str) -> None:
+    """`--set data.seed=3` (no such DataConfig key) made the data job exit 2; now a test fails."""
+    from hazard.config import ConfigError
+
+    for key, setting in (
+        ("dataPrep", "data.seed=3"),
+        ("stage1", "optim.max_step=10"),
+        ("calibrate", "min_high_recall=2"),
+        ("scoreDataset", "num_actors=zero"),
+    ):
+        (job,) = _rayjobs(
+            helm, None, f"jobs.{key}.enabled=true", f"jobs.{key}.overrides[0]={setting}"
+        ).values()
+        with pytest.raises(ConfigError, match="invalid config"):
+            job_config(job["spec"]["entrypoint"])
+
+
+def test_job_paths_chain_and_are_mounted(helm: str) -> None:
+    """In the training release the jobs hand their outputs on by the same paths (data ->
+    stages -> calibration -> scoring), and every local path a config names is on a volume
+    mounted in all of that RayJob's pods."""
+    jobs = {
+        c: (j, job_config(j["spec"]["entrypoint"])[1])
+        for c, j in _rayjobs(helm, CI_DIR / "jobs-values.yaml").items()
+    }
+    cfg = {component: c for component, (_, c) in jobs.items()}
+    data_dir = cfg["data-prep"].output_dir
+    assert cfg["stage1"].data_dir == cfg["stage2"].data_dir == cfg["calibrate"].data_dir == data_dir
+    base, spec = f"{cfg['stage1'].output_dir}/model", f"{cfg['stage2'].output_dir}/model"
+    assert (cfg["calibrate"].base_uri, cfg["calibrate"].specialist_uri) == (base, spec)
+    assert (cfg["score-dataset"].base_uri, cfg["score-dataset"].specialist_uri) == (base, spec)
+    for component, (job, c) in jobs.items():
+        for where, template in pod_templates(job):
+            if where.endswith("submitter"):
+                continue
+            mounts = {
+                m["mountPath"]
+                for m in template["spec"]["containers"][0]["volumeMounts"]
+                if m["mountPath"].startswith("/mnt/") and not m.get("readOnly")
+            }
+            for field, path in local_paths(c.model_dump(mode="json")):
+                assert under(path, mounts), f"{component}: {field}={path} not mounted in {where}"
+
+
+def test_chart_names_only_files_the_jobs_write() -> None:
+    """File names the chart mentions (values, templates) are the ones the code writes or reads,
+    or files of the repository (the Grafana dashboard)."""
+    sources = "".join(
+        p.read_text() for d in ("ray_jobs", "hazard", "serve") for p in (REPO / d).rglob("*.py")
+    )
+    chart = "".join(
+        p.read_text() for p in CHART.rglob("*") if p.suffix in (".yaml", ".txt", ".tpl")
+    )
+    names = set(re.findall(r"[A-Za-z0-9_.-]+\.(?:json|parquet|csv)\b", chart))
+    assert {"fusion.json", "calibration.json"} <= names
+    repo_files = {"values.schema.json", *(p.name for p in (K8S / "grafana").glob("*.json"))}
+    missing = sorted(n for n in names - repo_files if n not in sources)
+    assert not missing, f"the chart names files no job writes or reads: {missing}"
+
+
+@pytest.mark.parametrize("values_file", SCENARIOS, ids=SCENARIO_IDS)
+def test_object_store_fits_in_shared_memory(helm: str, values_file: Path | None) -> None:
+    """/dev/shm is a memory emptyDir of 8-16 GiB, and each Ray node's object store (which Ray
+    puts there) is set below it and below the container's memory limit."""
+    for doc in render(helm, values_file):
+        if doc["kind"] not in RAY_KINDS:
+            continue
+        for group in ray_groups(doc):
+            spec = group["template"]["spec"]
+            where = f"{doc['metadata']['name']} {group.get('groupName', 'head')}"
+            (shm,) = [v for v in spec["volumes"] if v["name"] == "shared-mem"]
+            assert shm["emptyDir"]["medium"] == "Memory", where
+            shm_bytes = memory_bytes(shm["emptyDir"]["sizeLimit"])
+            assert 8 * GIB <= shm_bytes <= 16 * GIB, where
+            ctr = spec["containers"][0]
+            assert {"name": "shared-mem", "mountPath": "/dev/shm"} in ctr["volumeMounts"], where
+            store = int(group["rayStartParams"]["object-store-memory"])
+            assert 0 < store < shm_bytes, where
+            assert store < memory_bytes(ctr["resources"]["limits"]["memory"]), where
+
+
+def test_volumes_are_mounted_read_only_in_serve_pods(helm: str) -> None:
+    docs = render(helm, CI_DIR / "jobs-values.yaml", "serve.enabled=true")
+    seen = set()
+    for doc in docs:
+        if doc["kind"] not in RAY_KINDS:
+            continue
+        for where, template in pod_templates(doc):
+            claims = {
+                v["name"]: v["persistentVolumeClaim"]["claimName"]
+                for v in template["spec"]["volumes"]
+                if "persistentVolumeClaim" in v
+            }
+            for mount in template["spec"]["containers"][0]["volumeMounts"]:
+                if mount["name"] in claims:
+                    seen.add((doc["kind"], mount["mountPath"]))
+                    assert mount["readOnly"] is (doc["kind"] == "RayService"), (where, mount)
+    assert seen == {(k, p) for k in ("RayService", "RayJob") for p in ("/mnt/data", "/mnt/models")}
+
+
+def test_upgrade_strategies(helm: str) -> None:
+    def strategy(values_file: Path | None) -> dict:
+        (svc,) = [d for d in render(helm, values_file) if d["kind"] == "RayService"]
+        return svc["spec"]["upgradeStrategy"]
+
+    assert strategy(None) == {"type": "NewCluster"}
+    assert strategy(CI_DIR / "options-values.yaml") == {"type": "None"}
+    assert strategy(CI_DIR / "upgrade-values.yaml") == {
+        "type": "NewClusterWithIncrementalUpgrade",
+        "clusterUpgradeOptions": {
+            "gatewayClassName": "istio",
+            "maxSurgePercent": 50,
+            "stepSizePercent": 10,
+            "intervalSeconds": 30,
+        },
+    }
+
+
+def test_pod_disruption_budget_covers_serve_workers_only(helm: str) -> None:
+    docs = render(helm)
+    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    (svc,) = [d for d in docs if d["kind"] == "RayService"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    selector = pdb["spec"]["selector"]["matchLabels"]
+    for where, template in pod_templates(svc):
+        # KubeRay adds ray.io/node-type (head|worker) to the pods it creates from a template.
+        node_type = "head" if where.endswith(" head") else "worker"
+        labels = {**template["metadata"]["labels"], "ray.io/node-type": node_type}
+        selected = all(labels.get(k) == v for k, v in selector.items())
+        assert selected is (node_type == "worker"), where
+    for d in render(helm, CI_DIR / "jobs-values.yaml"):
+        assert d["kind"] != "PodDisruptionBudget"
+
+
+def test_ingress_and_pod_monitor_are_optional(helm: str) -> None:
+    default_kinds = {d["kind"] for d in render(helm)}
+    assert not default_kinds & {"Ingress", "PodMonitor"}
+    docs = render(helm, CI_DIR / "options-values.yaml")
+    (svc,) = [d for d in docs if d["kind"] == "RayService"]
+    (ingress,) = [d for d in docs if d["kind"] == "Ingress"]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "hazard.example.com"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    # KubeRay's serve Service of a RayService is "<name>-serve-svc", port 8000.
+    assert backend == {"name": f"{svc['metadata']['name']}-serve-svc", "port": {"number": 8000}}
+    assert ingress["spec"]["tls"][0]["secretName"] == "hazard-example-com-tls"
+    (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    for where, template in pod_templates(svc):
+        assert selector.items() <= template["metadata"]["labels"].items(), where
+        ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+        assert ports[endpoint["port"]] == 8080, where
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert any({p["port"] for p in r.get("ports", [])} == {8080} for r in policy["spec"]["ingress"])
 
 
 @pytest.mark.parametrize("values_file", SCENARIOS, ids=SCENARIO_IDS)
@@ -997,9 +1419,228 @@ def test_k8s_clusters_list(helm: str) -> None:
     clusters = data["clusters"]
     assert [c["name"] for c in clusters] == ["staging", "prod-eu"]
     for cluster in clusters:
-        assert {"name", "context", "values", "healthUrl"} <= cluster.keys(), cluster
-        assert re.match(r"https?://", cluster["healthUrl"]), cluster
+        assert {"name", "context", "values"} <= cluster.keys(), cluster
         overlay = REPO / cluster["values"]
         assert overlay.is_file(), overlay
         assert overlay in OVERLAYS  # so the scenario tests above render and check it
         assert render(helm, overlay)
+
+
+# ============================================================================================
+# tests: every manifest against the Kubernetes schemas, and a static security scan
+
+# The Kubernetes version the manifests are checked against: the newest kubernetes-validate
+# (pinned in pyproject's dev extra) carries schemas for; named in docs/chart.md.
+KUBERNETES_VERSION = "1.37"
+CHECKOV = REPO / ".venv" / "tools" / "checkov" / "bin" / "checkov"
+CHECKOV_ACCEPTED = CHART / "checkov-accepted.yaml"
+
+
+def ray_pods(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Pods KubeRay creates from a Ray object's templates (one per template), with the
+    autoscaler sidecar it adds to an autoscaling head."""
+    cluster = _cluster_spec(doc)
+    pods = []
+    for where, template in pod_templates(doc):
+        group = where.rsplit(" ", 1)[-1]
+        spec = copy.deepcopy(template["spec"])
+        if group == "head" and cluster.get("enableInTreeAutoscaling"):
+            opts = cluster.get("autoscalerOptions") or {}
+            ray = spec["containers"][0]
+            sidecar = {"name": "autoscaler", "image": ray["image"]}
+            for key in ("imagePullPolicy", "resources", "securityContext", "volumeMounts"):
+                if key in opts:
+                    sidecar[key] = opts[key]
+            spec["containers"].append(sidecar)
+        pods.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    **copy.deepcopy(template.get("metadata", {})),
+                    "name": f"{doc['metadata']['name']}-{group}",
+                    "namespace": doc["metadata"].get("namespace", "hazard-cascade"),
+                },
+                "spec": spec,
+            }
+        )
+    return pods
+
+
+K8S_MANIFESTS = [p for p in sorted(K8S.glob("*.yaml")) if p.name not in NOT_MANIFESTS]
+
+
+@pytest.fixture(scope="session")
+def manifests(helm: str) -> dict[str, list[dict[str, Any]]]:
+    """Every object the chart renders (defaults and each scenario) and k8s/*.yaml holds, by
+    source, with the Pods KubeRay would derive from the Ray objects."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for values_file in SCENARIOS:
+        out[_scenario_id(values_file)] = render(helm, values_file)
+    out["jobs+serve"] = render(helm, CI_DIR / "jobs-values.yaml", "serve.enabled=true")
+    for path in K8S_MANIFESTS:
+        out[str(path.relative_to(REPO))] = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for docs in out.values():
+        docs += [pod for d in list(docs) if d["kind"] in RAY_KINDS for pod in ray_pods(d)]
+    return out
+
+
+def kubernetes_errors(doc: dict[str, Any], version: str = KUBERNETES_VERSION) -> list[str]:
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "<root>"
+        return [f"{doc['kind']}/{doc['metadata']['name']}: {where}: {exc.message}"]
+    return []
+
+
+def is_core(doc: dict[str, Any]) -> bool:
+    """An object of Kubernetes' own API groups (v1, apps/v1, networking.k8s.io/v1, ...)."""
+    group = doc["apiVersion"].rpartition("/")[0]
+    return "." not in group or group.endswith(".k8s.io")
+
+
+def test_kubernetes_schema_version_is_the_pinned_one() -> None:
+    from kubernetes_validate import utils
+
+    assert utils.latest_version().startswith(KUBERNETES_VERSION + ".")
+    dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "dev"
+    ]
+    assert f"kubernetes-validate=={KUBERNETES_VERSION}.0" in dev
+    assert f"Kubernetes {KUBERNETES_VERSION}" in (REPO / "docs" / "chart.md").read_text()
+
+
+def test_core_objects_match_kubernetes_schemas(manifests: dict[str, list[dict]]) -> None:
+    """Strict validation (unknown fields are errors) of every core object, including the
+    Pods derived from the Ray objects' templates, at the pinned Kubernetes version."""
+    errors, kinds = [], set()
+    for source, docs in manifests.items():
+        for doc in docs:
+            if is_core(doc):
+                kinds.add(doc["kind"])
+                errors += [f"{source}: {e}" for e in kubernetes_errors(doc)]
+            else:
+                assert doc["kind"] in RAY_KINDS | {"PodMonitor"}, (source, doc["kind"])
+    assert not errors, "\n".join(errors)
+    assert {
+        "Pod",
+        "ServiceAccount",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Ingress",
+        "Namespace",
+        "Role",
+        "RoleBinding",
+    } <= kinds
+
+
+def test_kubernetes_schema_check_catches_typos() -> None:
+    policy = yaml.safe_load((K8S / "networkpolicy-default-deny.yaml").read_text())
+    assert not kubernetes_errors(policy)
+    policy["spec"]["podSelectr"] = policy["spec"].pop("podSelector")
+    assert any("podSelectr" in e for e in kubernetes_errors(policy))
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": "1"}}]},
+    }
+    assert kubernetes_errors(pod)
+
+
+def _accepted() -> list[dict[str, Any]]:
+    return yaml.safe_load(CHECKOV_ACCEPTED.read_text())["accepted"]
+
+
+def _is_accepted(finding: dict[str, str], entry: dict[str, Any]) -> bool:
+    import fnmatch
+
+    return finding["check"] == entry["check"] and any(
+        fnmatch.fnmatchcase(finding["resource"], glob) for glob in entry["resources"]
+    )
+
+
+@pytest.fixture(scope="session")
+def checkov_report(
+    manifests: dict[str, list[dict]], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """One checkov run over all manifests: {"failed": [...], "scanned": {Kind/name}}."""
+    if not CHECKOV.is_file():
+        pytest.fail(
+            f"{CHECKOV} not found: run `make setup` (scripts/install_checkov.py).", pytrace=False
+        )
+    out = tmp_path_factory.mktemp("manifests")
+    for source, docs in manifests.items():
+        name = re.sub(r"[^A-Za-z0-9.-]+", "-", source.removesuffix(".yaml")) + ".yaml"
+        (out / name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    proc = subprocess.run(
+        [str(CHECKOV), "-d", str(out), "--framework", "kubernetes", "--output", "json"]
+        + ["--skip-download"],  # no Prisma Cloud look-ups (no network needed)
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": ""},
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: some check failed
+    reports = json.loads(proc.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+
+    def resource(check: dict) -> str:  # "Kind.namespace.name" -> "Kind/name"
+        kind, _, rest = check["resource"].partition(".")
+        return f"{kind}/{rest.partition('.')[2]}"
+
+    failed, scanned = [], set()
+    for report in reports:
+        results = report.get("results", {})
+        for check in results.get("failed_checks", []):
+            failed.append({"check": check["check_id"], "resource": resource(check)})
+        for check in results.get("failed_checks", []) + results.get("passed_checks", []):
+            scanned.add(resource(check))
+    return {"failed": failed, "scanned": scanned}
+
+
+def test_checkov_finds_nothing_unaccepted(checkov_report: dict[str, Any]) -> None:
+    entries = _accepted()
+    unaccepted = sorted(
+        {f"{f['check']} {f['resource']}" for f in checkov_report["failed"]}
+        - {
+            f"{f['check']} {f['resource']}"
+            for f in checkov_report["failed"]
+            if any(_is_accepted(f, e) for e in entries)
+        }
+    )
+    assert not unaccepted, (
+        "checkov findings neither fixed nor accepted in "
+        f"{CHECKOV_ACCEPTED.relative_to(REPO)}:\n" + "\n".join(unaccepted)
+    )
+    stale = [
+        e["check"] for e in entries if not any(_is_accepted(f, e) for f in checkov_report["failed"])
+    ]
+    assert not stale, f"accepted findings checkov no longer reports (remove them): {stale}"
+
+
+def test_checkov_scanned_every_pod_and_core_object(
+    manifests: dict[str, list[dict]], checkov_report: dict[str, Any]
+) -> None:
+    expected = {
+        f"{d['kind']}/{d['metadata']['name']}"
+        for docs in manifests.values()
+        for d in docs
+        if d["kind"] in {"Pod", "ServiceAccount", "Ingress", "Role", "RoleBinding"}
+    }
+    assert expected <= checkov_report["scanned"], sorted(expected - checkov_report["scanned"])
+
+
+def test_checkov_acceptances_are_justified_and_narrow() -> None:
+    entries = _accepted()
+    assert len({e["check"] for e in entries}) == len(entries), "one entry per check"
+    for entry in entries:
+        assert re.fullmatch(r"CKV2?_K8S_\d+", entry["check"]), entry
+        assert len(entry["reason"].split()) >= 15, f"{entry['check']}: say why it is accepted"
+        for glob in entry["resources"]:
+            assert re.fullmatch(r"[A-Z][A-Za-z]+/.+", glob), (entry["check"], glob)
+    finding = {"check": "CKV_K8S_38", "resource": "Pod/hazard-cascade-serve-workers"}
+    assert not any(_is_accepted(finding, e) for e in entries)  # the token only on heads

@@ -19,10 +19,9 @@ import os
 
 import httpx
 import pytest
-import ray
 from PIL import Image
 from ray import serve
-from serve_fixtures import b64, free_port, fusion, image_bytes, make_bundle
+from serve_fixtures import b64, fusion, image_bytes, make_bundle, serve_cluster
 
 from hazard.config.serve import ServeConfig
 from hazard.fusion import CorrectionParams, fuse, hazard_score, predict_label
@@ -39,6 +38,12 @@ LIMITS = dict(
 BASE = ("hazard-base-test", "1.2.3")
 SPEC = ("hazard-specialist-test", "4.5.6")
 RETRY_AFTER_S = 7
+# 8 model replicas + 4 ingresses must fit in 2 CPUs (the defaults reserve 1 per model).
+SMALL = dict(
+    ingress={"num_cpus": 0.05},
+    base_replicas={"num_cpus": 0.15},
+    specialist_replicas={"num_cpus": 0.15},
+)
 SEEN_STATUS: list[tuple[str, int]] = []  # every response of the module, for the no-500 check
 # The cascade's fusion, far from the defaults (k = clip(0.5 + 1.5 p, 0.5, 2)): k = 0.3 whatever
 # the specialist says, so p(high_risk) shrinks where the default correction keeps or raises it.
@@ -57,25 +62,17 @@ def _apps(tmp, tiny_model_path) -> dict[str, tuple[str, serve.Application]]:
     def config(spec, **kw) -> ServeConfig:
         specialist = {"name": SPEC[0], "version": SPEC[1], "model_uri": str(spec)}
         base_model = {"name": BASE[0], "version": BASE[1], "model_uri": str(base)}
-        return ServeConfig(base=base_model, specialist=specialist, **LIMITS, **kw)
+        return ServeConfig(base=base_model, specialist=specialist, **LIMITS, **SMALL, **kw)
 
     # Each batch waits its full 3 s for company: a request holds its model slot that long, so a
     # burst sent at once meets full queues (a margin for a loaded 2-core machine).
     slow = config(never, model_batch_wait_s=3.0, retry_after_s=RETRY_AFTER_S)
     tiny_queue = {"max_ongoing_requests": 1, "max_queued_requests": 1}
-    # 8 model replicas + 4 ingresses must fit in 2 CPUs (the defaults reserve 0.5 per model).
-    small = {"ray_actor_options": {"num_cpus": 0.15}}
     return {
-        "cascade": ("/", compose_app(config(always), scorer_options=small)),
-        "base_only": ("/theta1", compose_app(config(never), scorer_options=small)),
-        "scorer_queue": (
-            "/scorerq",
-            compose_app(slow, scorer_options=dict(small, **tiny_queue)),
-        ),
-        "ingress_queue": (
-            "/ingressq",
-            compose_app(slow, scorer_options=small, ingress_options=tiny_queue),
-        ),
+        "cascade": ("/", compose_app(config(always))),
+        "base_only": ("/theta1", compose_app(config(never))),
+        "scorer_queue": ("/scorerq", compose_app(slow, scorer_options=tiny_queue)),
+        "ingress_queue": ("/ingressq", compose_app(slow, ingress_options=tiny_queue)),
     }
 
 
@@ -84,15 +81,7 @@ def urls(tmp_path_factory, tiny_model_path) -> dict[str, str]:
     """Base URL of each configuration's application."""
     # The key reaches the ingress replicas through the job's runtime_env: serve.run gives the
     # driver's runtime_env to every deployment that has none of its own.
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"HAZARD_API_KEY": API_KEY}},
-    )
-    try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with serve_cluster({"HAZARD_API_KEY": API_KEY}) as root:
         apps = _apps(tmp_path_factory.mktemp("serve"), tiny_model_path)
         serve.run_many(
             [
@@ -100,11 +89,7 @@ def urls(tmp_path_factory, tiny_model_path) -> dict[str, str]:
                 for key, (prefix, app) in apps.items()
             ]
         )
-        root = f"http://127.0.0.1:{port}"
         yield {key: root + prefix.rstrip("/") for key, (prefix, _) in apps.items()}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _record(response: httpx.Response) -> None:

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import ray
 from ray import serve
-from serve_fixtures import b64, free_port, fusion, image_bytes, make_bundle
+from serve_fixtures import b64, fusion, image_bytes, make_bundle, serve_cluster
 
 from hazard.config.serve import ServeConfig
 from serve.app import MissingApiKey, build_app, compose_app
@@ -25,7 +24,11 @@ pytestmark = pytest.mark.slow
 
 API_KEY = "openapi-key-" + os.urandom(8).hex()
 UNSET = "HAZARD_TEST_KEY_NEVER_SET"
-SMALL = {"ray_actor_options": {"num_cpus": 0.2}}
+SMALL = dict(  # two apps in 2 CPUs
+    ingress={"num_cpus": 0.1},
+    base_replicas={"num_cpus": 0.3},
+    specialist_replicas={"num_cpus": 0.3},
+)
 LIMITS = dict(max_batch_items=4, max_image_bytes=100_000, max_body_bytes=300_000)
 
 
@@ -44,32 +47,21 @@ def setup(tmp_path_factory, tiny_model_path):
             base={"name": "b", "version": "1", "model_uri": str(base)},
             specialist={"name": "s", "version": "2", "model_uri": str(spec)},
             **LIMITS,
-            **kw,
+            **{**SMALL, **kw},
         )
 
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"HAZARD_API_KEY": API_KEY}},
-    )
-    try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with serve_cluster({"HAZARD_API_KEY": API_KEY}) as root:
         serve.run_many(
             [
                 serve.RunTarget(build_app(config().model_dump()), name="main", route_prefix="/"),
                 serve.RunTarget(
-                    compose_app(config(auth="disabled", api_key_env=UNSET), scorer_options=SMALL),
+                    compose_app(config(auth="disabled", api_key_env=UNSET)),
                     name="open",
                     route_prefix="/open",
                 ),
             ]
         )
-        yield f"http://127.0.0.1:{port}", config
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        yield root, config
 
 
 # -- auth fails closed ------------------------------------------------------------------------
@@ -183,8 +175,8 @@ def test_schemathesis_finds_no_failure(setup, tmp_path):
             f"{url}/openapi.json",
             "--checks",
             "all",
-            "--max-examples",
-            "220",
+            "--max-examples",  # per operation and phase: ~1,250 requests, however slow the machine
+            "500",
             "--seed",
             "8",
             "--workers",
@@ -197,12 +189,10 @@ def test_schemathesis_finds_no_failure(setup, tmp_path):
             "har",
             "--report-har-path",
             str(har),
-            "--max-time",  # fuzzing repeats until the budget is spent (~2,500 requests here)
-            "120",
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         cwd=tmp_path,
     )
     tail = proc.stdout[-6000:] + proc.stderr[-2000:]

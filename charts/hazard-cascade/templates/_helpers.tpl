@@ -118,13 +118,16 @@ seccompProfile:
 {{- end }}
 
 {{/*
-Container resources with quantities quoted; adds nvidia.com/gpu to limits only when gpus > 0.
-Call with a group (head/worker values).
+Container resources with quantities quoted; `nvidia.com/gpu` in requests and limits (equal, as
+Kubernetes wants for extended resources) only when gpus > 0. Call with a group (head/worker values).
 */}}
 {{- define "hazard-cascade.resources" -}}
 requests:
 {{- range $k, $v := .resources.requests }}
   {{ $k }}: {{ $v | quote }}
+{{- end }}
+{{- if gt (int .gpus) 0 }}
+  nvidia.com/gpu: {{ .gpus | quote }}
 {{- end }}
 limits:
 {{- range $k, $v := .resources.limits }}
@@ -135,24 +138,85 @@ limits:
 {{- end }}
 {{- end }}
 
-{{/* Writable scratch volumes (the root filesystem is read-only). Volume names match KubeRay's. */}}
-{{- define "hazard-cascade.scratchVolumes" -}}
+{{/* Bytes of a `<n>Gi` value (the schema allows only whole GiB there). */}}
+{{- define "hazard-cascade.gibBytes" -}}
+{{- mul (int64 (trimSuffix "Gi" .)) 1073741824 }}
+{{- end }}
+
+{{/*
+`ray start` parameters of a group: its rayStartParams plus object-store-memory (bytes) from its
+objectStoreMemory, which must stay below /dev/shm (Ray puts the store there) and below the
+container's memory limit. Call with (dict "root" $ "group" <group values> "where" "serve.worker").
+*/}}
+{{- define "hazard-cascade.rayStartParams" -}}
+{{- $g := .group }}
+{{- $store := include "hazard-cascade.gibBytes" $g.objectStoreMemory | int64 }}
+{{- $shm := include "hazard-cascade.gibBytes" .root.Values.scratch.shmSizeLimit | int64 }}
+{{- if ge $store $shm }}
+{{- fail (printf "%s.objectStoreMemory (%s) must be smaller than scratch.shmSizeLimit (%s): Ray's object store lives in /dev/shm" .where $g.objectStoreMemory .root.Values.scratch.shmSizeLimit) }}
+{{- end }}
+{{- $memory := toString (default "" $g.resources.limits.memory) }}
+{{- if and (regexMatch "^[1-9][0-9]*Gi$" $memory) (ge $store (include "hazard-cascade.gibBytes" $memory | int64)) }}
+{{- fail (printf "%s.objectStoreMemory (%s) must be smaller than its memory limit (%s)" .where $g.objectStoreMemory $memory) }}
+{{- end }}
+{{- $params := merge (dict "object-store-memory" (toString $store)) (deepCopy (default dict $g.rayStartParams)) }}
+{{- range $k, $v := $params }}
+{{ $k }}: {{ $v | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Tolerations of a group: its own, plus the `nvidia.com/gpu` taint GPU node pools carry (GKE, AKS,
+the NVIDIA GPU Operator's guidance) when the group asks for GPUs and does not tolerate it yet.
+*/}}
+{{- define "hazard-cascade.tolerations" -}}
+{{- $tolerations := default list .tolerations }}
+{{- if gt (int .gpus) 0 }}
+{{- $has := false }}
+{{- range $tolerations }}{{ if eq (toString .key) "nvidia.com/gpu" }}{{ $has = true }}{{ end }}{{ end }}
+{{- if not $has }}
+{{- $tolerations = append $tolerations (dict "key" "nvidia.com/gpu" "operator" "Exists" "effect" "NoSchedule") }}
+{{- end }}
+{{- end }}
+{{- with $tolerations }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Writable scratch volumes (the root filesystem is read-only; volume names match KubeRay's), then
+the `volumes` of values. Call with (dict "root" $ "serve" true|false).
+*/}}
+{{- define "hazard-cascade.volumes" -}}
+{{- $v := .root.Values -}}
 - name: tmp
   emptyDir:
-    sizeLimit: {{ .Values.scratch.tmpSizeLimit | quote }}
+    sizeLimit: {{ $v.scratch.tmpSizeLimit | quote }}
 - name: ray-logs
   emptyDir:
-    sizeLimit: {{ .Values.scratch.rayTmpSizeLimit | quote }}
+    sizeLimit: {{ $v.scratch.rayTmpSizeLimit | quote }}
 - name: cache
   emptyDir:
-    sizeLimit: {{ .Values.scratch.cacheSizeLimit | quote }}
+    sizeLimit: {{ $v.scratch.cacheSizeLimit | quote }}
 - name: shared-mem
   emptyDir:
     medium: Memory
-    sizeLimit: {{ .Values.scratch.shmSizeLimit | quote }}
+    sizeLimit: {{ $v.scratch.shmSizeLimit | quote }}
+{{- range $v.volumes }}
+- name: vol-{{ .name }}
+  {{- with .persistentVolumeClaim }}
+  persistentVolumeClaim:
+    claimName: {{ .claimName }}
+  {{- end }}
+  {{- with .csi }}
+  csi:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
 {{- end }}
 
-{{- define "hazard-cascade.scratchVolumeMounts" -}}
+{{/* Mounts of the volumes above; the `volumes` of values are read-only in serve pods. */}}
+{{- define "hazard-cascade.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
 - name: ray-logs
@@ -161,11 +225,17 @@ limits:
   mountPath: /home/ray/.cache
 - name: shared-mem
   mountPath: /dev/shm
+{{- range .root.Values.volumes }}
+- name: vol-{{ .name }}
+  mountPath: {{ .mountPath }}
+  readOnly: {{ or (default false .readOnly) $.serve }}
+{{- end }}
 {{- end }}
 
 {{/*
 Environment of every Ray container: caches under the writable cache dir, S3 settings, S3
-credentials by secretKeyRef, the serving API key (serve pods only), then extraEnv.
+credentials by secretKeyRef, the serving API key (serve pods, unless serve.app.args.auth is
+`disabled`; named by serve.app.args.api_key_env), then extraEnv.
 Call with (dict "root" $ "serve" true|false).
 */}}
 {{- define "hazard-cascade.env" -}}
@@ -211,8 +281,9 @@ Call with (dict "root" $ "serve" true|false).
       key: {{ $v.s3CredentialsSecret.sessionTokenKey }}
 {{- end }}
 {{- end }}
-{{- if .serve }}
-- name: HAZARD_API_KEY
+{{- $args := $v.serve.app.args }}
+{{- if and .serve (ne (default "api_key" $args.auth) "disabled") }}
+- name: {{ default "HAZARD_API_KEY" $args.api_key_env }}
   valueFrom:
     secretKeyRef:
       name: {{ $v.apiKeySecret.name }}
@@ -233,6 +304,7 @@ Call with (dict
   "head" true|false
   "serve" true|false             RayService pod (API key, serve port)
   "grace" <seconds>              terminationGracePeriodSeconds
+  "where" "serve.worker"         values path of the group, for error messages
   "mountSAToken" true|false      only for a head that runs the autoscaler sidecar
 )
 */}}
@@ -268,9 +340,9 @@ spec:
   nodeSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with $g.tolerations }}
+  {{- with include "hazard-cascade.tolerations" $g }}
   tolerations:
-    {{- toYaml . | nindent 4 }}
+    {{- . | nindent 4 }}
   {{- end }}
   {{- with $g.affinity }}
   affinity:
@@ -302,18 +374,15 @@ spec:
       securityContext:
         {{- include "hazard-cascade.containerSecurityContext" $root | nindent 8 }}
       volumeMounts:
-        {{- include "hazard-cascade.scratchVolumeMounts" $root | nindent 8 }}
+        {{- include "hazard-cascade.volumeMounts" (dict "root" $root "serve" .serve) | nindent 8 }}
   volumes:
-    {{- include "hazard-cascade.scratchVolumes" $root | nindent 4 }}
+    {{- include "hazard-cascade.volumes" (dict "root" $root "serve" .serve) | nindent 4 }}
 {{- end }}
 
 {{/* Head group spec. Call like rayPodTemplate. */}}
 {{- define "hazard-cascade.headGroupSpec" -}}
 rayStartParams:
-  {{- range $k, $v := .group.rayStartParams }}
-  {{ $k }}: {{ $v | quote }}
-  {{- else }} {}
-  {{- end }}
+  {{- include "hazard-cascade.rayStartParams" . | trim | nindent 2 }}
 template:
   {{- include "hazard-cascade.rayPodTemplate" . | nindent 2 }}
 {{- end }}
@@ -327,10 +396,7 @@ template:
   maxReplicas: {{ hasKey $g "maxReplicas" | ternary $g.maxReplicas $g.replicas }}
   numOfHosts: 1
   rayStartParams:
-    {{- range $k, $v := $g.rayStartParams }}
-    {{ $k }}: {{ $v | quote }}
-    {{- else }} {}
-    {{- end }}
+    {{- include "hazard-cascade.rayStartParams" . | trim | nindent 4 }}
   template:
     {{- include "hazard-cascade.rayPodTemplate" . | nindent 4 }}
 {{- end }}

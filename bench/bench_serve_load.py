@@ -1,0 +1,309 @@
+"""Serving under load: this app vs the naive generate-and-parse server vs the model's own floor.
+
+On loopback, closed-loop clients (each sends a request, waits for the answer, sends the next;
+on a 503 it waits the Retry-After the server sent, as a well-behaved client does) post one
+JSON image to `/v1/score` at each concurrency, for a fixed time after a warm-up:
+
+(a) this app (`serve.app`: admission, batching, base -> specialist cascade) on a local Ray;
+(b) the naive baseline (`bench/naive_generate_server.py`: one FastAPI process calling
+    `model.generate` for up to 150 new tokens per request and parsing the label from the text);
+(c) the floor: the base engine's own batched forward (`TransformersEngine.score`), in process.
+
+Reported per server and concurrency: answered req/s (200s), p50/p99 latency of the 200s and of
+the 503s, statuses, and the share of valid answers (a label of the contract). In the JSON:
+`speedup` = (a) peak req/s / (b) peak req/s, `floor_ratio` = (a)'s seconds per image at its
+peak / (c)'s seconds per image at its best batch, and `overload_retention` = (a) req/s at the
+highest concurrency / (a) peak.
+
+    python -m bench.bench_serve_load [--base DIR --specialist DIR] [--concurrency 1,8,32,128]
+        [--duration-s 20] [--image-px 112] [--out PATH]
+
+The bundles default to the demo's (`make demo` writes them under runs/demo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as dt
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.common import (
+    REPO_ROOT,
+    command,
+    default_out,
+    environment,
+    git_state,
+    loadavg,
+    summarize,
+    write_json,
+)
+
+NAME = "serve_load"
+MODULE = "bench.bench_serve_load"
+DEMO = REPO_ROOT / "runs" / "demo"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", default=str(DEMO / "stage1_base" / "model"), help="base bundle")
+    p.add_argument(
+        "--specialist", default=str(DEMO / "stage2_specialist" / "model"), help="specialist bundle"
+    )
+    p.add_argument("--concurrency", default="1,8,32,128", help="client counts, comma-separated")
+    p.add_argument("--duration-s", type=float, default=20.0, help="measured seconds per level")
+    p.add_argument("--warmup-s", type=float, default=4.0, help="unmeasured seconds per level")
+    p.add_argument("--image-px", type=int, default=112, help="side of the square test image")
+    p.add_argument("--batch-size", type=int, default=8, help="model_batch_size of the app")
+    p.add_argument("--skip-naive", action="store_true", help="measure (a) and (c) only")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
+    return p.parse_args(argv)
+
+
+def test_image(px: int) -> bytes:
+    """A rendered corridor scene (the demo's generator), PNG-encoded."""
+    from hazard.demo.synthetic import render_scene
+
+    img, _ = render_scene("high_risk", np.random.default_rng(0))
+    buf = io.BytesIO()
+    img.resize((px, px)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# -- load generation ---------------------------------------------------------------------------
+async def _client(
+    http: httpx.AsyncClient, url: str, body: dict, headers: dict, until: float, log: list
+) -> None:
+    while time.perf_counter() < until:
+        start = time.perf_counter()
+        try:
+            r = await http.post(url, json=body, headers=headers)
+            status, payload = r.status_code, (r.json() if r.content else {})
+        except (httpx.HTTPError, ValueError) as exc:
+            status, payload = -1, {"error": repr(exc)}
+        end = time.perf_counter()
+        valid = status == 200 and payload.get("risk_level") in _labels()
+        log.append((start, end, status, valid))
+        if status == 503:
+            await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+
+
+def _labels() -> tuple[str, ...]:
+    from hazard.labels import RISK_LABELS
+
+    return RISK_LABELS
+
+
+async def _level(url: str, body: dict, headers: dict, clients: int, warmup: float, measure: float):
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    log: list[tuple[float, float, int, bool]] = []
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        t0 = time.perf_counter()
+        until = t0 + warmup + measure
+        await asyncio.gather(
+            *(_client(http, url, body, headers, until, log) for _ in range(clients))
+        )
+    lo, hi = t0 + warmup, until
+    window = [e for e in log if lo <= e[1] <= hi]
+    ok = [e for e in window if e[2] == 200]
+    refused = [e for e in window if e[2] == 503]
+    statuses: dict[str, int] = {}
+    for e in window:
+        statuses[str(e[2])] = statuses.get(str(e[2]), 0) + 1
+    ms = lambda es: [1000 * (e[1] - e[0]) for e in es]  # noqa: E731
+    return {
+        "concurrency": clients,
+        "req_per_s": len(ok) / measure,
+        "latency_ms_200": summarize(ms(ok)) if ok else None,
+        "latency_ms_503": summarize(ms(refused)) if refused else None,
+        "statuses": statuses,
+        "valid_answer_rate": (sum(e[3] for e in ok) / len(ok)) if ok else 0.0,
+    }
+
+
+def run_levels(name: str, url: str, body: dict, headers: dict, args, levels: list[int]) -> list:
+    rows = []
+    for clients in levels:
+        row = asyncio.run(_level(url, body, headers, clients, args.warmup_s, args.duration_s))
+        row["loadavg_after"] = loadavg()
+        rows.append(row)
+        print(_fmt(name, row), flush=True)
+    return rows
+
+
+HEADER = (
+    f"{'server':<6} {'conc':>5} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9} {'503 p50':>9} "
+    f"{'valid':>6}  statuses"
+)
+
+
+def _fmt(name: str, row: dict) -> str:
+    lat = row["latency_ms_200"] or {}
+    rej = row["latency_ms_503"] or {}
+    return (
+        f"{name:<6} {row['concurrency']:>5} {row['req_per_s']:>8.1f} "
+        f"{lat.get('median', float('nan')):>9.0f} {lat.get('p99', float('nan')):>9.0f} "
+        f"{rej.get('median', float('nan')):>9.1f} {row['valid_answer_rate']:>6.0%}  "
+        f"{row['statuses']}"
+    )
+
+
+# -- (a) the app ---------------------------------------------------------------------------------
+def serve_app(args, levels: list[int], body: dict) -> tuple[list, dict]:
+    import ray
+    from ray import serve
+
+    from hazard.config.serve import ServeConfig
+    from serve.app import compose_app
+
+    key = base64.b16encode(os.urandom(12)).decode()
+    cfg = ServeConfig(
+        base={"name": "base", "version": "bench", "model_uri": args.base},
+        specialist={"name": "specialist", "version": "bench", "model_uri": args.specialist},
+        model_batch_size=args.batch_size,
+        ingress={"num_cpus": 0.25},
+        base_replicas={"num_cpus": 0.75},
+        specialist_replicas={"num_cpus": 0.75},
+        retry_after_s=1,
+    )
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"HAZARD_API_KEY": key}},
+    )
+    try:
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(compose_app(cfg), name="bench", route_prefix="/")
+        root = f"http://127.0.0.1:{port}"
+        _wait_ready(f"{root}/readyz")
+        rows = run_levels("app", f"{root}/v1/score", body, {"X-API-Key": key}, args, levels)
+        return rows, cfg.model_dump(mode="json")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+# -- (b) the naive baseline ------------------------------------------------------------------------
+def naive(args, levels: list[int], body: dict) -> list:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.naive_generate_server",
+            "--model",
+            args.base,
+            "--port",
+            str(port),
+        ],
+        cwd=REPO_ROOT,
+    )
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/healthz", timeout=300)
+        return run_levels("naive", f"http://127.0.0.1:{port}/v1/score", body, {}, args, levels)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+# -- (c) the floor ---------------------------------------------------------------------------------
+def floor(args, png: bytes) -> dict:
+    """The base engine's batched forward on the decoded test image, ms per image per batch."""
+    from PIL import Image
+
+    from serve.engines import TransformersEngine
+
+    engine = TransformersEngine(args.base)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    out = {}
+    for batch in sorted({1, args.batch_size}):
+        images = [[image]] * batch
+        engine.score(images)  # warm-up
+        times = []
+        for _ in range(max(3, 24 // batch)):
+            t = time.perf_counter()
+            engine.score(images)
+            times.append(time.perf_counter() - t)
+        out[str(batch)] = 1000 * float(np.median(times)) / batch
+    return {"ms_per_image_by_batch": out, "best_ms_per_image": min(out.values())}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    for role in ("base", "specialist"):
+        if not Path(getattr(args, role)).is_dir() and "://" not in getattr(args, role):
+            print(f"no {role} bundle at {getattr(args, role)}: run `make demo` or pass --{role}")
+            return 2
+    levels = sorted({int(c) for c in args.concurrency.split(",")})
+    png = test_image(args.image_px)
+    body = {"id": "bench", "image": base64.b64encode(png).decode()}
+    started = dt.datetime.now(dt.UTC)
+    print(HEADER)
+    floor_c = floor(args, png)
+    print(f"floor  ms/image by batch {floor_c['ms_per_image_by_batch']}", flush=True)
+    app_rows, app_cfg = serve_app(args, levels, body)
+    naive_rows = [] if args.skip_naive else naive(args, levels, body)
+
+    peak_a = max(r["req_per_s"] for r in app_rows)
+    result = {
+        "benchmark": NAME,
+        "started_utc": started.isoformat(),
+        "command": command(MODULE, argv),
+        "git": git_state(),
+        "environment": environment(),
+        "image": {"px": args.image_px, "png_bytes": len(png)},
+        "app": {"config": app_cfg, "levels": app_rows},
+        "naive": {"levels": naive_rows},
+        "floor": floor_c,
+        "peak_req_per_s": {"app": peak_a},
+        "overload_retention": app_rows[-1]["req_per_s"] / peak_a if peak_a else 0.0,
+        "floor_ratio": (1000 / peak_a) / floor_c["best_ms_per_image"] if peak_a else None,
+    }
+    if naive_rows:
+        peak_b = max(r["req_per_s"] for r in naive_rows)
+        result["peak_req_per_s"]["naive"] = peak_b
+        result["speedup"] = peak_a / peak_b if peak_b else None
+    print(
+        f"speedup {result.get('speedup', float('nan')):.1f}x  "
+        f"overload_retention {result['overload_retention']:.2f}  "
+        f"floor_ratio {result['floor_ratio']:.2f}"
+    )
+    path = write_json(args.out or default_out(NAME), result)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The gates a cluster passes after `helm upgrade`, each returning a `GateResult`.
+
+1. `wait_running`: every RayService of the release reports its Serve apps RUNNING for the new spec;
+2. `health_gate`: `GET /readyz` answers 200 N times in a row within a timeout;
+3. `smoke`: `POST /v1/score` of the bundled image with the API key answers a valid score.
+Progress goes through `say` (one line when the state changes, at least every PROGRESS_EVERY_S).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from hazard.client import score_file
+from hazard.deploy.cluster import KubeError
+from hazard.deploy.plan import HealthGate, Poll
+from hazard.deploy.target import ClusterTarget
+from hazard.labels import RISK_LABELS
+
+Say = Callable[[str], None]
+PROGRESS_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class GateResult:
+    ok: bool
+    detail: str
+    seconds: float
+
+
+class _Progress:
+    """Says a waiting line when it changed or every PROGRESS_EVERY_S."""
+
+    def __init__(self, say: Say, what: str, timeout: float):
+        self.say, self.what, self.timeout = say, what, timeout
+        self.start = time.monotonic()
+        self.last_text, self.last_time = "", -math.inf
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def __call__(self, text: str) -> None:
+        now = time.monotonic()
+        if text != self.last_text or now - self.last_time >= PROGRESS_EVERY_S:
+            self.say(f"{self.what} ({self.elapsed:.0f}s/{self.timeout:.0f}s): {text}")
+            self.last_text, self.last_time = text, now
+
+    def result(self, ok: bool, detail: str) -> GateResult:
+        return GateResult(ok, detail, self.elapsed)
+
+    def sleep(self, interval: float) -> None:
+        time.sleep(max(0.0, min(interval, self.timeout - self.elapsed)))
+
+
+def wait_running(
+    target: ClusterTarget, services: dict[str, list[str]], poll: Poll, say: Say
+) -> GateResult:
+    """Wait until each RayService has reconciled its spec, is Ready, not upgrading or rolling
+    back, and reports each of its apps RUNNING on the active cluster."""
+    names = ", ".join(services)
+    progress = _Progress(say, f"waiting for RayService {names}", poll.timeout_seconds)
+    if not services:
+        return progress.result(False, "the release renders no RayService")
+    seen: dict[str, str] = {}  # the last full status of each RayService, for the failure detail
+    while True:
+        blockers = []
+        for name, apps in services.items():
+            try:
+                state = target.service_state(name)
+            except KubeError as exc:
+                if exc.denied:
+                    return progress.result(False, f"{exc} (the deployer's Role: k8s/rbac.yaml)")
+                blockers.append(str(exc))
+                continue
+            if state is None:
+                blockers.append(f"{name} not found")
+                continue
+            seen[name] = state.describe()
+            if failure := state.failure():
+                return progress.result(False, f"{name}: {failure}")
+            if blocker := state.blocker(apps):
+                blockers.append(f"{name}: {blocker}" if len(services) > 1 else blocker)
+        if not blockers:
+            return progress.result(True, f"{names}: apps RUNNING")
+        if progress.elapsed >= poll.timeout_seconds:
+            detail = f"not running after {progress.elapsed:.0f}s: " + "; ".join(blockers)
+            last = "; ".join(f"{n}: {d}" for n, d in seen.items())
+            return progress.result(False, detail + (f" (last status: {last})" if last else ""))
+        progress("; ".join(blockers))
+        progress.sleep(poll.interval_seconds)
+
+
+def health_gate(service_url: str, gate: HealthGate, say: Say) -> GateResult:
+    """`GET /readyz` until it answered 200 `successes_required` times in a row."""
+    url, need = f"{service_url}/readyz", gate.successes_required
+    progress = _Progress(say, f"health gate {url}", gate.timeout_seconds)
+    streak, last = 0, "no answer yet"
+    with httpx.Client(timeout=min(10.0, gate.timeout_seconds)) as http:
+        while True:
+            try:
+                resp = http.get(url)
+                ok = resp.status_code == 200
+                last = f"HTTP {resp.status_code}" + ("" if ok else f" {resp.text[:120]}")
+            except httpx.HTTPError as exc:
+                ok, last = False, f"{type(exc).__name__}: {exc}"
+            streak = streak + 1 if ok else 0
+            if streak >= need:
+                return progress.result(True, f"{need}/{need} in a row")
+            if progress.elapsed >= gate.timeout_seconds:
+                detail = f"{streak}/{need} in a row after {progress.elapsed:.0f}s; last: {last}"
+                return progress.result(False, detail)
+            progress(f"{streak}/{need} in a row; last: {last}")
+            progress.sleep(gate.interval_seconds)
+
+
+def score_problems(answer: object) -> list[str]:
+    """What makes a /v1/score answer invalid (empty: valid)."""
+    if not isinstance(answer, dict):
+        return [f"answer is {type(answer).__name__}, not an object"]
+    problems = []
+    probs = answer.get("probabilities")
+    if not isinstance(probs, dict) or set(probs) != set(RISK_LABELS):
+        return [f"probabilities must name exactly {list(RISK_LABELS)}, got {probs!r}"]
+    values = [probs[k] for k in RISK_LABELS]
+    if not all(isinstance(v, int | float) and 0 <= v <= 1 for v in values):
+        problems.append(f"probabilities outside [0, 1]: {values}")
+    elif abs(sum(values) - 1) > 1e-3:
+        problems.append(f"probabilities sum to {sum(values):.6f}, not 1")
+    level = answer.get("risk_level")
+    if level not in RISK_LABELS:
+        problems.append(f"risk_level {level!r} is not one of the labels")
+    elif not problems and probs[level] < max(values) - 1e-9:
+        problems.append(f"risk_level {level} is not the most probable label")
+    score = answer.get("hazard_score")
+    if not isinstance(score, int | float) or not 0 <= score <= 1:
+        problems.append(f"hazard_score {score!r} is not in [0, 1]")
+    if not isinstance(answer.get("escalated"), bool):
+        problems.append("escalated is not a boolean")
+    if not answer.get("models"):
+        problems.append("models is empty")
+    return problems
+
+
+def smoke(service_url: str, image: Path, api_key: str, timeout: float) -> GateResult:
+    """Score `image` through `POST /v1/score` with the API key; the answer must be valid."""
+    start = time.monotonic()
+    try:
+        with httpx.Client(timeout=timeout) as http:
+            answer = score_file(http, service_url, image, api_key)
+    except (RuntimeError, httpx.HTTPError, ValueError) as exc:
+        return GateResult(False, str(exc)[:300], time.monotonic() - start)
+    elapsed = time.monotonic() - start
+    if problems := score_problems(answer):
+        return GateResult(False, "invalid score: " + "; ".join(problems), elapsed)
+    detail = f"{answer['risk_level']} (hazard_score {answer['hazard_score']:.2f})"
+    return GateResult(True, detail, elapsed)

@@ -1,0 +1,373 @@
+"""`hazard deploy` end to end against stand-ins (tests/deploy_fixtures.py).
+
+The real command runs in-process: the real `kubernetes` client talks HTTP to a stand-in API
+server per cluster (RayService status scripted), helm is a scripted stand-in on PATH that logs
+its argv, and the health and smoke requests go to a real HTTP server per cluster. Timeouts and
+intervals are fractions of a second, so the file runs in a few seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hazard.cli import main
+from tests.deploy_fixtures import (
+    NAMESPACE,
+    RELEASE,
+    KubeStandIn,
+    ServeStandIn,
+    fail_on,
+    helm_calls,
+    install_helm,
+    rayservice,
+    releases,
+    render,
+    seed_release,
+    write_kubeconfig,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = str(REPO / "charts" / "hazard-cascade")
+SMOKE_PNG = (REPO / "hazard" / "deploy" / "smoke.png").read_bytes()
+KEY_ENV, KEY = "HC_DEPLOY_TEST_KEY", "test-key-123"
+CONTEXTS = {"staging": "hazard-staging", "prod-eu": "hazard-prod-eu"}
+
+
+@dataclass
+class Rig:
+    dir: Path
+    clusters_file: Path
+    state: Path
+    log: Path
+    kube: dict[str, KubeStandIn]
+    serve: dict[str, ServeStandIn]
+    values: dict[str, Path]
+
+    def calls(self, cluster: str | None = None) -> list[list[str]]:
+        ctx = CONTEXTS.get(cluster)
+        return [c["argv"] for c in helm_calls(self.log) if ctx is None or ctx in c["argv"]]
+
+    def key(self, cluster: str) -> str:
+        return f"{CONTEXTS[cluster]}/{NAMESPACE}/{RELEASE}"
+
+    def timeouts(self, running: float | None = None, health: float | None = None) -> None:
+        """Shorten the gate a test expects to time out (passing gates return at once anyway)."""
+        raw = yaml.safe_load(self.clusters_file.read_text())
+        raw["serveRunning"]["timeoutSeconds"] = running or raw["serveRunning"]["timeoutSeconds"]
+        raw["healthGate"]["timeoutSeconds"] = health or raw["healthGate"]["timeoutSeconds"]
+        self.clusters_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def helm(cluster: str, *words: str) -> list[str]:
+    """The argv hazard deploy must give helm on `cluster`."""
+    return ["helm", *words, "--namespace", NAMESPACE, "--kube-context", CONTEXTS[cluster]]
+
+
+def upgrade(rig: Rig, cluster: str, *sets: str) -> list[str]:
+    set_args = [w for s in sets for w in ("--set", s)]
+    return helm(
+        cluster, "upgrade", "--install", RELEASE, CHART, "--values", str(rig.values[cluster]),
+        *set_args, "--output", "json",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def rig(tmp_path: Path, monkeypatch):
+    """Two clusters (staging, prod-eu), each with an API server and a serving app; a helm on
+    PATH; a clusters file with 20 ms poll intervals. Scripts are set by each test."""
+    kube = {name: KubeStandIn(token=f"token-{name}") for name in CONTEXTS}
+    serve = {name: ServeStandIn(KEY, readyz=[200]) for name in CONTEXTS}
+    values = {}
+    for name in CONTEXTS:
+        values[name] = tmp_path / "values" / f"{name}.yaml"
+        values[name].parent.mkdir(exist_ok=True)
+        values[name].write_text(yaml.safe_dump({"s3": {"region": f"region-{name}"}}))
+    clusters_file = tmp_path / "clusters.yaml"
+    clusters_file.write_text(
+        yaml.safe_dump(
+            {
+                "chart": CHART,
+                "release": RELEASE,
+                "helmDriver": "configmap",
+                "serveRunning": {"timeoutSeconds": 30, "intervalSeconds": 0.02},
+                "healthGate": {
+                    "timeoutSeconds": 30,
+                    "intervalSeconds": 0.02,
+                    "successesRequired": 3,
+                },
+                "smoke": {"apiKeyEnv": KEY_ENV, "timeoutSeconds": 5},
+                "clusters": [
+                    {
+                        "name": name,
+                        "context": ctx,
+                        "namespace": NAMESPACE,
+                        "values": f"values/{name}.yaml",
+                        "serviceUrl": serve[name].url,
+                    }
+                    for name, ctx in CONTEXTS.items()
+                ],
+            },
+            sort_keys=False,
+        )
+    )
+    kubeconfig = write_kubeconfig(
+        tmp_path / "kubeconfig", {CONTEXTS[n]: s for n, s in kube.items()}
+    )
+    state, log = tmp_path / "helm-state.json", tmp_path / "helm-calls.jsonl"
+    for var, value in install_helm(tmp_path / "bin", state, log).items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv(KEY_ENV, KEY)
+    yield Rig(tmp_path, clusters_file, state, log, kube, serve, values)
+    for server in [*kube.values(), *serve.values()]:
+        server.close()
+
+
+def deploy(rig: Rig, *args: str) -> int:
+    return main(["deploy", "--clusters", str(rig.clusters_file), *args])
+
+
+def row(out: str, cluster: str) -> str:
+    """The summary table's row of `cluster`."""
+    (line,) = [ln for ln in out.splitlines() if re.match(rf"{cluster}\s+(\d+|-)\s", ln)]
+    return line
+
+
+def test_rollout_over_two_clusters_upgrades_both_in_order(rig: Rig, capsys):
+    seed_release(rig.state, CONTEXTS["staging"], revisions=4)
+    seed_release(rig.state, CONTEXTS["prod-eu"], revisions=7)
+    # staging: the operator first lags a generation, then runs a blue/green upgrade, then is done
+    rig.kube["staging"].script(
+        RELEASE,
+        rayservice(generation=5, observed=4),
+        rayservice(generation=5, observed=5, upgrading="True", pending="hc-new"),
+        rayservice(generation=5, observed=5, cluster="hc-new"),
+    )
+    rig.kube["staging"].add_pods("hc-new", ready=3)
+    rig.kube["prod-eu"].script(
+        RELEASE,
+        rayservice(generation=8, observed=8, app_status="DEPLOYING"),
+        rayservice(generation=8, observed=8),
+    )
+    # a 503 between 200s resets the count: 5 requests are needed for 3 in a row
+    rig.serve["staging"].readyz = [200, 503, 200, 200, 200]
+
+    code = deploy(rig, "--set", "image.tag=0.2.0")
+    out = capsys.readouterr().out
+
+    assert code == 0, out
+    for cluster in CONTEXTS:
+        assert rig.calls(cluster) == [
+            helm(cluster, "history", RELEASE, "--output", "json"),
+            upgrade(rig, cluster, "image.tag=0.2.0"),
+        ]
+    assert [c["argv"][-1] for c in helm_calls(rig.log)][:2] == [CONTEXTS["staging"]] * 2
+    assert {c["driver"] for c in helm_calls(rig.log)} == {"configmap"}
+    assert re.search(r"^staging\s+4\s+5\s+ok .*\s3/3\s.*upgraded$", row(out, "staging"))
+    assert re.search(r"^prod-eu\s+7\s+8\s+ok .*upgraded$", row(out, "prod-eu"))
+    state = releases(rig.state)
+    assert state[rig.key("staging")][-1]["manifest"] == render(
+        RELEASE, str(rig.values["staging"]), ["image.tag=0.2.0"]
+    )
+    assert len(rig.serve["staging"].paths("GET")) == 5
+    assert len(rig.serve["prod-eu"].paths("GET")) == 3
+    for cluster in CONTEXTS:  # one smoke request each, the bundled image, with the key
+        (upload,) = rig.serve[cluster].uploads()
+        assert SMOKE_PNG in upload
+    assert rig.kube["staging"].rayservice_gets() >= 3
+    assert "UpgradeInProgress (BothActivePendingClustersExist)" in out
+    assert "operator has not reconciled generation 5 yet" in out
+
+
+def test_failed_gate_on_second_cluster_rolls_it_back_and_keeps_the_first(rig: Rig, capsys):
+    seed_release(rig.state, CONTEXTS["staging"], revisions=4)
+    seed_release(rig.state, CONTEXTS["prod-eu"], revisions=7)
+    rig.kube["staging"].script(RELEASE, rayservice(generation=5, observed=5))
+    rig.kube["prod-eu"].script(RELEASE, rayservice(generation=8, observed=8))
+    rig.kube["prod-eu"].warnings = [("hc-worker-0", "BackOff", "Back-off restarting container")]
+    rig.serve["prod-eu"].readyz = [200, 200, 503]  # never three in a row
+    rig.timeouts(health=3)  # staging passes at once; prod-eu fails when it runs out
+
+    code = deploy(rig, "--set", "image.tag=0.2.0")
+    out = capsys.readouterr().out
+
+    assert code == 3, out
+    assert rig.calls("prod-eu")[-2:] == [
+        helm("prod-eu", "rollback", RELEASE, "7"),
+        helm("prod-eu", "history", RELEASE, "--output", "json"),
+    ]
+    assert rig.calls("staging")[1] == upgrade(rig, "staging", "image.tag=0.2.0")
+    assert not [c for c in rig.calls("staging") if c[1] == "rollback"]
+    state = releases(rig.state)
+    staging, prod = state[rig.key("staging")], state[rig.key("prod-eu")]
+    assert [(r["revision"], r["status"]) for r in staging][-1] == (5, "deployed")
+    assert "0.2.0" in staging[-1]["manifest"]
+    assert [(r["revision"], r["status"]) for r in prod][-3:] == [
+        (7, "superseded"),
+        (8, "superseded"),
+        (9, "deployed"),
+    ]
+    assert prod[-1]["manifest"] == prod[6]["manifest"]  # revision 9 is revision 7 again
+    assert re.search(r"^staging\s+4\s+5\s.*upgraded$", row(out, "staging"))
+    prod_row = row(out, "prod-eu")
+    assert re.search(r"^prod-eu\s+7\s+9\s+ok .*FAIL .*rolled back to revision 7$", prod_row)
+    assert re.search(r"^prod-eu health: 0/3 in a row after \d+s; last: HTTP 503", out, re.M)
+    assert "Pod/hc-worker-0 BackOff: Back-off restarting container" in out
+    assert rig.serve["prod-eu"].uploads() == []  # no smoke request after a failed health gate
+
+
+def test_rayservice_never_running_rolls_back_and_leaves_later_clusters_untouched(rig: Rig, capsys):
+    seed_release(rig.state, CONTEXTS["staging"], revisions=2)
+    seed_release(rig.state, CONTEXTS["prod-eu"], revisions=7)
+    rig.kube["staging"].script(
+        RELEASE, rayservice(generation=3, observed=3, app_status="DEPLOYING")
+    )
+    rig.timeouts(running=0.5)
+
+    code = deploy(rig, "--set", "image.tag=0.2.0")
+    out = capsys.readouterr().out
+
+    assert code == 3, out
+    assert rig.calls("staging") == [
+        helm("staging", "history", RELEASE, "--output", "json"),
+        upgrade(rig, "staging", "image.tag=0.2.0"),
+        helm("staging", "rollback", RELEASE, "2"),
+        helm("staging", "history", RELEASE, "--output", "json"),
+    ]
+    assert rig.calls("prod-eu") == []
+    assert rig.kube["prod-eu"].requests == [] and rig.serve["prod-eu"].requests == []
+    assert rig.serve["staging"].requests == []  # no health check before the apps run
+    assert re.search(
+        r"^staging running: not running after \d+s: app hazard-cascade DEPLOYING \(last status: "
+        r"hazard-cascade: generation 3/3 Ready=True\(NonZeroServeEndpoints\) ",
+        out,
+        re.M,
+    )
+    assert "app hazard-cascade DEPLOYING" in out
+    assert re.search(r"^prod-eu\s+-\s+-\s.*not started$", row(out, "prod-eu"))
+
+
+def test_first_install_that_fails_is_uninstalled(rig: Rig, capsys):
+    invalid = rayservice(generation=1, observed=1, ready="False", ready_reason="ValidationFailed")
+    rig.kube["staging"].script(RELEASE, invalid)
+
+    code = deploy(rig, "--only", "staging")
+    out = capsys.readouterr().out
+
+    assert code == 3, out
+    assert rig.calls("staging")[-2:] == [
+        helm("staging", "uninstall", RELEASE),
+        helm("staging", "history", RELEASE, "--output", "json"),
+    ]
+    assert rig.key("staging") not in releases(rig.state)
+    assert "Ready=False (ValidationFailed)" in out  # terminal: no wait for the timeout
+    assert rig.kube["staging"].rayservice_gets() == 2  # the gate's one read, then the pods'
+    assert re.search(r"^staging\s+-\s+-\s.*uninstalled \(there was no previous revision\)$",
+                     row(out, "staging"))  # fmt: skip
+
+
+def test_failed_rollback_exits_4(rig: Rig, capsys):
+    seed_release(rig.state, CONTEXTS["staging"], revisions=4)
+    rig.kube["staging"].script(RELEASE, rayservice(generation=5, observed=5))
+    rig.serve["staging"].answer = {"risk_level": "low_risk"}  # not a valid score
+    fail_on(rig.state, CONTEXTS["staging"], "rollback")
+
+    code = deploy(rig)
+    out = capsys.readouterr().out
+
+    assert code == 4, out
+    assert rig.calls("staging")[-1] == helm("staging", "rollback", RELEASE, "4")
+    assert "staging smoke: invalid score: probabilities must name exactly" in out
+    assert "staging rollback: " in out and "rollback failed: Unauthorized" in out
+    assert re.search(r"^staging\s+4\s+5\s.*rollback FAILED$", row(out, "staging"))
+    assert rig.calls("prod-eu") == []
+
+
+def test_api_server_refusing_the_deployer_fails_fast(rig: Rig, capsys):
+    seed_release(rig.state, CONTEXTS["staging"], revisions=1)
+    rig.kube["staging"].token = "someone-else"  # the kubeconfig's token is now refused
+
+    code = deploy(rig, "--only", "staging")
+    out = capsys.readouterr().out
+
+    assert code == 3, out
+    assert "HTTP 401" in out and "k8s/rbac.yaml" in out
+    assert rig.calls("staging")[-2][1:4] == ["rollback", RELEASE, "1"]
+
+
+def test_dry_run_prints_the_diff_and_changes_nothing(rig: Rig, capsys, monkeypatch):
+    seed_release(rig.state, CONTEXTS["staging"], revisions=4)
+    monkeypatch.delenv(KEY_ENV)  # a dry run needs no API key
+    before = rig.state.read_text()
+
+    code = deploy(rig, "--dry-run", "--set", "image.tag=0.2.0")
+    out = capsys.readouterr().out
+
+    assert code == 0, out
+    template = ["template", RELEASE, CHART, "--values"]
+    assert rig.calls("staging") == [
+        helm("staging", "history", RELEASE, "--output", "json"),
+        helm("staging", "get", "manifest", RELEASE),
+        helm("staging", *template, str(rig.values["staging"]), "--set", "image.tag=0.2.0",
+             "--no-hooks", "--skip-tests", "--is-upgrade"),
+    ]  # fmt: skip
+    assert rig.calls("prod-eu") == [
+        helm("prod-eu", "history", RELEASE, "--output", "json"),
+        helm("prod-eu", *template, str(rig.values["prod-eu"]), "--set", "image.tag=0.2.0",
+             "--no-hooks", "--skip-tests"),
+    ]  # fmt: skip
+    assert rig.state.read_text() == before
+    assert all(s.requests == [] for s in [*rig.kube.values(), *rig.serve.values()])
+    image = "ghcr.io/hazard-cascade/hazard-cascade"
+    assert "--- hazard-cascade revision 4\n+++ hazard-cascade (would apply)" in out
+    assert re.search(rf"^-\s+image: {image}:0\.1\.0$", out, re.M)
+    assert re.search(rf"^\+\s+image: {image}:0\.2\.0$", out, re.M)
+    assert "--- hazard-cascade (not installed)" in out
+    assert "would run: helm upgrade --install hazard-cascade" in out
+
+
+def test_bad_clusters_file_is_a_clear_usage_error(rig: Rig, capsys):
+    raw = yaml.safe_load(rig.clusters_file.read_text())
+    raw["clusters"][1]["serviceUrl"] = "hazard.example.com/readyz"
+    raw["clusters"][0]["healthUrl"] = "https://old.example.com/readyz"
+    rig.clusters_file.write_text(yaml.safe_dump(raw))
+
+    code = deploy(rig)
+    err = capsys.readouterr().err
+
+    assert code == 2
+    assert "clusters.0.healthUrl: Extra inputs are not permitted" in err
+    assert "clusters.1.serviceUrl: String should match pattern" in err
+    assert helm_calls(rig.log) == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("unset-key", f"${KEY_ENV} is not set"),
+        ("unknown-context", "kube context hazard-prod-eu not in the kubeconfig"),
+        ("only-unknown", "no cluster named nope (clusters: staging, prod-eu)"),
+        ("bad-set", "--set takes KEY=VALUE, got image.tag"),
+    ],
+)
+def test_usage_errors_stop_before_any_cluster_is_touched(rig, capsys, monkeypatch, change, message):
+    args = []
+    if change == "unset-key":
+        monkeypatch.delenv(KEY_ENV)
+    elif change == "unknown-context":
+        write_kubeconfig(Path(rig.dir / "kubeconfig"), {"hazard-staging": rig.kube["staging"]})
+    elif change == "only-unknown":
+        args = ["--only", "nope"]
+    else:
+        args = ["--set", "image.tag"]
+
+    code = deploy(rig, *args)
+
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert helm_calls(rig.log) == []
