@@ -34,15 +34,33 @@ def make_bundle(
     stage: str,
     fusion: dict | None = None,
     max_pixels: int | None = None,
+    perturb_seed: int | None = None,
 ) -> Path:
     """A serving bundle written by `write_bundle`: the tiny checkpoint (real, untrained for the
     task), a small stand-in adapter and the metadata, with `fusion` for a specialist."""
     shutil.copytree(tiny_model, dest)
+    if perturb_seed is not None:
+        perturb_weights(dest / "model.safetensors", perturb_seed)
     add_adapter(dest)
     task = get_task("corridor_risk")
     fields = bundle_fields(stage, name=name, version=version, task=task.name, prompt=task.prompt)
     write_bundle(dest, **dict(fields, min_pixels=None, max_pixels=max_pixels, fusion=fusion))
     return dest
+
+
+def perturb_weights(path: Path, seed: int, scale: float = 0.5) -> None:
+    """Add seeded noise (`scale` x each tensor's std) to every floating weight: a model that
+    answers differently from the one it was copied from."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors = load_file(path)
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.numel() > 1:
+            noise = torch.randn(t.shape, generator=gen, dtype=torch.float32)
+            tensors[name] = (t.float() + scale * t.float().std() * noise).to(t.dtype)
+    save_file(tensors, path, metadata={"format": "pt"})
 
 
 def fusion(theta: float, **correction: float) -> dict:

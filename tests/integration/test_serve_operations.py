@@ -6,6 +6,7 @@ JSON log lines of that request."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import threading
@@ -27,6 +28,8 @@ from serve_fixtures import (
 )
 
 from hazard.config.serve import ServeConfig
+from hazard.fusion import CorrectionParams, fuse, hazard_score, predict_label, should_escalate
+from hazard.labels import HIGH_RISK, RISK_LABELS
 from serve.app import compose_app
 
 pytestmark = pytest.mark.slow
@@ -36,6 +39,26 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 RETRY_AFTER_S = 3
 BUDGET = 112 * 112  # the bundles' max_pixels: the ingress downscales every image to it
 TINY_CPU = {"num_cpus": 0.1}
+MEDIUM = "medium_risk"
+PAIR_COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200), "white": (240, 240, 240)}
+PAIR: dict = {}  # the /pair app's bundles and the base's probabilities, set by the fixture
+
+
+def probabilities(bundle: Path, png: bytes) -> dict[str, float]:
+    """A bundle's label probabilities for one image, through hazard.vlm in this process (not
+    through serving): the independent value the served numbers are checked against."""
+    from PIL import Image
+
+    from hazard.bundle import open_bundle
+    from hazard.vlm import label_probabilities, load_model, load_processor
+
+    opened = open_bundle(str(bundle))
+    meta = opened.meta
+    model = load_model(opened.path).eval()
+    processor = load_processor(opened.path, meta.max_pixels, meta.min_pixels)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    probs = label_probabilities(model, processor, [[image]], meta.prompt, tuple(meta.labels))
+    return dict(zip(meta.labels, probs[0].tolist(), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +76,25 @@ def cluster(tmp_path_factory, tiny_model_path):
         max_pixels=BUDGET,
     )
 
-    def config(**kw) -> ServeConfig:
+    # /pair: a specialist with other weights than the base, and a theta between two images'
+    # escalation masses (computed here in process, apart from serving), so one escalates.
+    p_base = {k: probabilities(base, image_bytes(color=c)) for k, c in PAIR_COLORS.items()}
+    mass = {k: p[MEDIUM] + p[HIGH_RISK] for k, p in p_base.items()}
+    lo, hi = min(mass, key=mass.get), max(mass, key=mass.get)
+    assert mass[hi] - mass[lo] > 1e-3, mass  # the base must tell them apart
+    theta = (mass[hi] + mass[lo]) / 2
+    pair_spec = make_bundle(
+        tiny_model_path,
+        tmp / "pair_spec",
+        "s",
+        "2",
+        stage="specialist",
+        fusion=fusion(theta, slope=2.0, intercept=0.1),
+        max_pixels=BUDGET,
+        perturb_seed=7,
+    )
+
+    def config(spec=spec, **kw) -> ServeConfig:
         replicas = dict(TINY_CPU, **kw.pop("base_replicas", {}))
         return ServeConfig(
             base={"name": "b", "version": "1", "model_uri": str(base)},
@@ -102,14 +143,50 @@ def cluster(tmp_path_factory, tiny_model_path):
                 # only the metrics test calls it: its counters start at zero
                 serve.RunTarget(compose_app(config()), name="metered", route_prefix="/metered"),
                 serve.RunTarget(compose_app(scale), name="scale", route_prefix="/scale"),
+                serve.RunTarget(
+                    compose_app(config(spec=pair_spec)), name="pair", route_prefix="/pair"
+                ),
             ]
         )
+        PAIR.update(base=base, spec=pair_spec, p_base=p_base, lo=lo, hi=hi, theta=theta)
         yield root, f"http://127.0.0.1:{metrics_port}/metrics"
 
 
 def _score(client: httpx.Client, url: str, headers: dict | None = None) -> httpx.Response:
     body = {"id": "x", "image": b64(image_bytes())}
     return client.post(url, json=body, headers=headers or AUTH)
+
+
+# -- the cascade's numbers -------------------------------------------------------------------
+def test_two_different_bundles_are_served_with_their_own_numbers_and_fusion(cluster):
+    """Each response equals the base's probabilities, the (other) specialist's p(high_risk)
+    and their fusion under the specialist bundle's correction, all computed here; the image
+    above theta escalates, the one below does not."""
+    root, _ = cluster
+    params = CorrectionParams(**fusion(0, slope=2.0, intercept=0.1)["correction"])
+    with httpx.Client(timeout=60) as client:
+        for key in (PAIR["hi"], PAIR["lo"]):
+            png = image_bytes(color=PAIR_COLORS[key])
+            got = client.post(
+                f"{root}/pair/v1/score", json={"id": key, "image": b64(png)}, headers=AUTH
+            ).json()
+            p_base = PAIR["p_base"][key]
+            escalate = should_escalate(p_base, PAIR["theta"])
+            assert escalate is (key == PAIR["hi"])
+            p_high = None
+            if escalate:
+                p_spec = probabilities(PAIR["spec"], png)
+                assert abs(p_spec[HIGH_RISK] - p_base[HIGH_RISK]) > 1e-2  # other weights
+                p_high = p_spec[HIGH_RISK]
+            want = fuse(p_base, p_high, params)
+            assert got["escalated"] is escalate
+            assert [m["role"] for m in got["models"]] == (
+                ["base", "specialist"] if escalate else ["base"]
+            )
+            for label in RISK_LABELS:
+                assert got["probabilities"][label] == pytest.approx(want[label], abs=1e-4)
+            assert got["hazard_score"] == pytest.approx(hazard_score(want), abs=1e-4)
+            assert got["risk_level"] == predict_label(want)
 
 
 # -- admission ---------------------------------------------------------------------------------
@@ -255,18 +332,22 @@ def test_metrics_count_requests_stages_escalations_and_refusals(cluster):
         ("ray_hazard_stage_latency_seconds_count", (("stage", "total"),)): 3,
     }
 
-    def current() -> dict:
+    def current() -> tuple[dict, float, float]:
         now = _scrape(metrics_url)
-        return {key: _metric(now, key[0], "metered", **dict(key[1])) for key in expected}
+        counts = {key: _metric(now, key[0], "metered", **dict(key[1])) for key in expected}
+        # base images forwarded: the 3 scored ones plus the health probes' (1 each)
+        forwarded = _metric(now, "ray_hazard_model_batch_size_sum", "metered", model="base")
+        in_flight = _metric(now, "ray_hazard_queue_depth", "metered", state="in_flight")
+        return counts, forwarded, in_flight
 
-    deadline = time.monotonic() + 40  # Ray exports every few seconds
-    while (got := current()) != expected and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60  # Ray exports every few seconds, each process its own
+    while time.monotonic() < deadline:
+        got, forwarded, in_flight = current()
+        if got == expected and forwarded >= 3:
+            break
         time.sleep(1)
     assert got == expected
-    scraped = _scrape(metrics_url)
-    # each scored image went through a base forward (health probes add their own batches)
-    assert _metric(scraped, "ray_hazard_model_batch_size_sum", "metered", model="base") >= 3
-    assert _metric(scraped, "ray_hazard_queue_depth", "metered", state="in_flight") == 0
+    assert forwarded >= 3 and in_flight == 0
 
 
 # -- autoscaling -------------------------------------------------------------------------------
