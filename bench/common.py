@@ -85,12 +85,13 @@ def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
-    """Median, p90 (linear interpolation), min, max and mean of `samples`."""
+    """Median, p90 and p99 (linear interpolation), min, max and mean of `samples`."""
     a = np.asarray(samples, dtype=float)
     return {
         "n": int(a.size),
         "median": float(np.median(a)),
         "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
         "min": float(a.min()),
         "max": float(a.max()),
         "mean": float(a.mean()),

@@ -5,7 +5,8 @@ for up to 150 new tokens and reads the risk label out of the text (`hazard.answe
 forgiving parser this project has). A sync endpoint, so FastAPI runs requests in its thread pool
 on the one model, as the published attempts did. No batching, no admission, no auth.
 
-    python -m bench.naive_generate_server --model runs/demo/stage1_base/model --port 8300
+    python -m bench.naive_generate_server --model runs/demo/stage1_base/model --port 8300 \
+        [--min-new-tokens 150]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Item(BaseModel):
     image: str
 
 
-def make_app(model_uri: str) -> FastAPI:
+def make_app(model_uri: str, min_new_tokens: int = 0) -> FastAPI:
     bundle = open_bundle(model_uri)
     processor = load_processor(bundle.path, bundle.meta.max_pixels, bundle.meta.min_pixels)
     model = load_model(bundle.path).eval()
@@ -48,7 +49,12 @@ def make_app(model_uri: str) -> FastAPI:
         image = Image.open(io.BytesIO(base64.b64decode(item.image))).convert("RGB")
         inputs = processor(text=[text], images=[image], return_tensors="pt")
         with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+            out = model.generate(
+                **inputs,
+                max_new_tokens=MAX_NEW_TOKENS,
+                min_new_tokens=min_new_tokens,
+                do_sample=False,
+            )
         answer = processor.batch_decode(
             out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
         )[0]
@@ -62,8 +68,16 @@ def main() -> None:
     p.add_argument("--model", required=True, help="a model bundle (local folder or URI)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8300)
+    p.add_argument(
+        "--min-new-tokens",
+        type=int,
+        default=0,
+        help="generate at least this many tokens (150: the length of a real fine-tuned VLM's "
+        "rationale; the tiny demo model stops after the label)",
+    )
     args = p.parse_args()
-    uvicorn.run(make_app(args.model), host=args.host, port=args.port, log_level="warning")
+    app = make_app(args.model, args.min_new_tokens)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -371,19 +371,32 @@ def _running_replicas(app_name: str, deployment: str) -> int:
     return int(status.replica_states.get("RUNNING", 0))
 
 
-@app.middleware("http")
-async def _count_requests(request: Request, call_next):
-    """Requests by route template (not raw path: bounded label values) and status."""
-    status = 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
-        route = request.scope.get("route")
-        ingress_metrics().requests.inc(
-            tags={"route": getattr(route, "path", "unmatched"), "status": str(status)}
-        )
+class _CountRequests:
+    """ASGI middleware: requests by route template (not raw path: bounded label values) and
+    status. Plain ASGI, so the body still streams to the route (it is refused mid-stream)."""
+
+    def __init__(self, asgi):
+        self.asgi = asgi
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.asgi(scope, receive, send)
+        status = 500
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.asgi(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            ingress_metrics().requests.inc(tags={"route": route, "status": str(status)})
+
+
+app.add_middleware(_CountRequests)
 
 
 @serve.deployment
