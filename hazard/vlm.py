@@ -67,6 +67,27 @@ def prompt_text(processor, prompt: str, n_images: int = 1) -> str:
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+EXPLAIN_PROMPT = "In one short sentence, what in the picture makes it that risk level?"
+
+
+def explain_text(
+    model, processor, image: Image.Image, prompt: str, label: str, max_new_tokens: int = 48
+) -> str:
+    """A short free-text rationale for `label`, generated (greedy) after the label is fixed:
+    the task's turn, the label as the assistant's answer, then EXPLAIN_PROMPT."""
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
+        {"role": "assistant", "content": [{"type": "text", "text": label}]},
+        {"role": "user", "content": [{"type": "text", "text": EXPLAIN_PROMPT}]},
+    ]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[image], return_tensors="pt").to(model.device)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[:, inputs["input_ids"].shape[1] :]
+    return processor.batch_decode(new, skip_special_tokens=True)[0].strip()
+
+
 @dataclass
 class Encoded:
     """One encoded sample: token ids, loss labels and the vision inputs."""

@@ -27,6 +27,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from hazard.answers import parse_risk_level
 from hazard.bundle import read_meta
 from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config.serve import ModelReplicas, ServeConfig, ServedModel
@@ -86,6 +87,17 @@ class ScoreResult(BaseModel):
     escalated: bool = Field(description="Whether the specialist was consulted.")
     models: list[ModelRef] = Field(description="The base, plus the specialist when escalated.")
     latency_ms: float = Field(ge=0, description="Decoded image to fused answer, milliseconds.")
+    explanation: Explanation | None = Field(
+        None, description="Only with `?explain=true`: a rationale and whether it agrees."
+    )
+
+
+class Explanation(BaseModel):
+    text: str = Field(description="The base model's rationale, generated after the label.")
+    label_in_text: str | None = Field(
+        description="The risk label hazard.answers reads in the text (null: none)."
+    )
+    agrees: bool = Field(description="Whether that label is the scored `risk_level`.")
 
 
 class ItemError(BaseModel):
@@ -179,6 +191,18 @@ _SCORE_BODY = {
             "application/json": _JSON_ITEM,
         },
     },
+    "parameters": [
+        {
+            "name": "explain",
+            "in": "query",
+            "required": False,
+            # an enum without `type`: schemathesis's negative-type mutation of a typed query
+            # parameter trips a CPython 3.11 ast bug (python/cpython#106905) in hypothesis
+            "schema": {"enum": ["true", "false"], "default": "false"},
+            "description": "Also generate a short rationale after the label is fixed (slower; "
+            "transformers engine only).",
+        }
+    ],
     "security": _SECURITY,
 }
 _BATCH_BODY = {
@@ -242,6 +266,13 @@ class ModelScorer:
     async def score(self, images: list[Image.Image]) -> dict[str, float]:
         return await self.score_batch(images)
 
+    async def explain(self, image: Image.Image, label: str) -> str | None:
+        """A rationale for `label`, or None when this engine cannot generate."""
+        try:
+            return await asyncio.to_thread(self.engine.explain, image, label)
+        except NotImplementedError:
+            return None
+
     async def check_health(self) -> None:
         if time.monotonic() < self._healthy_until:
             return
@@ -271,6 +302,16 @@ def replica_api_key(cfg: ServeConfig, environ) -> str | None:
             "or set `auth: disabled` in the serving config"
         )
     return key
+
+
+def _flag(value: str | None, name: str) -> bool:
+    """A boolean query parameter, as declared: `true`, `false` or absent (false); anything
+    else is a 422."""
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    raise ApiError(422, f"query parameter {name} must be true or false, not {value[:32]!r}")
 
 
 def _media_type(request: Request) -> str:
@@ -591,6 +632,25 @@ class HazardAPI:
             "latency_ms": round((done - start) * 1000, 2),
         }
 
+    async def _explained(self, result: dict, image: Image.Image, explain: bool) -> dict:
+        """`result` with the base model's rationale for its label, when asked for."""
+        if not explain:
+            return result
+        try:
+            text = await self.base.explain.remote(image, result["risk_level"])
+        except (BackPressureError, DeploymentUnavailableError) as exc:
+            raise self._overloaded(exc) from exc
+        if text is None:
+            engine = self.cfg.engine
+            raise ApiError(501, f"explain needs an engine that generates; this is {engine}")
+        read = parse_risk_level(text)
+        result["explanation"] = {
+            "text": text,
+            "label_in_text": read,
+            "agrees": read == result["risk_level"],
+        }
+        return result
+
     # -- routes -----------------------------------------------------------------------------
     @app.get("/healthz", summary="Process alive", response_model=Health)
     async def healthz(self) -> dict:
@@ -660,7 +720,13 @@ class HazardAPI:
         "/v1/score",
         summary="Score one image (multipart field `file` or JSON base64)",
         response_model=None,
-        responses={200: {"model": ScoreResult}, **_BODY_ERRORS, **_AUTH_ERRORS, **_OVERLOAD},
+        responses={
+            200: {"model": ScoreResult},
+            **_BODY_ERRORS,
+            **_AUTH_ERRORS,
+            **_OVERLOAD,
+            501: _err("`explain=true` with an engine that cannot generate (vllm)"),
+        },
         openapi_extra=_SCORE_BODY,
     )
     async def score(self, request: Request) -> dict:
@@ -672,11 +738,13 @@ class HazardAPI:
                 f"unsupported media type {ctype or '(none)'}; send "
                 "multipart/form-data or application/json",
             )
+        explain = _flag(request.query_params.get("explain"), "explain")
         # Admitted before the body is read: a refused request costs no upload nor decode.
         async with await self._admitted(1):
             if ctype == "application/json":
                 item = self._parse(ScoreItem, await self._body(request))
-                return await self._score(item.id, await self._decode_b64(item.image))
+                image = await self._decode_b64(item.image)
+                return await self._explained(await self._score(item.id, image), image, explain)
             body = await self._body(request)  # enforces the body limit before parsing
             async with Request(request.scope, _replay(body)).form(
                 max_files=4, max_fields=16
@@ -686,7 +754,8 @@ class HazardAPI:
                     raise ApiError(422, "multipart body needs a file field named 'file'")
                 data = await upload.read(self.cfg.max_image_bytes + 1)
                 name = upload.filename
-            return await self._score(name, await self._decode(data))
+            image = await self._decode(data)
+            return await self._explained(await self._score(name, image), image, explain)
 
     @app.post(
         "/v1/score/batch",

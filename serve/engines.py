@@ -38,6 +38,11 @@ class ScoringEngine(ABC):
     def score(self, images: list[list[Image.Image]]) -> np.ndarray:
         """Probabilities of shape [len(images), len(labels)]; rows sum to 1."""
 
+    def explain(self, image: Image.Image, label: str) -> str:
+        """A short rationale for `label` (generated after it is fixed); engines that cannot
+        generate raise NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate explanations")
+
 
 class TransformersEngine(ScoringEngine):
     """Hugging Face transformers on CPU or GPU (the default, and the engine tests run)."""
@@ -58,6 +63,11 @@ class TransformersEngine(ScoringEngine):
 
         probs = label_probabilities(self.model, self.processor, images, self.prompt, self.labels)
         return probs.cpu().numpy()
+
+    def explain(self, image: Image.Image, label: str) -> str:
+        from hazard.vlm import explain_text
+
+        return explain_text(self.model, self.processor, image, self.prompt, label)
 
 
 class VLLMEngine(ScoringEngine):

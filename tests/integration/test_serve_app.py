@@ -66,7 +66,11 @@ def _apps(tmp, tiny_model_path) -> dict[str, tuple[str, serve.Application]]:
 
     # Each batch waits its full 3 s for company: a request holds its model slot that long, so a
     # burst sent at once meets full queues (a margin for a loaded 2-core machine).
-    slow = config(never, model_batch_wait_s=3.0, retry_after_s=RETRY_AFTER_S)
+    # No health probe (a real forward through the same batch queue) joins a held batch and
+    # ends its wait early during the tests.
+    slow = config(
+        never, model_batch_wait_s=3.0, retry_after_s=RETRY_AFTER_S, health_check_period_s=120
+    )
     tiny_queue = {"max_ongoing_requests": 1, "max_queued_requests": 1}
     return {
         "cascade": ("/", compose_app(config(always))),

@@ -389,3 +389,40 @@ def test_the_base_deployment_scales_up_under_load_and_down_after(cluster):
     assert seen[-1] == 1, f"never scaled back down: {seen}"
     assert set(statuses) <= {200, 503} and statuses.count(200) > 0
     assert ray.is_initialized()
+
+
+# -- optional explanation ----------------------------------------------------------------------
+def test_explain_adds_the_base_models_rationale_and_whether_it_agrees(cluster):
+    """`?explain=true`: the text is the base model's greedy rationale for the scored label
+    (generated here in process from the same bundle: equal), read back with hazard.answers."""
+    from PIL import Image
+
+    from hazard.answers import parse_risk_level
+    from hazard.bundle import open_bundle
+    from hazard.vlm import explain_text, load_model, load_processor
+
+    root, _ = cluster
+    png = image_bytes(color=(30, 120, 60))
+    body = {"id": "why", "image": b64(png)}
+    with httpx.Client(timeout=120) as client:
+        plain = client.post(f"{root}/obs/v1/score", json=body, headers=AUTH)
+        got = client.post(f"{root}/obs/v1/score?explain=true", json=body, headers=AUTH)
+        bad = client.post(f"{root}/obs/v1/score?explain=maybe", json=body, headers=AUTH)
+    assert plain.status_code == 200 and "explanation" not in plain.json()
+    assert bad.status_code == 422 and "explain" in bad.json()["detail"]
+    assert got.status_code == 200, got.text
+    result = got.json()
+    assert result["probabilities"] == plain.json()["probabilities"]  # explaining changes nothing
+
+    opened = open_bundle(PAIR["base"].as_posix())
+    meta = opened.meta
+    model = load_model(opened.path).eval()
+    processor = load_processor(opened.path, meta.max_pixels, meta.min_pixels)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    want = explain_text(model, processor, image, meta.prompt, result["risk_level"])
+    read = parse_risk_level(want)
+    assert result["explanation"] == {
+        "text": want,
+        "label_in_text": read,
+        "agrees": read == result["risk_level"],
+    }
