@@ -51,6 +51,9 @@ from bench.common import (
     summarize,
     write_json,
 )
+from hazard.client import wait_ready
+from hazard.demo.local_ray import free_port
+from hazard.labels import RISK_LABELS
 
 NAME = "serve_load"
 MODULE = "bench.bench_serve_load"
@@ -97,16 +100,10 @@ async def _client(
         except (httpx.HTTPError, ValueError) as exc:
             status, payload = -1, {"error": repr(exc)}
         end = time.perf_counter()
-        valid = status == 200 and payload.get("risk_level") in _labels()
+        valid = status == 200 and payload.get("risk_level") in RISK_LABELS
         log.append((start, end, status, valid))
         if status == 503:
             await asyncio.sleep(float(r.headers.get("retry-after", "1")))
-
-
-def _labels() -> tuple[str, ...]:
-    from hazard.labels import RISK_LABELS
-
-    return RISK_LABELS
 
 
 async def _level(url: str, body: dict, headers: dict, clients: int, warmup: float, measure: float):
@@ -189,11 +186,11 @@ def serve_app(args, levels: list[int], body: dict) -> tuple[list, dict]:
         runtime_env={"env_vars": {"HAZARD_API_KEY": key}},
     )
     try:
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(compose_app(cfg), name="bench", route_prefix="/")
         root = f"http://127.0.0.1:{port}"
-        _wait_ready(f"{root}/readyz")
+        _wait_ready(root, 180)
         rows = run_levels("app", f"{root}/v1/score", body, {"X-API-Key": key}, args, levels)
         return rows, cfg.model_dump(mode="json")
     finally:
@@ -203,12 +200,12 @@ def serve_app(args, levels: list[int], body: dict) -> tuple[list, dict]:
 
 # -- (b) the naive baseline ------------------------------------------------------------------------
 def naive(args, levels: list[int], body: dict, min_new_tokens: int, name: str) -> list:
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "bench.naive_generate_server", "--model", args.base]
     cmd += ["--port", str(port), "--min-new-tokens", str(min_new_tokens)]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/healthz", timeout=300)
+        _wait_ready(f"http://127.0.0.1:{port}", 300)
         return run_levels(name, f"http://127.0.0.1:{port}/v1/score", body, {}, args, levels)
     finally:
         proc.terminate()
@@ -237,24 +234,10 @@ def floor(args, png: bytes) -> dict:
     return {"ms_per_image_by_batch": out, "best_ms_per_image": min(out.values())}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+def _wait_ready(root: str, timeout_s: float) -> None:
+    with httpx.Client() as client:
+        if not wait_ready(client, root, timeout_s):
+            raise RuntimeError(f"{root}/readyz not ready after {timeout_s:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:

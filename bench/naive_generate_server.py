@@ -40,8 +40,8 @@ def make_app(model_uri: str, min_new_tokens: int = 0) -> FastAPI:
     text = prompt_text(processor, bundle.meta.prompt, 1)
     app = FastAPI()
 
-    @app.get("/healthz")
-    def healthz() -> dict:
+    @app.get("/readyz")  # the model is loaded before the server starts
+    def readyz() -> dict:
         return {"status": "ok"}
 
     @app.post("/v1/score")

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -28,7 +30,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from hazard.answers import parse_risk_level
-from hazard.bundle import read_meta
+from hazard.bundle import BundleMeta, read_meta
 from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config.serve import ModelReplicas, ServeConfig, ServedModel
 from hazard.images import QWEN_MAX_PIXELS, ImageRejected, ImageTooLarge, decode_image
@@ -277,8 +279,7 @@ class ModelScorer:
         if time.monotonic() < self._healthy_until:
             return
         probs = await self.score_batch([Image.new("RGB", (56, 56), (128, 128, 128))])
-        values = list(probs.values())
-        if not (np.isfinite(values).all() and abs(sum(values) - 1) < 1e-3):
+        if not _valid_probabilities(probs):
             raise RuntimeError(f"{self.role} engine answered bad probabilities {probs}")
         self._healthy_until = time.monotonic() + self.health_cache_s
 
@@ -302,6 +303,18 @@ def replica_api_key(cfg: ServeConfig, environ) -> str | None:
             "or set `auth: disabled` in the serving config"
         )
     return key
+
+
+def _valid_probabilities(probs: dict[str, float]) -> bool:
+    """Finite probabilities summing to 1: what a working engine answers."""
+    values = list(probs.values())
+    return bool(np.isfinite(values).all()) and abs(sum(values) - 1) < 1e-3
+
+
+def _batch_slots(cfg: ServeConfig, base_replicas: int) -> int:
+    """Images `base_replicas` base replicas hold at once (`model_batch_size` x
+    `batches_in_flight` each): admission's capacity and each model replica's ongoing limit."""
+    return cfg.model_batch_size * cfg.admission.batches_in_flight * base_replicas
 
 
 def _flag(value: str | None, name: str) -> bool:
@@ -377,35 +390,6 @@ async def _done(value):
     return value
 
 
-class _Slot:
-    """Admission of `images` for one request, as an async context manager (503 on refusal)."""
-
-    def __init__(self, api: HazardAPI, images: int):
-        self.api, self.images, self.taken = api, images, 0
-
-    async def __aenter__(self) -> _Slot:
-        try:
-            self.taken = await self.api.admission.acquire(self.images)
-        except Overloaded as exc:
-            raise self.api._refuse(exc) from None
-        finally:
-            self.api._export_queue()
-        return self
-
-    async def __aexit__(self, exc_type, exc, tb) -> None:
-        # A request refused for its own input (4xx) did not use the models' time.
-        self.api.admission.release(self.taken, completed=exc_type is None)
-        self.api._export_queue()
-
-
-class _NoAdmission:
-    async def __aenter__(self) -> _NoAdmission:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        return None
-
-
 def _running_replicas(app_name: str, deployment: str) -> int:
     """RUNNING replicas of `deployment` in `app_name`, from the Serve controller."""
     status = serve.status().applications[app_name].deployments[deployment]
@@ -472,11 +456,11 @@ class HazardAPI:
     def _capacity(self, base_replicas: int) -> int:
         """Images this ingress replica lets at the models: its share of the base replicas'
         batch slots (`model_batch_size x batches_in_flight` each)."""
-        slots = self.cfg.model_batch_size * self.cfg.admission.batches_in_flight * base_replicas
-        return max(1, -(-slots // self.cfg.ingress.num_replicas))
+        return max(1, -(-_batch_slots(self.cfg, base_replicas) // self.cfg.ingress.num_replicas))
 
     async def _watch_capacity(self) -> None:
-        """Follow the base deployment's running replicas (autoscaling) and export the queue."""
+        """Follow the base deployment's running replicas (autoscaling) and export the queue
+        depth (every second, off the request path)."""
         app_name = serve.get_replica_context().app_name
         while True:
             try:
@@ -485,19 +469,24 @@ class HazardAPI:
                     self.admission.set_capacity(self._capacity(running))
             except Exception as exc:  # the controller busy or restarting: keep the last value
                 log.warning("could not read BaseScorer replicas: %r", exc)
-            self._export_queue()
+            self.metrics.queue(self.admission.in_flight, self.admission.waiting_images)
             await asyncio.sleep(1.0)
 
-    def _export_queue(self) -> None:
-        self.metrics.queue(self.admission.in_flight, self.admission.waiting_images)
-
-    async def _admitted(self, images: int):
-        """`async with await self._admitted(n):` or a 503 (queue full, deadline)."""
+    @contextlib.asynccontextmanager
+    async def _admitted(self, images: int) -> AsyncIterator[None]:
+        """`async with self._admitted(n):` the models may be called for n images, or a 503
+        (queue full, deadline). A request refused for its own input (4xx) is not counted as
+        the models' throughput."""
         if not self.cfg.admission.enabled:
-            return _NoAdmission()
+            yield
+            return
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._watch_capacity())
-        return _Slot(self, images)
+        try:
+            async with self.admission.slot(images):  # only admission raises Overloaded
+                yield
+        except Overloaded as exc:
+            raise self._refuse(exc) from None
 
     def _refuse(self, exc: Overloaded) -> ApiError:
         self.metrics.rejected.inc(tags={"reason": exc.reason})
@@ -665,8 +654,7 @@ class HazardAPI:
         except Exception as exc:  # any failure means not ready
             log.warning("readyz: %s model not ready: %r", role, exc)
             return False
-        values = list(probs.values())
-        if not (np.isfinite(values).all() and abs(sum(values) - 1) < 1e-3):
+        if not _valid_probabilities(probs):
             log.warning("readyz: %s model answered bad probabilities %s", role, probs)
             return False
         return True
@@ -740,7 +728,7 @@ class HazardAPI:
             )
         explain = _flag(request.query_params.get("explain"), "explain")
         # Admitted before the body is read: a refused request costs no upload nor decode.
-        async with await self._admitted(1):
+        async with self._admitted(1):
             if ctype == "application/json":
                 item = self._parse(ScoreItem, await self._body(request))
                 image = await self._decode_b64(item.image)
@@ -779,7 +767,7 @@ class HazardAPI:
             except ApiError as exc:
                 return {"id": item.id, "error": {"status": exc.status, "detail": exc.detail}}
 
-        async with await self._admitted(len(req.items)):
+        async with self._admitted(len(req.items)):
             decoded = await asyncio.gather(*(decode(i) for i in req.items))
             pixels = sum(d.width * d.height for d in decoded if isinstance(d, Image.Image))
             if pixels > self.cfg.max_batch_pixels:
@@ -799,10 +787,9 @@ class HazardAPI:
             }
 
 
-def specialist_fusion(cfg: ServeConfig) -> FusionSpec:
-    """The fusion calibrated into the specialist bundle (its metadata only is read); the
-    defaults (always consult the specialist) when it has none."""
-    meta = read_meta(cfg.specialist.model_uri)
+def specialist_fusion(cfg: ServeConfig, meta: BundleMeta) -> FusionSpec:
+    """The fusion calibrated into the specialist bundle (`meta`, its metadata); the defaults
+    (always consult the specialist) when it has none."""
     if meta.fusion is None:
         log.warning("%s has no calibrated fusion: using the defaults", cfg.specialist.model_uri)
     elif meta.scoring_dtype and meta.scoring_dtype != cfg.dtype:
@@ -815,19 +802,16 @@ def specialist_fusion(cfg: ServeConfig) -> FusionSpec:
     return meta.fusion_spec()
 
 
-def pixel_budget(cfg: ServeConfig) -> int:
-    """Pixels the ingress downscales each image to: the larger of the two bundles' training
+def pixel_budget(metas: Iterable[BundleMeta]) -> int:
+    """Pixels the ingress downscales each image to: the largest of the bundles' training
     `max_pixels` (Qwen's processor default where a bundle names none); each model's processor
     resizes further to its own."""
-    budgets = [
-        read_meta(m.model_uri).max_pixels or QWEN_MAX_PIXELS for m in (cfg.base, cfg.specialist)
-    ]
-    return max(budgets)
+    return max(meta.max_pixels or QWEN_MAX_PIXELS for meta in metas)
 
 
 def _scorer_options(cfg: ServeConfig, replicas: ModelReplicas) -> dict:
     """A model deployment's Serve options, all from the config."""
-    in_flight = cfg.model_batch_size * cfg.admission.batches_in_flight
+    in_flight = _batch_slots(cfg, 1)
     return {
         "ray_actor_options": {"num_cpus": replicas.num_cpus, "num_gpus": replicas.num_gpus},
         "autoscaling_config": {
@@ -853,7 +837,8 @@ def compose_app(
 ) -> serve.Application:
     """The application graph, every deployment option from `cfg`; the keyword options override
     them (tests use this to shrink queues and CPUs)."""
-    fusion = specialist_fusion(cfg)
+    base_meta, spec_meta = read_meta(cfg.base.model_uri), read_meta(cfg.specialist.model_uri)
+    fusion = specialist_fusion(cfg, spec_meta)
     common = dict(
         engine=cfg.engine,
         dtype=cfg.dtype,
@@ -879,20 +864,21 @@ def compose_app(
         "ray_actor_options": {"num_cpus": cfg.ingress.num_cpus},
         # Waiting requests are coroutines held by admission (its queue and deadline); Serve's
         # own limit sits above what admission can hold.
-        "max_ongoing_requests": _capacity_bound(cfg) + admission.max_queue_images + 16,
+        "max_ongoing_requests": _batch_slots(cfg, cfg.base_replicas.max_replicas)
+        + admission.max_queue_images
+        + 16,
         "max_queued_requests": admission.max_queue_images,
         "logging_config": {"encoding": cfg.log_encoding},
         **pressure,
     }
     ingress = HazardAPI.options(**dict(ingress, **(ingress_options or {})))
     return ingress.bind(
-        models["base"], models["specialist"], cfg.model_dump(), fusion.to_dict(), pixel_budget(cfg)
+        models["base"],
+        models["specialist"],
+        cfg.model_dump(),
+        fusion.to_dict(),
+        pixel_budget((base_meta, spec_meta)),
     )
-
-
-def _capacity_bound(cfg: ServeConfig) -> int:
-    """The most images admission lets at the models (every base replica up)."""
-    return cfg.model_batch_size * cfg.admission.batches_in_flight * cfg.base_replicas.max_replicas
 
 
 def _in_ray_worker() -> bool:
