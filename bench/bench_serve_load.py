@@ -12,8 +12,12 @@ JSON image to `/v1/score` at each concurrency, for a fixed time after a warm-up:
     model stops right after the label, so this is the cheapest generate can be);
 (c) the floor: the base engine's own batched forward (`TransformersEngine.score`), in process.
 
+The clients run in their own process (aiohttp, the body encoded once) at the niceness of the
+server under test: they share its cores, and Ray's workers run at nice 15.
+
 Reported per server and concurrency: answered req/s (200s), p50/p99 latency of the 200s and of
-the 503s, statuses, and the share of valid answers (a label of the contract). In the JSON:
+the 503s, the median Retry-After the 503s carried, the share of valid answers (a label of the
+contract), the cores the clients used, and statuses. In the JSON:
 `speedup` = (a) peak req/s / (b, 150 tokens) peak req/s (`speedup_vs_eos` the same against
 the EOS run), `floor_ratio` = (a)'s seconds per image at its
 peak / (c)'s seconds per image at its best batch, and `overload_retention` = (a) req/s at the
@@ -32,12 +36,16 @@ import asyncio
 import base64
 import datetime as dt
 import io
+import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import aiohttp
 import httpx
 import numpy as np
 
@@ -71,7 +79,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup-s", type=float, default=4.0, help="unmeasured seconds per level")
     p.add_argument("--image-px", type=int, default=112, help="side of the square test image")
     p.add_argument("--batch-size", type=int, default=8, help="model_batch_size of the app")
-    p.add_argument("--retry-after-s", type=int, default=2, help="the app's Retry-After (s)")
+    p.add_argument("--retry-after-s", type=int, default=2, help="the app's base Retry-After (s)")
+    p.add_argument("--max-retry-after-s", type=int, default=30, help="the app's Retry-After cap")
     p.add_argument("--max-wait-s", type=float, default=1.0, help="the app's admission deadline (s)")
     p.add_argument("--skip-naive", action="store_true", help="measure (a) and (c) only")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
@@ -89,32 +98,43 @@ def test_image(px: int) -> bytes:
 
 
 # -- load generation ---------------------------------------------------------------------------
+# The clients share the machine's cores with the server they measure. Ray runs its workers
+# (proxy, replicas) at nice 15, so a client at nice 0 would get ~28x their scheduler weight and
+# starve the server it loads; each level therefore runs in its own process at the niceness of
+# the server under test, and reports the CPU share it used.
 async def _client(
-    http: httpx.AsyncClient, url: str, body: dict, headers: dict, until: float, log: list
+    http: aiohttp.ClientSession, url: str, data: bytes, headers: dict, until: float, log: list
 ) -> None:
     while time.perf_counter() < until:
         start = time.perf_counter()
+        retry_after = "1"
         try:
-            r = await http.post(url, json=body, headers=headers)
-            status, payload = r.status_code, (r.json() if r.content else {})
-        except (httpx.HTTPError, ValueError) as exc:
+            async with http.post(url, data=data, headers=headers) as r:
+                status, raw = r.status, await r.read()
+                retry_after = r.headers.get("retry-after", "1")
+            payload = json.loads(raw) if raw else {}
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             status, payload = -1, {"error": repr(exc)}
         end = time.perf_counter()
         valid = status == 200 and payload.get("risk_level") in RISK_LABELS
-        log.append((start, end, status, valid))
-        if status == 503:
-            await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+        wait = float(retry_after) if status == 503 else 0.0
+        log.append((start, end, status, valid, wait))
+        await asyncio.sleep(wait)
 
 
 async def _level(url: str, body: dict, headers: dict, clients: int, warmup: float, measure: float):
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    log: list[tuple[float, float, int, bool]] = []
-    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+    data = json.dumps(body).encode()
+    headers = {**headers, "Content-Type": "application/json"}
+    log: list[tuple[float, float, int, bool, float]] = []
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=120)
+    cpu0 = time.process_time()
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         t0 = time.perf_counter()
         until = t0 + warmup + measure
-        await asyncio.gather(
-            *(_client(http, url, body, headers, until, log) for _ in range(clients))
-        )
+        loops = [_client(http, url, data, headers, until, log) for _ in range(clients)]
+        await asyncio.gather(*loops)
+    client_cpu = (time.process_time() - cpu0) / (time.perf_counter() - t0)
     lo, hi = t0 + warmup, until
     window = [e for e in log if lo <= e[1] <= hi]
     ok = [e for e in window if e[2] == 200]
@@ -128,34 +148,57 @@ async def _level(url: str, body: dict, headers: dict, clients: int, warmup: floa
         "req_per_s": len(ok) / measure,
         "latency_ms_200": summarize(ms(ok)) if ok else None,
         "latency_ms_503": summarize(ms(refused)) if refused else None,
+        "retry_after_s": summarize([e[4] for e in refused]) if refused else None,
         "statuses": statuses,
         "valid_answer_rate": (sum(e[3] for e in ok) / len(ok)) if ok else 0.0,
+        "client_cpu_cores": client_cpu,
+        "client_nice": os.nice(0),
     }
 
 
-def run_levels(name: str, url: str, body: dict, headers: dict, args, levels: list[int]) -> list:
+def _run_level(*level_args) -> dict:
+    return asyncio.run(_level(*level_args))
+
+
+def run_levels(
+    name: str, url: str, body: dict, headers: dict, args, levels: list[int], nice: int
+) -> list:
+    """Each level in a fresh client process at niceness `nice` (the server's)."""
     rows = []
-    for clients in levels:
-        row = asyncio.run(_level(url, body, headers, clients, args.warmup_s, args.duration_s))
-        row["loadavg_after"] = loadavg()
-        rows.append(row)
-        print(_fmt(name, row), flush=True)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=os.nice, initargs=(nice,)) as pool:
+        for clients in levels:
+            job = (url, body, headers, clients, args.warmup_s, args.duration_s)
+            row = pool.submit(_run_level, *job).result()
+            row["loadavg_after"] = loadavg()
+            rows.append(row)
+            print(_fmt(name, row), flush=True)
     return rows
+
+
+def ray_worker_nice() -> int:
+    """The niceness Ray gives its workers (the app's proxy and replicas run at it)."""
+    import ray
+
+    return ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote())
 
 
 HEADER = (
     f"{'server':<6} {'conc':>5} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9} {'503 p50':>9} "
-    f"{'valid':>6}  statuses"
+    f"{'retry':>6} {'valid':>6} {'client':>6}  statuses"
 )
 
 
 def _fmt(name: str, row: dict) -> str:
     lat = row["latency_ms_200"] or {}
     rej = row["latency_ms_503"] or {}
+    wait = row["retry_after_s"] or {}
     return (
         f"{name:<6} {row['concurrency']:>5} {row['req_per_s']:>8.1f} "
         f"{lat.get('median', float('nan')):>9.0f} {lat.get('p99', float('nan')):>9.0f} "
-        f"{rej.get('median', float('nan')):>9.1f} {row['valid_answer_rate']:>6.0%}  "
+        f"{rej.get('median', float('nan')):>9.1f} {wait.get('median', float('nan')):>6.0f} "
+        f"{row['valid_answer_rate']:>6.0%} "
+        f"{row['client_cpu_cores']:>6.2f}  "
         f"{row['statuses']}"
     )
 
@@ -177,6 +220,7 @@ def serve_app(args, levels: list[int], body: dict) -> tuple[list, dict]:
         base_replicas={"num_cpus": 0.75},
         specialist_replicas={"num_cpus": 0.75},
         retry_after_s=args.retry_after_s,
+        max_retry_after_s=args.max_retry_after_s,
         admission={"max_wait_s": args.max_wait_s},
     )
     ray.init(
@@ -191,7 +235,8 @@ def serve_app(args, levels: list[int], body: dict) -> tuple[list, dict]:
         serve.run(compose_app(cfg), name="bench", route_prefix="/")
         root = f"http://127.0.0.1:{port}"
         _wait_ready(root, 180)
-        rows = run_levels("app", f"{root}/v1/score", body, {"X-API-Key": key}, args, levels)
+        url, auth = f"{root}/v1/score", {"X-API-Key": key}
+        rows = run_levels("app", url, body, auth, args, levels, ray_worker_nice())
         return rows, cfg.model_dump(mode="json")
     finally:
         serve.shutdown()
@@ -206,7 +251,8 @@ def naive(args, levels: list[int], body: dict, min_new_tokens: int, name: str) -
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT)
     try:
         _wait_ready(f"http://127.0.0.1:{port}", 300)
-        return run_levels(name, f"http://127.0.0.1:{port}/v1/score", body, {}, args, levels)
+        url = f"http://127.0.0.1:{port}/v1/score"
+        return run_levels(name, url, body, {}, args, levels, os.nice(0))  # the server's own
     finally:
         proc.terminate()
         proc.wait(30)

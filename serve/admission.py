@@ -7,6 +7,11 @@ requests wait in order, as many images as the measured scoring rate can clear wi
 the queue full is refused at once; one still waiting at its deadline is refused then. Both are
 `Overloaded`, which the app answers 503 + Retry-After. A batch request counts as its number of
 images and is admitted whole (capped at `capacity`, so a large batch can still run).
+
+Retry-After grows with the overload: `base x (1 + refused / completed)`, both measured images per
+second, capped. With N clients turned away and retrying after R, the refusals cost N / R requests
+per second; scaling R with the refused share keeps that traffic growing as sqrt(N) instead of N,
+so the cores that answer refusals stay with the models (what keeps throughput near the peak).
 """
 
 from __future__ import annotations
@@ -54,8 +59,8 @@ class Admission:
         self.waiting_images = 0
         self._queue: deque[_Waiter] = deque()
         self._clock, self._halflife = clock, rate_halflife_s
-        self.rate = 0.0  # images per second through the models, exponentially weighted
-        self._rate_at: float | None = None
+        self._completed = _Rate(clock, rate_halflife_s)  # images through the models
+        self._refused = _Rate(clock, rate_halflife_s)  # images refused (queue full, deadline)
 
     # -- limits ------------------------------------------------------------------------------
     def queue_limit(self) -> int:
@@ -76,6 +81,7 @@ class Admission:
             self.in_flight += n
             return n
         if self.waiting_images + n > self.queue_limit():
+            self._refused.add(n)
             raise Overloaded(
                 "queue_full",
                 f"{self.in_flight} images at the models and {self.waiting_images} waiting; "
@@ -93,6 +99,7 @@ class Admission:
             self.waiting_images -= n
             waiter.future.cancel()
             self._grant()  # a large waiter leaving may let smaller ones behind it in
+            self._refused.add(n)
             raise Overloaded(
                 "deadline", f"waited {self.max_wait_s:g} s for the models; retry later"
             ) from None
@@ -110,7 +117,7 @@ class Admission:
         """Give back `slots`; `completed` images count towards the measured rate."""
         self.in_flight -= slots
         if completed:
-            self._observe(slots)
+            self._completed.add(slots)
         self._grant()
 
     @asynccontextmanager
@@ -134,14 +141,32 @@ class Admission:
             self.in_flight += waiter.images
             waiter.future.set_result(None)
 
-    def _observe(self, images: int) -> None:
-        """Count `images` completions now into the rate: a count decaying with the half-life,
-        scaled so that a steady stream of r images/s reads r."""
-        self.rate = self.current_rate() + images * math.log(2) / self._halflife
-        self._rate_at = self._clock()
-
     def current_rate(self) -> float:
-        """The measured rate decayed to now (it falls while nothing completes)."""
-        if self._rate_at is None:
+        """Images per second through the models, decayed to now."""
+        return self._completed.now()
+
+    def retry_after(self, base_s: int, cap_s: int) -> int:
+        """Seconds a refused client is asked to wait: `base_s x (1 + refused / completed)`
+        rounded up from hundredths, at most `cap_s` (a completed rate under 1 image/s counts
+        as 1)."""
+        overload = self._refused.now() / max(self._completed.now(), 1.0)
+        return min(cap_s, max(base_s, math.ceil(round(base_s * (1 + overload), 2))))
+
+
+class _Rate:
+    """Events per second, exponentially weighted: a count decaying with the half-life, scaled
+    so that a steady stream of r per second reads r."""
+
+    def __init__(self, clock: Callable[[], float], halflife_s: float):
+        self._clock, self._halflife = clock, halflife_s
+        self._value, self._at = 0.0, None
+
+    def add(self, n: int) -> None:
+        self._value = self.now() + n * math.log(2) / self._halflife
+        self._at = self._clock()
+
+    def now(self) -> float:
+        """The rate decayed to now (it falls while nothing happens)."""
+        if self._at is None:
             return 0.0
-        return self.rate * 0.5 ** ((self._clock() - self._rate_at) / self._halflife)
+        return self._value * 0.5 ** ((self._clock() - self._at) / self._halflife)

@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import itertools
 import logging
 import os
 import time
@@ -44,6 +45,7 @@ log = logging.getLogger("ray.serve")
 # 200 times the short side or more; checked at the ingress so such input is a 400, not a 500
 # raised inside a model replica (where it would also fail the other images of its batch).
 MAX_ASPECT_RATIO = 200
+CAPACITY_POLL_S = 5  # seconds between reads of the base deployment's running replicas
 
 
 class ApiError(Exception):
@@ -459,16 +461,18 @@ class HazardAPI:
         return max(1, -(-_batch_slots(self.cfg, base_replicas) // self.cfg.ingress.num_replicas))
 
     async def _watch_capacity(self) -> None:
-        """Follow the base deployment's running replicas (autoscaling) and export the queue
-        depth (every second, off the request path)."""
+        """Follow the base deployment's running replicas (autoscaling; read from the controller
+        every `CAPACITY_POLL_S`, a status call costs the controller and this replica) and export
+        the queue depth every second, off the request path."""
         app_name = serve.get_replica_context().app_name
-        while True:
-            try:
-                running = await asyncio.to_thread(_running_replicas, app_name, "BaseScorer")
-                if running:
-                    self.admission.set_capacity(self._capacity(running))
-            except Exception as exc:  # the controller busy or restarting: keep the last value
-                log.warning("could not read BaseScorer replicas: %r", exc)
+        for tick in itertools.count():
+            if tick % CAPACITY_POLL_S == 0:
+                try:
+                    running = await asyncio.to_thread(_running_replicas, app_name, "BaseScorer")
+                    if running:
+                        self.admission.set_capacity(self._capacity(running))
+                except Exception as exc:  # the controller busy or restarting: keep the last
+                    log.warning("could not read BaseScorer replicas: %r", exc)
             self.metrics.queue(self.admission.in_flight, self.admission.waiting_images)
             await asyncio.sleep(1.0)
 
@@ -490,7 +494,8 @@ class HazardAPI:
 
     def _refuse(self, exc: Overloaded) -> ApiError:
         self.metrics.rejected.inc(tags={"reason": exc.reason})
-        return ApiError(503, exc.detail, {"Retry-After": str(self.cfg.retry_after_s)})
+        wait = self.admission.retry_after(self.cfg.retry_after_s, self.cfg.max_retry_after_s)
+        return ApiError(503, exc.detail, {"Retry-After": str(wait)})
 
     # -- request plumbing -------------------------------------------------------------------
     def _authorize(self, request: Request) -> None:

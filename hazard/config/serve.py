@@ -126,7 +126,16 @@ class ServeConfig(_Strict):
     model_batch_wait_s: float = Field(
         0.01, ge=0, description="How long a model replica waits to fill a batch."
     )
-    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 when overloaded.")
+    retry_after_s: int = Field(
+        2,
+        ge=1,
+        description="Retry-After sent with 503 when overloaded. Admission's refusals scale it by "
+        "1 + refused/completed images per second (clients turned away wait longer the more "
+        "there are), up to max_retry_after_s.",
+    )
+    max_retry_after_s: int = Field(
+        30, ge=1, description="Cap on the Retry-After of admission's refusals."
+    )
     admission: Admission = Field(default_factory=Admission)
     ingress: IngressReplicas = Field(default_factory=IngressReplicas)
     base_replicas: ModelReplicas = Field(default_factory=ModelReplicas)
@@ -144,3 +153,11 @@ class ServeConfig(_Strict):
     log_encoding: Literal["JSON", "TEXT"] = Field(
         "JSON", description="Serve replica logs: JSON lines (with request_id) or text."
     )
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> ServeConfig:
+        if self.max_retry_after_s < self.retry_after_s:
+            raise ValueError(
+                f"max_retry_after_s {self.max_retry_after_s} < retry_after_s {self.retry_after_s}"
+            )
+        return self

@@ -180,3 +180,52 @@ def test_a_failed_call_frees_its_slots_without_counting_as_throughput():
         assert adm.current_rate() > 0
 
     run(scenario())
+
+
+def test_retry_after_grows_with_the_share_of_images_refused():
+    clock = FakeClock()
+
+    async def scenario():
+        adm = Admission(capacity=4, max_wait_s=1, max_queue_images=0, clock=clock)
+        assert adm.retry_after(2, 30) == 2  # nothing measured yet: the base
+        adm.in_flight = 4  # the models are full and nothing may wait: every request is refused
+
+        async def step(refused: int) -> None:
+            clock.now += 0.1
+            for _ in range(refused):
+                with pytest.raises(Overloaded):
+                    await adm.acquire(1)
+            adm.release(4)  # 40 images/s completed
+            adm.in_flight += 4
+
+        for _ in range(1200):  # 30 images/s refused against 40 completed: 0.75 of it
+            await step(3)
+        assert adm.retry_after(2, 30) == 4  # ceil(2 x 1.75)
+        assert adm.retry_after(2, 3) == 3  # capped
+        for _ in range(1200):  # 90 refused against 40: 2.25
+            await step(9)
+        assert adm.retry_after(2, 30) == 7  # ceil(2 x 3.25)
+        assert adm.retry_after(1, 30) == 4  # ceil(1 x 3.25)
+        for _ in range(1200):  # the overload is over: refusals decay, the base returns
+            await step(0)
+        assert adm.retry_after(2, 30) == 2
+
+    run(scenario())
+
+
+def test_retry_after_counts_a_batch_by_its_images_and_holds_a_stalled_model_at_the_cap():
+    clock = FakeClock()
+
+    async def scenario():
+        adm = Admission(capacity=8, max_wait_s=1, max_queue_images=0, clock=clock)
+        adm.in_flight = 8
+        for _ in range(1200):  # one 3-image batch refused every 0.1 s, nothing completes
+            clock.now += 0.1
+            with pytest.raises(Overloaded):
+                await adm.acquire(3)
+        # 30 images/s refused (the estimator reads 3 ln2 / (5 (1 - 2^-0.02)) = 30.21) over a
+        # completed rate floored at 1/s: ceil(2 x 31.21) = 63, over the cap of 30
+        assert adm.retry_after(2, 30) == 30
+        assert adm.retry_after(2, 100) == 63
+
+    run(scenario())
