@@ -58,7 +58,6 @@ class Admission:
         self.in_flight = 0
         self.waiting_images = 0
         self._queue: deque[_Waiter] = deque()
-        self._clock, self._halflife = clock, rate_halflife_s
         self._completed = _Rate(clock, rate_halflife_s)  # images through the models
         self._refused = _Rate(clock, rate_halflife_s)  # images refused (queue full, deadline)
 
