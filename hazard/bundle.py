@@ -23,12 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hazard.cascade import FusionSpec
+from hazard.images import QWEN_MAX_PIXELS
 from hazard.storage import (
     ChecksumMismatchError,
     StorageConfig,
@@ -319,3 +321,10 @@ def _verify(root: Path, manifest: dict[str, str], uri: str) -> None:
             raise ChecksumMismatchError(
                 f"{join_uri(uri, rel)}: sha256 {actual} does not match the manifest's {expected}"
             )
+
+
+def pixel_budget(metas: Iterable[BundleMeta]) -> int:
+    """Pixels an image is downscaled to before scoring (the serving ingress and the batch job
+    alike): the largest of the bundles' training `max_pixels` (Qwen's processor default where a
+    bundle names none); each model's processor resizes further to its own."""
+    return max(meta.max_pixels or QWEN_MAX_PIXELS for meta in metas)

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hazard.bundle import BundleError, read_meta
+from hazard.bundle import BundleError, pixel_budget, read_meta
 from hazard.config import add_config_args, load_job_config
 from hazard.config.score import ScoreDatasetConfig
 from hazard.labels import HIGH_RISK, RISK_LABELS
@@ -153,9 +153,12 @@ class CascadeScorer:
         self.specialist = TransformersEngine(specialist_uri, dtype)
         self.fusion = self.specialist.meta.fusion_spec()
         self.max_bytes, self.max_pixels = max_bytes, max_pixels
+        # as the serving ingress: a large photo is brought to the models' budget on decode
+        self.pixel_budget = pixel_budget((self.base.meta, self.specialist.meta))
 
     def decode(self, images: list[bytes]) -> list:
-        """Upright RGB images of one row; raises ImageRejected (with a reason) for bad ones."""
+        """Upright RGB images of one row, within the models' pixel budget (decoded as the
+        serving ingress decodes); raises ImageRejected (with a reason) for bad ones."""
         from hazard.images import InvalidImage, decode_image
 
         if not images:
@@ -163,7 +166,10 @@ class CascadeScorer:
         out = []
         for data in images:
             img = decode_image(
-                data, max_bytes=self.max_bytes, max_pixels=self.max_pixels, pixel_budget=None
+                data,
+                max_bytes=self.max_bytes,
+                max_pixels=self.max_pixels,
+                pixel_budget=self.pixel_budget,
             ).image
             w, h = img.size
             if max(w, h) >= MAX_ASPECT_RATIO * min(w, h):

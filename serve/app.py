@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import numpy as np
@@ -31,10 +31,10 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from hazard.answers import parse_risk_level
-from hazard.bundle import BundleMeta, read_meta
+from hazard.bundle import BundleMeta, pixel_budget, read_meta
 from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config.serve import ModelReplicas, ServeConfig, ServedModel
-from hazard.images import QWEN_MAX_PIXELS, ImageRejected, ImageTooLarge, decode_image
+from hazard.images import ImageRejected, ImageTooLarge, decode_image
 from hazard.labels import HIGH_RISK, RISK_LABELS
 from serve.admission import Admission, Overloaded
 from serve.metrics import ingress_metrics, model_metrics
@@ -805,13 +805,6 @@ def specialist_fusion(cfg: ServeConfig, meta: BundleMeta) -> FusionSpec:
             cfg.dtype,
         )
     return meta.fusion_spec()
-
-
-def pixel_budget(metas: Iterable[BundleMeta]) -> int:
-    """Pixels the ingress downscales each image to: the largest of the bundles' training
-    `max_pixels` (Qwen's processor default where a bundle names none); each model's processor
-    resizes further to its own."""
-    return max(meta.max_pixels or QWEN_MAX_PIXELS for meta in metas)
 
 
 def _scorer_options(cfg: ServeConfig, replicas: ModelReplicas) -> dict:

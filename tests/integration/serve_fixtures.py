@@ -6,7 +6,6 @@ import base64
 import contextlib
 import io
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,15 +14,9 @@ from PIL import Image
 from ray import serve
 
 from hazard.bundle import write_bundle
+from hazard.demo.local_ray import free_port
 from hazard.tasks import get_task
 from tests.bundle_fixtures import add_adapter, bundle_fields
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_bundle(

@@ -23,8 +23,8 @@ from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config.score import ScoreDatasetConfig
 from hazard.labels import HIGH_RISK, RISK_LABELS
 from hazard.storage import read_bytes, read_parquet, upload_dir
-from ray_jobs.score_dataset import PROB_COLUMNS, run
-from tests.integration.serve_fixtures import fusion, make_bundle
+from ray_jobs.score_dataset import PROB_COLUMNS, CascadeScorer, run
+from tests.integration.serve_fixtures import fusion, image_bytes, make_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -228,3 +228,16 @@ def test_scores_parquet_shards(cascade, tmp_path, ray_local):
     rows = pq.read_table(tmp_path / "out" / "predictions.parquet").to_pylist()
     submission = (tmp_path / "out" / "submission.csv").read_text()
     _check(rows, submission, summary, cascade, corrupt=False)
+
+
+def test_the_job_decodes_a_large_photo_to_the_serving_pixel_budget(tmp_path, tiny_model_path):
+    """Budgets 10,000 (base) and 12,544 (specialist): the job brings a 1600x1200 JPEG to the
+    larger, as the serving ingress does, to 129x96 (the ingress's figure for this budget in
+    test_serve_operations); before, it scored the photo at full size."""
+    base = make_bundle(tiny_model_path, tmp_path / "b", "b", "1", "base", max_pixels=10_000)
+    spec = make_bundle(tiny_model_path, tmp_path / "s", "s", "1", "specialist", max_pixels=12_544)
+    scorer = CascadeScorer(str(base), str(spec), "float32", 10_000_000, 40_000_000)
+    photo = image_bytes((1600, 1200), (90, 140, 200), fmt="JPEG")
+    [img] = scorer.decode([photo])
+    assert scorer.pixel_budget == 12_544
+    assert img.size == (129, 96) and img.mode == "RGB"
