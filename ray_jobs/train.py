@@ -164,8 +164,10 @@ def run(cfg: TrainConfig) -> dict:
     start = time.time()
     result = trainer.fit()
     wall = round(time.time() - start, 1)
-    with result.checkpoint.as_directory() as latest:
-        state = TrainState.from_dict(json.loads((Path(latest) / STATE_FILE).read_text()))
+    # only the small state file of the latest checkpoint, not its weights and optimizer states
+    latest = result.checkpoint
+    with latest.filesystem.open_input_stream(f"{latest.path}/{STATE_FILE}") as fh:
+        state = TrainState.from_dict(json.loads(fh.read()))
     best = best_checkpoint(result)
     summary = {
         "best_step": state.tracker.best_step,
