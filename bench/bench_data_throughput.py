@@ -5,12 +5,13 @@
 Input: `--images` photo-like 1280x720 JPEGs (synthetic corridor scenes, upscaled, with sensor-like
 noise, about the size of phone photos) in a labelled folder without splits, made once and cached
 under runs/bench/. Both paths run the same functions on the same input and config
-(import -> decode to the pixel budget -> dedup and split -> augment -> Parquet shards):
-- `loop`: one process, rows one after another (`decode_row`, `decide`, `augment_rows`,
-  pyarrow writes);
+(import -> probe -> dedup and split -> decode to the pixel budget -> augment -> Parquet shards):
+- `loop`: one process, rows one after another (`probe_row`, `decide`, `decode_row`,
+  `augment_rows`, `write_batch`, `write_outputs` for the quarantine and lineage);
 - `ray`: `pipelines.prepare.prepare` on a local Ray with `--cpus` CPUs, started before timing;
-Both are warmed up first on a 10-image folder (modules imported, Ray's workers and Ray Data's
-executor started), so the two timed runs compare the work, not start-up;
+Both are warmed up first on a 10-image folder (modules imported; for Ray, in batches of 4 so
+that every worker process is started and has imported them), so the two timed runs compare the
+work, not start-up;
 - `job` (unless --no-job): `python -m ray_jobs.prepare_data` as a user runs it, Ray start
   included, with its output size against the input's.
 Beside them, the per-core decode floor: images/s of decoding alone (to the pixel budget, as the
@@ -104,30 +105,31 @@ def decode_floor(folder: Path, budget: int | None, limit: int = 60) -> dict[str,
 
 def run_loop(config) -> dict[str, object]:
     """The same work in one process, through the stages' plain functions; returns counts."""
+    from datetime import UTC, datetime
+
     import pyarrow as pa
     import pyarrow.fs as pafs
 
     from hazard import storage
     from pipelines.augment import augment_rows
-    from pipelines.common import REJECT_REASON, stage_table
-    from pipelines.decode import decode_row
+    from pipelines.common import stage_table
+    from pipelines.decode import decode_row, probe_row
     from pipelines.dedup_split import LIGHT_COLUMNS, apply_decisions, decide
     from pipelines.sources import plan_source, source_rows
-    from pipelines.write import write_batch
+    from pipelines.write import light_rows, write_batch, write_outputs
 
+    started_at, t0 = datetime.now(UTC), time.perf_counter()
     source = plan_source(config)
     with storage.open_input(source.annotation_uri, config.storage) as fh:
-        rows = [decode_row(r, config) for r in source_rows(source, fh)]
+        rows = [probe_row(r, config) for r in source_rows(source, fh)]
     light = pa.Table.from_pylist([{c: r.get(c) for c in LIGHT_COLUMNS} for r in rows])
     d = decide(light, config.split)
-    rows = [apply_decisions(r, d.duplicates, d.splits) for r in rows]
+    rows = [decode_row(apply_decisions(r, d.duplicates, d.splits), config) for r in rows]
     rows = augment_rows(rows, config.augment, config.validation)
     fs = pafs.LocalFileSystem()
-    write_batch(stage_table(rows), config.output_dir, config.shards.rows_per_file, fs)
-    return {
-        "rows_written": sum(r[REJECT_REASON] is None for r in rows),
-        "rows_total": len(rows),
-    }
+    final = write_batch(stage_table(rows), config.output_dir, config.shards.rows_per_file, fs)
+    report = write_outputs(light_rows([final]), d, config, started_at, t0, {})
+    return {"rows_written": report["written"], "rows_total": len(rows)}
 
 
 def run_ray(config) -> dict[str, object]:
@@ -190,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     warm = make_photos(args.workdir / "photos-warmup", 10, seed=1)
 
-    def warm_config(out: Path) -> DataConfig:
-        overrides = [*args.overrides, f"source.uri={warm}", f"output_dir={out}"]
+    def warm_config(out: Path) -> DataConfig:  # batches of 4: every Ray worker warms up
+        overrides = [*args.overrides, f"source.uri={warm}", f"output_dir={out}", "ray.batch_size=4"]
         return load_config(args.config, DataConfig, overrides)
 
     run_loop(warm_config(args.workdir / "out-warmup-loop"))

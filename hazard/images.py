@@ -7,6 +7,7 @@
    refused here, before any pixel is decoded);
 3. PIL's `verify()` (structure, e.g. PNG chunk CRCs), then the full decode (`undecodable` for
    anything that fails: not an image, truncated, corrupt).
+`probe_image` is steps 1-3 up to `verify()`: the same rejections without decoding a pixel.
 Size rules are judged on the stored size. EXIF orientation only swaps width and height, so they
 give the same answer before and after it; `min_side` is about the source, not the downscaled
 result. The decoded image is then turned upright (EXIF orientation, `ImageOps.exif_transpose`),
@@ -25,6 +26,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Collection
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +114,42 @@ def fit_pixels(size: tuple[int, int], pixel_budget: int | None) -> tuple[int, in
     return new_w, new_h
 
 
+@contextmanager
+def _as_rejections():
+    """PIL's errors on bad bytes as `ImageRejected` (rejections raised inside pass as they are)."""
+    try:
+        yield
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge("too_large", f"decompression bomb: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:  # its message names a memory address
+        raise InvalidImage("undecodable", "cannot decode image: not an image format") from exc
+    except Exception as exc:  # PIL raises many types for bad bytes
+        raise InvalidImage(
+            "undecodable", f"cannot decode image: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def probe_image(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int | None = None,
+    max_side: int | None = None,
+    min_side: int = 1,
+    allowed_formats: Collection[str] = ALLOWED_FORMATS,
+) -> None:
+    """Steps 1-2 of `decode_image` and PIL's `verify()`, without decoding a pixel: raises the
+    rejection `decode_image` would give for these reasons. A file that passes may still fail
+    the full decode (`undecodable`, e.g. a JPEG truncated mid-scan)."""
+    check_byte_count(len(data), max_bytes)
+    guard = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    with _as_rejections(), Image.open(io.BytesIO(data)) as img:
+        _check_header(img, allowed_formats, min_side, max_side, guard)
+        img.verify()  # structural check (e.g. PNG chunk CRCs)
+
+
 def decode_image(
     data: bytes,
     *,
@@ -128,12 +166,15 @@ def decode_image(
     downscale target (None: full size). Reasons: too_many_bytes, unsupported_format, too_small,
     too_large, undecodable.
     """
-    check_byte_count(len(data), max_bytes)
-    guard = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            _check_header(img, allowed_formats, min_side, max_side, guard)
-            img.verify()  # structural check (e.g. PNG chunk CRCs) before the full decode
+    probe_image(
+        data,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        max_side=max_side,
+        min_side=min_side,
+        allowed_formats=allowed_formats,
+    )
+    with _as_rejections():
         with Image.open(io.BytesIO(data)) as img:
             fmt, size, mode = img.format, img.size, img.mode
             target = fit_pixels(size, pixel_budget)
@@ -151,16 +192,6 @@ def decode_image(
             out = target[::-1] if orientation in _SWAPS_SIDES else target
             if rgb.size != out:
                 rgb = rgb.resize(out, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    except ImageRejected:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge("too_large", f"decompression bomb: {exc}") from exc
-    except Image.UnidentifiedImageError as exc:  # its message names a memory address
-        raise InvalidImage("undecodable", "cannot decode image: not an image format") from exc
-    except Exception as exc:  # PIL raises many types for bad bytes
-        raise InvalidImage(
-            "undecodable", f"cannot decode image: {type(exc).__name__}: {exc}"
-        ) from exc
     rgb.info = {}  # the caller's image carries no EXIF, ICC profile or comments
     return Decoded(
         image=rgb,

@@ -58,6 +58,37 @@ def quarantine_table(records: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=QUARANTINE_SCHEMA)
 
 
+RESOURCE_REFRESH_S = 0.1
+"""How often Ray Data's executor re-reads the cluster's resources (Ray 2.60: every 1 s)."""
+COMPLETION_POLL_S = 0.02
+"""How long Ray Data's executor waits for task completions per loop (Ray 2.60: 0.1 s)."""
+
+
+def tune_ray_data_executor() -> None:
+    """Two timings of Ray Data's streaming executor, for executions started in this process.
+
+    Measured on 2 CPUs (bench/bench_ray_data_dispatch.py: 10 tasks of 1 s, 6.6 s -> 5.4 s;
+    docs/benchmarks.md), both in Ray 2.60's `ray.data._internal` (private, so each is set only
+    if it exists; tests/unit/test_stage_common.py checks both exist on the pinned Ray):
+    - each execution (each `materialize`) starts with a resource limit of zero, because the
+      executor asks the autoscaling coordinator actor for its share asynchronously and reads
+      the answer at its next refresh, `ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S` later;
+      until then its liveness rule runs one task at a time, leaving the other cores idle for
+      the first 1-1.7 s of every stage. Refreshing every 0.1 s costs one small actor call per
+      refresh, at most one in flight.
+    - its loop waits `WAIT_FOR_TASK_COMPLETION_TIMEOUT_S` for completions before it hands a
+      freed core the next task: 0.1 s left each core idle ~0.13 s per task; 0.02 s cuts that to
+      ~0.05 s for ~0.03 of a core more in the driver.
+    """
+    from ray.data._internal.execution import streaming_executor_state
+    from ray.data._internal.execution.resource_manager import ResourceManager
+
+    if hasattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S"):
+        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = RESOURCE_REFRESH_S
+    if hasattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S"):
+        streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = COMPLETION_POLL_S
+
+
 def map_rows(ds: ray.data.Dataset, fn, ray_cfg: RayConfig, **fn_kwargs) -> ray.data.Dataset:
     """Apply a stage's pyarrow batch function with the job's batch size and CPUs per task."""
     return ds.map_batches(

@@ -1,23 +1,33 @@
-"""Decode stage: read every image of a row, decode it under the guards, keep model-ready bytes.
+"""Probe and decode stages: read every image of a row, check it, decode it to model-ready bytes.
+
+The job reads each image twice so that no stage ever holds the whole data set's pixels:
+- `probe_stage` (before dedup and split, materialized; light: no images kept) reads each file,
+  hashes it and checks it without decoding a pixel (`hazard.images.probe_image`), so that
+  dedup and split decide on the rows that can be used;
+- `decode_stage` (streaming, fused with augment and write) reads the files again and decodes
+  them; a row whose files changed since the probe is rejected.
 
 Needs: in-flight rows (STAGE_SCHEMA) from import with `_image_uris` set (file:// or s3://, read
 through hazard.storage); rows already rejected pass through untouched.
-Adds, on kept rows: `images` = per image, the bytes to store (`hazard.images.bytes_to_store`:
-the original file when decoding changed nothing, else upright, RGB, within
-`validation.pixel_budget`, re-encoded per `encode_format`/`jpeg_quality`), and `content_hash` =
-`hazard.schema.content_hash` of the ORIGINAL file bytes, so byte-identical files are found as
-duplicates later whatever re-encoding did.
+Adds, on kept rows: `content_hash` = `hazard.schema.content_hash` of the ORIGINAL file bytes
+(probe and decode), so byte-identical files are found as duplicates whatever re-encoding does;
+`images` (decode) = per image, the bytes to store (`hazard.images.bytes_to_store`: the original
+file when decoding changed nothing, else upright, RGB, within `validation.pixel_budget`,
+re-encoded per `encode_format`/`jpeg_quality`).
 Rejects (stage "decode"): `missing_file`, `unreadable` (any other storage or OS error, e.g. a
-NUL byte in the path, a directory, no permission), and the decode reasons of hazard.images:
-`too_many_bytes` (judged from the file size, before reading), `undecodable`,
-`unsupported_format`, `too_small`, `too_large`. Every image of a row must pass; for rows with
-several images the detail names the one that failed.
+NUL byte in the path, a directory, no permission; or the file changed between probe and
+decode), and the decode reasons of hazard.images: `too_many_bytes` (judged from the file size,
+before reading), `undecodable`, `unsupported_format`, `too_small`, `too_large`. All but
+`undecodable` for a file whose header and structure pass (e.g. a truncated JPEG) are found by
+the probe. Every image of a row must pass; for rows with several images the detail names the
+one that failed.
 
-`decode_row` and `decode_for_storage` are plain functions (no Ray), e.g. for benchmarks.
+`probe_row` and `decode_row` are plain functions (no Ray), e.g. for benchmarks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -26,7 +36,13 @@ import ray
 
 from hazard import storage
 from hazard.config.data import DataConfig, ValidationConfig
-from hazard.images import ImageRejected, bytes_to_store, check_byte_count, decode_image
+from hazard.images import (
+    ImageRejected,
+    bytes_to_store,
+    check_byte_count,
+    decode_image,
+    probe_image,
+)
 from hazard.schema import content_hash
 from pipelines.common import IMAGE_URIS, REJECT_REASON, map_rows, reject, stage_table
 
@@ -61,28 +77,39 @@ def decode_for_storage(data: bytes, rules: ValidationConfig) -> bytes:
     return bytes_to_store(data, decoded, rules.encode_format, rules.jpeg_quality)
 
 
-def decode_row(
+def probe_for_storage(data: bytes, rules: ValidationConfig) -> None:
+    """Raise the ImageRejected that `decode_for_storage` would, short of a full decode."""
+    probe_image(
+        data,
+        max_bytes=rules.max_bytes,
+        max_pixels=rules.max_pixels,
+        max_side=rules.max_side,
+        min_side=rules.min_side,
+        allowed_formats=rules.allowed_formats,
+    )
+
+
+def _read_row(
     row: dict[str, Any],
     config: DataConfig,
-    filesystems: dict[str, pafs.FileSystem] | None = None,
+    filesystems: dict[str, pafs.FileSystem] | None,
+    check: Callable[[bytes, ValidationConfig], Any],
 ) -> dict[str, Any]:
-    """One in-flight row with its images read, decoded and set (or the row rejected).
-
-    `filesystems`: {scheme: filesystem} built once by the caller; an image URI of another
-    scheme gets one built for it."""
+    """`row` with `content_hash` set and, per image, `check(bytes, rules)` in `images`; or the
+    row rejected by the first image that cannot be read or fails `check`."""
     if row.get(REJECT_REASON):
         return row
     uris = row.get(IMAGE_URIS) or []
     if not uris:
         return reject(row, "undecodable", "row has no image", STAGE)
     rules = config.validation
-    originals, stored = [], []
+    originals, results = [], []
     for i, uri in enumerate(uris):
         where = f"image {i} of {len(uris)} ({uri}): " if len(uris) > 1 else ""
         try:
             fs = (filesystems or {}).get(storage.parse_uri(uri)[0])
             data = read_image(uri, rules.max_bytes, config.storage, fs)
-            stored.append(decode_for_storage(data, rules))
+            results.append(check(data, rules))
         except FileNotFoundError:  # StorageNotFoundError included
             return reject(row, "missing_file", f"{where}not found: {uri!r}", STAGE)
         except ImageRejected as exc:
@@ -90,18 +117,43 @@ def decode_row(
         except (OSError, ValueError) as exc:  # StorageError, InvalidURIError, pyarrow errors
             return reject(row, "unreadable", f"{where}{type(exc).__name__}: {exc}", STAGE)
         originals.append(data)
-    return {**row, "images": stored, "content_hash": content_hash(originals)}
+    return {**row, "images": results, "content_hash": content_hash(originals)}
 
 
-def _decode_batch(
-    batch: pa.Table, config: DataConfig, filesystems: dict[str, pafs.FileSystem]
-) -> pa.Table:
-    """map_batches fn: `decode_row` on every row of the batch."""
-    return stage_table([decode_row(row, config, filesystems) for row in batch.to_pylist()])
+def probe_row(
+    row: dict[str, Any],
+    config: DataConfig,
+    filesystems: dict[str, pafs.FileSystem] | None = None,
+) -> dict[str, Any]:
+    """One in-flight row with its images read, hashed and probed (no images kept), or the row
+    rejected. `filesystems`: {scheme: filesystem} built once by the caller; an image URI of
+    another scheme gets one built for it."""
+    out = _read_row(row, config, filesystems, probe_for_storage)
+    return out if out is row else {**out, "images": []}
 
 
-def decode_stage(ds: ray.data.Dataset, config: DataConfig) -> ray.data.Dataset:
-    """The rows with images decoded in parallel (lazy; rows in == rows out).
+def decode_row(
+    row: dict[str, Any],
+    config: DataConfig,
+    filesystems: dict[str, pafs.FileSystem] | None = None,
+) -> dict[str, Any]:
+    """One in-flight row with its images read, decoded and set, or the row rejected. A row
+    probed before (`content_hash` set) is rejected `unreadable` if its files changed since."""
+    out = _read_row(row, config, filesystems, decode_for_storage)
+    probed = row.get("content_hash")
+    if probed and out.get(REJECT_REASON) is None and out["content_hash"] != probed:
+        detail = f"its files changed while the job ran (content hash {probed[:12]}… before)"
+        return reject(out, "unreadable", detail, STAGE)
+    return out
+
+
+def _map_batch(batch: pa.Table, row_fn, config: DataConfig, filesystems) -> pa.Table:
+    """map_batches fn: `row_fn` (probe_row or decode_row) on every row of the batch."""
+    return stage_table([row_fn(row, config, filesystems) for row in batch.to_pylist()])
+
+
+def _stage(ds: ray.data.Dataset, row_fn, config: DataConfig) -> ray.data.Dataset:
+    """`row_fn` on every row in parallel (lazy; rows in == rows out).
 
     The source's filesystem is built here, on the driver, and shipped to the tasks: images
     live under the source (import rejects paths outside it), and workers then need not see the
@@ -109,4 +161,16 @@ def decode_stage(ds: ray.data.Dataset, config: DataConfig) -> ray.data.Dataset:
     """
     fs, _ = storage.filesystem_for(config.source.uri, config.storage)
     filesystems = {storage.parse_uri(config.source.uri)[0]: fs}
-    return map_rows(ds, _decode_batch, config.ray, config=config, filesystems=filesystems)
+    return map_rows(
+        ds, _map_batch, config.ray, row_fn=row_fn, config=config, filesystems=filesystems
+    )
+
+
+def probe_stage(ds: ray.data.Dataset, config: DataConfig) -> ray.data.Dataset:
+    """The rows read, hashed and probed in parallel, without their images (lazy)."""
+    return _stage(ds, probe_row, config)
+
+
+def decode_stage(ds: ray.data.Dataset, config: DataConfig) -> ray.data.Dataset:
+    """The rows with images decoded in parallel (lazy)."""
+    return _stage(ds, decode_row, config)

@@ -1,6 +1,6 @@
 """Dedup and split stage: reject duplicate images, give rows without a split one.
 
-Needs: decoded rows (`content_hash` of the original file bytes, `answer`, `split` or None,
+Needs: probed rows (`content_hash` of the original file bytes, `answer`, `split` or None,
 `_order`); rejected rows pass through untouched.
 Adds: `duplicate` rejections (stage "dedup") and `split` on kept rows that had none.
 

@@ -1,11 +1,14 @@
-"""The data preparation pipeline: import -> decode -> dedup/split -> augment -> filter -> write.
+"""The data preparation pipeline: import -> probe -> dedup/split -> decode -> augment -> filter
+-> write.
 
 Rows stream through the stages; a stage that rejects a row marks it (`reject`) and later stages
 pass it on untouched, so the write stage counts every row by the stage and reason that
-rejected it. The images are materialized once, after decoding (dedup and split assignment need
-every row's hash and answer); then augmenting, filtering and writing stream, each task writing
-the shards of its own rows, and only the rows' light columns come back for the lineage. Needs a
-running Ray (ray.init) in the caller.
+rejected it. Dedup and split assignment need every row's content hash and answer, so the probe
+(read, hash and check each image, keep no pixels) is materialized first: light rows only. Then
+one streaming pass decodes, augments, filters and writes, each task writing the shards of its
+own rows, and only the rows' light columns come back for the lineage: no stage holds the data
+set's images at once, and Ray Data starts one heavy execution, not two. Needs a running Ray
+(ray.init) in the caller.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from hazard.config.data import DataConfig
 from hazard.storage import absolute
 from hazard.tasks import get_task
 from pipelines.augment import augment
+from pipelines.common import tune_ray_data_executor
 from pipelines.consistency import consistency_filter
-from pipelines.decode import decode_stage
+from pipelines.decode import decode_stage, probe_stage
 from pipelines.dedup_split import dedup_and_split
 from pipelines.sources import read_source
-from pipelines.write import clear_outputs, write_outputs, write_shards
+from pipelines.write import clear_outputs, light_rows, write_outputs, write_shards
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,7 @@ def prepare(config: DataConfig) -> dict[str, Any]:
     """
     started_at = datetime.now(UTC)
     t0 = time.perf_counter()
+    tune_ray_data_executor()
     # local paths are the caller's: make them absolute before tasks run in other directories
     source = config.source.model_copy(update={"uri": absolute(config.source.uri)})
     config = config.model_copy(update={"source": source, "output_dir": absolute(config.output_dir)})
@@ -43,12 +48,12 @@ def prepare(config: DataConfig) -> dict[str, Any]:
     task = get_task(config.task)
 
     t = time.perf_counter()
-    decoded = decode_stage(read_source(config), config).materialize()
-    timings["import_decode"] = time.perf_counter() - t
-    log.info("import + decode: %d rows in %.1fs", decoded.count(), timings["import_decode"])
+    probed = probe_stage(read_source(config), config).materialize()
+    timings["import_probe"] = time.perf_counter() - t
+    log.info("import + probe: %d rows in %.1fs", probed.count(), timings["import_probe"])
 
     t = time.perf_counter()
-    rows, decisions = dedup_and_split(decoded, config.split, config.ray)
+    rows, decisions = dedup_and_split(probed, config.split, config.ray)
     timings["dedup_split"] = time.perf_counter() - t
     log.info(
         "dedup + split: %d duplicates, %d splits assigned, %d label conflicts",
@@ -59,14 +64,20 @@ def prepare(config: DataConfig) -> dict[str, Any]:
 
     t = time.perf_counter()
     clear_outputs(config)
-    augmented = augment(rows, config.augment, config.validation, config.ray)
+    decoded = decode_stage(rows, config)
+    augmented = augment(decoded, config.augment, config.validation, config.ray)
     filtered = consistency_filter(augmented, config.consistency, task, config.ray)
     light = write_shards(filtered, config).materialize()
-    timings["augment_filter_write"] = time.perf_counter() - t
+    timings["decode_augment_filter_write"] = time.perf_counter() - t
     log.info(
-        "augment + filter + write: %d rows in %.1fs", light.count(), timings["augment_filter_write"]
+        "decode + augment + filter + write: %d rows in %.1fs",
+        light.count(),
+        timings["decode_augment_filter_write"],
     )
 
-    report = write_outputs(light, decisions, config, started_at, t0, timings)
+    t = time.perf_counter()
+    final = light_rows(light.iter_batches(batch_format="pyarrow", batch_size=None))
+    timings["lineage_read"] = time.perf_counter() - t
+    report = write_outputs(final, decisions, config, started_at, t0, timings)
     log.info("wrote %d rows to %s", report["written"], config.output_dir)
     return report

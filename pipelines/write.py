@@ -92,10 +92,10 @@ def write_shards(ds: ray.data.Dataset, config: DataConfig) -> ray.data.Dataset:
     )
 
 
-def light_rows(ds: ray.data.Dataset) -> list[dict[str, Any]]:
-    """Every row's bookkeeping columns (no images), in source order then id."""
-    batches = ds.select_columns(LIGHT).iter_batches(batch_format="pyarrow", batch_size=None)
-    rows = [r for b in batches for r in b.to_pylist()]
+def light_rows(batches) -> list[dict[str, Any]]:
+    """Every row's bookkeeping columns (no images) from `batches` (pyarrow tables holding the
+    LIGHT columns, e.g. what `write_batch` returns), in source order then id."""
+    rows = [r for b in batches for r in b.select(LIGHT).to_pylist()]
     rows.sort(key=lambda r: (r[ORDER] if r[ORDER] is not None else -1, r["id"] or ""))
     return rows
 
@@ -202,18 +202,17 @@ def check(counts: dict[str, Any], written: dict[str, int], quarantined: int) -> 
 
 
 def write_outputs(
-    light: ray.data.Dataset,
+    rows: list[dict[str, Any]],
     decisions: Decisions,
     config: DataConfig,
     started_at: datetime,
     t0: float,
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """Quarantine, empty shards for empty splits and lineage.json, from the rows' light
-    columns after `write_shards` ran; the lineage report."""
+    """Quarantine, empty shards for empty splits and lineage.json, from every row's light
+    columns (`light_rows`) after the shards were written; the lineage report."""
     t = time.perf_counter()
     labels = get_task(config.task).labels
-    rows = light_rows(light)
     counts = count(rows, labels)
     for split in SPLITS:
         if counts["splits"][split]["to_write"] == 0:

@@ -262,3 +262,30 @@ def test_data_configs_load_and_reject_typos():
         load_config(REPO / "configs/tiny/data.yaml", DataConfig, ["augment.ops=[blur]"])
     with pytest.raises(ConfigError, match="unknown task"):
         load_config(REPO / "configs/tiny/data.yaml", DataConfig, ["task=nope"])
+
+
+def test_the_benchmarks_plain_loop_does_the_same_work(run, tmp_path):
+    """bench_data_throughput's loop (the stages' plain functions, one process) writes the same
+    rows, quarantine and counts as the pipeline: its speedup compares equal work."""
+    from bench.bench_data_throughput import run_loop
+
+    out = tmp_path / "loop"
+    run_loop(run["config"].model_copy(update={"output_dir": str(out)}))
+    loop = json.loads((out / "lineage.json").read_text())
+    for key in ("listed", "accepted", "rejected", "augmented", "written", "stages"):
+        assert loop[key] == run["report"][key], key
+    for split in (*SPLITS, "unassigned"):
+        mine = {k: v for k, v in loop["splits"][split].items() if k != "shards"}
+        theirs = {k: v for k, v in run["report"]["splits"][split].items() if k != "shards"}
+        assert mine == theirs, split
+
+    def rows(folder: Path) -> list[tuple]:
+        return sorted(
+            (r["id"], r["split"], r["content_hash"], tuple(r["aug_ops"])) for r in _all_rows(folder)
+        )
+
+    assert rows(out) == rows(run["out"])
+    assert (
+        pq.read_table(out / "quarantine.parquet").to_pylist()
+        == pq.read_table(run["out"] / "quarantine.parquet").to_pylist()
+    )

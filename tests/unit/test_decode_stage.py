@@ -1,4 +1,5 @@
-"""The decode stage: image files (local and s3://) read, decoded and stored, or rows rejected."""
+"""The probe and decode stages: image files (local and s3://) read, checked, decoded and stored,
+or rows rejected."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -20,7 +22,8 @@ from pipelines.common import (
     reject,
     stage_table,
 )
-from pipelines.decode import decode_row, decode_stage
+from pipelines.decode import decode_row, decode_stage, probe_row, probe_stage
+from pipelines.dedup_split import LIGHT_COLUMNS, apply_decisions, decide
 from tests.fixtures.images.builders import RED, noise, write_samples
 
 UNCHANGED = ("plain.jpg", "grey.png", "photo.webp")  # stored byte for byte
@@ -165,14 +168,63 @@ def test_rejected_rows_pass_untouched(samples, tmp_path):
     assert empty[REJECT_REASON] == "undecodable" and empty[REJECT_STAGE] == "decode"
 
 
+FULL_DECODE_ONLY = {"truncated.jpg"}  # what only the full decode can reject
+
+
+def test_probe_row_rejects_as_decode_does_and_keeps_no_pixels(samples, tmp_path):
+    folder, expected = samples
+    config = config_for(tmp_path)
+    for i, (name, reason) in enumerate(expected.items()):
+        row = probe_row(make_row(name, [(folder / name).as_uri()], i), config)
+        assert row["images"] == [], name
+        if reason is None or name in FULL_DECODE_ONLY:
+            assert row[REJECT_REASON] is None, (name, row[REJECT_DETAIL])
+            assert row["content_hash"] == sha_of_shas((folder / name).read_bytes())
+        else:
+            assert (row[REJECT_REASON], row[REJECT_STAGE]) == (reason, "decode"), name
+    row = probe_row(make_row("m", [(folder / "gone.jpg").as_uri()], 0), config)
+    assert (row[REJECT_REASON], row[REJECT_STAGE]) == ("missing_file", "decode")
+
+
+def test_decode_after_probe_keeps_the_probed_hash_and_rejects_changed_files(tmp_path):
+    config = config_for(tmp_path)
+    path = tmp_path / "a.png"
+    path.write_bytes(noise((64, 48)))
+    probed = probe_row(make_row("a", [path.as_uri()], 0), config)
+    row = decode_row(probed, config)
+    assert row[REJECT_REASON] is None and row["content_hash"] == probed["content_hash"]
+    assert row["images"] == [path.read_bytes()]  # a plain RGB PNG within budget: stored as is
+
+    path.write_bytes(noise((64, 48), seed=1))  # replaced between the probe and the decode
+    row = decode_row(probed, config)
+    assert (row[REJECT_REASON], row[REJECT_STAGE]) == ("unreadable", "decode")
+    assert "changed while the job ran" in row[REJECT_DETAIL] and row["images"] == []
+
+
+def test_a_copy_of_a_file_only_the_decode_rejects_is_a_duplicate_of_it(samples, tmp_path):
+    """The probe passes a truncated JPEG, so dedup keeps the first of two copies (split train)
+    and rejects the second as its duplicate; the decode then rejects the first."""
+    folder, _ = samples
+    config = config_for(tmp_path)
+    uri = (folder / "truncated.jpg").as_uri()
+    rows = [probe_row(make_row(f"t{i}", [uri], i), config) for i in range(2)]
+    d = decide(
+        pa.Table.from_pylist([{c: r.get(c) for c in LIGHT_COLUMNS} for r in rows]), config.split
+    )
+    first, second = (decode_row(apply_decisions(r, d.duplicates, d.splits), config) for r in rows)
+    assert (first[REJECT_REASON], first[REJECT_STAGE]) == ("undecodable", "decode")
+    assert (second[REJECT_REASON], second[REJECT_STAGE]) == ("duplicate", "dedup")
+    assert second[REJECT_DETAIL] == "same content as t0 (split train)"
+
+
 # --- on Ray, local and s3:// -----------------------------------------------------------------
 
 
-def run_stage(rows: list[dict], config: DataConfig) -> dict[str, dict]:
+def run_stage(rows: list[dict], config: DataConfig, stage=decode_stage) -> dict[str, dict]:
     import ray
 
     ds = ray.data.from_arrow(stage_table(rows)).repartition(3)
-    out = decode_stage(ds, config).take_all()
+    out = stage(ds, config).take_all()
     assert len(out) == len(rows)  # rows in == rows out
     by_id = {r["id"]: r for r in out}
     assert len(by_id) == len(rows)
@@ -208,6 +260,13 @@ def test_stage_on_ray_with_local_files(ray_s3, samples, tmp_path):
     by_id = run_stage(rows, config_for(tmp_path))
     check_stage_output(by_id, reasons, lambda n: (folder / n).read_bytes())
     assert by_id["plain.jpg"][IMAGE_URIS] == [(folder / "plain.jpg").as_uri()]
+
+    probed = run_stage(rows, config_for(tmp_path), probe_stage)
+    for name, reason in reasons.items():
+        row, kept = probed[name], reason is None or name in FULL_DECODE_ONLY
+        assert row[REJECT_REASON] == (None if kept else reason) and row["images"] == [], name
+        if kept:
+            assert row["content_hash"] == sha_of_shas((folder / name).read_bytes())
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from hazard.images import (
     decode_image,
     encode_image,
     fit_pixels,
+    probe_image,
 )
 from tests.fixtures.images.builders import (
     BLUE,
@@ -67,6 +68,37 @@ def test_bad_samples_are_rejected_with_their_reason(name):
 @pytest.mark.parametrize("name", [n for n, (_, reason) in SAMPLES.items() if reason is None])
 def test_good_samples_decode(name):
     assert decode(SAMPLES[name][0]()).image.mode == "RGB"
+
+
+FULL_DECODE_ONLY = {"truncated.jpg"}  # header and structure pass; pixel data ends early
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_probe_gives_the_decode_rejection_without_decoding(name):
+    build, reason = SAMPLES[name]
+    data = build()
+    if reason is None or name in FULL_DECODE_ONLY:
+        assert probe_image(data, **DEFAULTS) is None
+        return
+    with pytest.raises(ImageRejected) as exc:
+        probe_image(data, **DEFAULTS)
+    assert exc.value.reason == reason
+    assert type(exc.value) is type(pytest.raises(ImageRejected, decode, data).value)
+
+
+def test_probe_applies_the_validation_rules_and_byte_limit():
+    data = solid((40, 24), fmt="PNG")
+    for kwargs, reason in [
+        ({"min_side": 25}, "too_small"),
+        ({"max_side": 39}, "too_large"),
+        ({"max_pixels": 40 * 24 - 1}, "too_large"),
+        ({"allowed_formats": {"JPEG"}}, "unsupported_format"),
+        ({"max_bytes": len(data) - 1}, "too_many_bytes"),
+    ]:
+        with pytest.raises(ImageRejected) as exc:
+            probe_image(data, **{**DEFAULTS, "min_side": 1, **kwargs})
+        assert exc.value.reason == reason, kwargs
+    assert probe_image(data, **{**DEFAULTS, "min_side": 24, "max_pixels": 40 * 24}) is None
 
 
 def test_too_many_bytes_is_checked_before_opening():
