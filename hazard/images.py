@@ -40,6 +40,9 @@ _SWAPS_SIDES = frozenset({5, 6, 7, 8})  # EXIF orientations that exchange width 
 
 # Qwen2.5-VL's processor defaults: the pixel range a picture is resized into (one image token
 # per 28x28 pixels), the serving pixel budget when a bundle names none.
+MAX_ASPECT_RATIO = 200
+"""Qwen2.5-VL's image processor (transformers' smart_resize) refuses images whose long side is
+this many times the short side or more (`check_aspect_ratio`)."""
 QWEN_MIN_PIXELS = 56 * 56
 QWEN_MAX_PIXELS = 12_845_056
 
@@ -92,6 +95,16 @@ def check_byte_count(n: int, max_bytes: int) -> None:
     """Raise `too_many_bytes` if an encoded image of `n` bytes is over the limit."""
     if n > max_bytes:
         raise ImageTooLarge("too_many_bytes", f"image is {n} bytes; the limit is {max_bytes}")
+
+
+def check_aspect_ratio(size: tuple[int, int]) -> None:
+    """Raise `aspect_ratio` (InvalidImage) for a (width, height) the models' processor refuses,
+    so that such input is refused up front, not raised inside a model call."""
+    w, h = size
+    if max(w, h) >= MAX_ASPECT_RATIO * min(w, h):
+        raise InvalidImage(
+            "aspect_ratio", f"image is {w}x{h}; the aspect ratio must be under {MAX_ASPECT_RATIO}:1"
+        )
 
 
 def fit_pixels(size: tuple[int, int], pixel_budget: int | None) -> tuple[int, int]:

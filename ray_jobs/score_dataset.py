@@ -53,7 +53,6 @@ from hazard.storage import (
 log = logging.getLogger("score_dataset")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-MAX_ASPECT_RATIO = 200  # the Qwen2.5-VL processor refuses longer sides (as serving does)
 PROB_COLUMNS = tuple(f"p_{label}" for label in RISK_LABELS)
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -159,7 +158,7 @@ class CascadeScorer:
     def decode(self, images: list[bytes]) -> list:
         """Upright RGB images of one row, within the models' pixel budget (decoded as the
         serving ingress decodes); raises ImageRejected (with a reason) for bad ones."""
-        from hazard.images import InvalidImage, decode_image
+        from hazard.images import InvalidImage, check_aspect_ratio, decode_image
 
         if not images:
             raise InvalidImage("no_image", "the row holds no image")
@@ -171,11 +170,7 @@ class CascadeScorer:
                 max_pixels=self.max_pixels,
                 pixel_budget=self.pixel_budget,
             ).image
-            w, h = img.size
-            if max(w, h) >= MAX_ASPECT_RATIO * min(w, h):
-                raise InvalidImage(
-                    "bad_aspect_ratio", f"image is {w}x{h}; the ratio must be under 200:1"
-                )
+            check_aspect_ratio(img.size)  # refused as serving refuses it
             out.append(img)
         return out
 

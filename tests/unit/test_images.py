@@ -13,6 +13,7 @@ from hazard.images import (
     ImageTooLarge,
     InvalidImage,
     bytes_to_store,
+    check_aspect_ratio,
     decode_image,
     encode_image,
     fit_pixels,
@@ -68,6 +69,15 @@ def test_bad_samples_are_rejected_with_their_reason(name):
 @pytest.mark.parametrize("name", [n for n, (_, reason) in SAMPLES.items() if reason is None])
 def test_good_samples_decode(name):
     assert decode(SAMPLES[name][0]()).image.mode == "RGB"
+
+
+def test_aspect_ratio_limit_is_the_models_200_to_1_either_way_round():
+    for size in [(199, 1), (1, 199), (3980, 20), (64, 64)]:
+        assert check_aspect_ratio(size) is None
+    for size in [(200, 1), (1, 200), (4000, 20), (20, 4001)]:
+        with pytest.raises(InvalidImage) as exc:
+            check_aspect_ratio(size)
+        assert exc.value.reason == "aspect_ratio" and f"{size[0]}x{size[1]}" in str(exc.value)
 
 
 FULL_DECODE_ONLY = {"truncated.jpg"}  # header and structure pass; pixel data ends early
