@@ -63,30 +63,26 @@ def read_image(
         return fh.read(min(size, max_bytes) + 1)
 
 
+def _guards(rules: ValidationConfig) -> dict[str, Any]:
+    """The checks `probe_image` and `decode_image` share, from the validation rules."""
+    return {
+        "max_bytes": rules.max_bytes,
+        "max_pixels": rules.max_pixels,
+        "max_side": rules.max_side,
+        "min_side": rules.min_side,
+        "allowed_formats": rules.allowed_formats,
+    }
+
+
 def decode_for_storage(data: bytes, rules: ValidationConfig) -> bytes:
     """The bytes to store for one source image under `rules`; raises ImageRejected."""
-    decoded = decode_image(
-        data,
-        max_bytes=rules.max_bytes,
-        max_pixels=rules.max_pixels,
-        max_side=rules.max_side,
-        min_side=rules.min_side,
-        allowed_formats=rules.allowed_formats,
-        pixel_budget=rules.pixel_budget,
-    )
+    decoded = decode_image(data, **_guards(rules), pixel_budget=rules.pixel_budget)
     return bytes_to_store(data, decoded, rules.encode_format, rules.jpeg_quality)
 
 
 def probe_for_storage(data: bytes, rules: ValidationConfig) -> None:
     """Raise the ImageRejected that `decode_for_storage` would, short of a full decode."""
-    probe_image(
-        data,
-        max_bytes=rules.max_bytes,
-        max_pixels=rules.max_pixels,
-        max_side=rules.max_side,
-        min_side=rules.min_side,
-        allowed_formats=rules.allowed_formats,
-    )
+    probe_image(data, **_guards(rules))
 
 
 def _read_row(
