@@ -4,7 +4,9 @@
 1. the byte count (`too_many_bytes`), before the bytes are opened;
 2. the header: format (`unsupported_format`), then the stored width x height against
    `min_side` (`too_small`), `max_side` and `max_pixels` (`too_large`; decompression bombs are
-   refused here, before any pixel is decoded);
+   refused here, before any pixel is decoded), then the aspect ratio of the size the image
+   will have after downscaling (`aspect_ratio`: the models' processor refuses 200:1 or more,
+   and downscaling rounds the short side down, so a 199:1 source can come out past it);
 3. PIL's `verify()` (structure, e.g. PNG chunk CRCs), then the full decode (`undecodable` for
    anything that fails: not an image, truncated, corrupt).
 `probe_image` is steps 1-3 up to `verify()`: the same rejections without decoding a pixel.
@@ -152,6 +154,7 @@ def probe_image(
     max_side: int | None = None,
     min_side: int = 1,
     allowed_formats: Collection[str] = ALLOWED_FORMATS,
+    pixel_budget: int | None = None,
 ) -> None:
     """Steps 1-2 of `decode_image` and PIL's `verify()`, without decoding a pixel: raises the
     rejection `decode_image` would give for these reasons. A file that passes may still fail
@@ -160,6 +163,7 @@ def probe_image(
     guard = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     with _as_rejections(), Image.open(io.BytesIO(data)) as img:
         _check_header(img, allowed_formats, min_side, max_side, guard)
+        check_aspect_ratio(fit_pixels(img.size, pixel_budget))
         img.verify()  # structural check (e.g. PNG chunk CRCs)
 
 
@@ -177,7 +181,7 @@ def decode_image(
 
     `max_pixels` is the decode guard (None: PIL's `Image.MAX_IMAGE_PIXELS`); `pixel_budget` the
     downscale target (None: full size). Reasons: too_many_bytes, unsupported_format, too_small,
-    too_large, undecodable.
+    too_large, aspect_ratio, undecodable.
     """
     probe_image(
         data,
@@ -186,6 +190,7 @@ def decode_image(
         max_side=max_side,
         min_side=min_side,
         allowed_formats=allowed_formats,
+        pixel_budget=pixel_budget,
     )
     with _as_rejections():
         with Image.open(io.BytesIO(data)) as img:

@@ -17,7 +17,8 @@ re-encoded per `encode_format`/`jpeg_quality`).
 Rejects (stage "decode"): `missing_file`, `unreadable` (any other storage or OS error, e.g. a
 NUL byte in the path, a directory, no permission; or the file changed between probe and
 decode), and the decode reasons of hazard.images: `too_many_bytes` (judged from the file size,
-before reading), `undecodable`, `unsupported_format`, `too_small`, `too_large`. All but
+before reading), `undecodable`, `unsupported_format`, `too_small`, `too_large`,
+`aspect_ratio` (200:1 or more once within the pixel budget: the models refuse it). All but
 `undecodable` for a file whose header and structure pass (e.g. a truncated JPEG) are found by
 the probe. Every image of a row must pass; for rows with several images the detail names the
 one that failed.
@@ -71,12 +72,13 @@ def _guards(rules: ValidationConfig) -> dict[str, Any]:
         "max_side": rules.max_side,
         "min_side": rules.min_side,
         "allowed_formats": rules.allowed_formats,
+        "pixel_budget": rules.pixel_budget,
     }
 
 
 def decode_for_storage(data: bytes, rules: ValidationConfig) -> bytes:
     """The bytes to store for one source image under `rules`; raises ImageRejected."""
-    decoded = decode_image(data, **_guards(rules), pixel_budget=rules.pixel_budget)
+    decoded = decode_image(data, **_guards(rules))
     return bytes_to_store(data, decoded, rules.encode_format, rules.jpeg_quality)
 
 

@@ -158,20 +158,19 @@ class CascadeScorer:
     def decode(self, images: list[bytes]) -> list:
         """Upright RGB images of one row, within the models' pixel budget (decoded as the
         serving ingress decodes); raises ImageRejected (with a reason) for bad ones."""
-        from hazard.images import InvalidImage, check_aspect_ratio, decode_image
+        from hazard.images import InvalidImage, decode_image
 
         if not images:
             raise InvalidImage("no_image", "the row holds no image")
         out = []
         for data in images:
-            img = decode_image(
+            decoded = decode_image(  # aspect ratios the models refuse are refused here too
                 data,
                 max_bytes=self.max_bytes,
                 max_pixels=self.max_pixels,
                 pixel_budget=self.pixel_budget,
-            ).image
-            check_aspect_ratio(img.size)  # refused as serving refuses it
-            out.append(img)
+            )
+            out.append(decoded.image)
         return out
 
     @staticmethod

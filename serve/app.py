@@ -34,7 +34,7 @@ from hazard.answers import parse_risk_level
 from hazard.bundle import BundleMeta, pixel_budget, read_meta
 from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config.serve import ModelReplicas, ServeConfig, ServedModel
-from hazard.images import ImageRejected, ImageTooLarge, check_aspect_ratio, decode_image
+from hazard.images import ImageRejected, ImageTooLarge, decode_image
 from hazard.labels import HIGH_RISK, RISK_LABELS
 from serve.admission import Admission, Overloaded
 from serve.metrics import ingress_metrics, model_metrics
@@ -528,7 +528,9 @@ class HazardAPI:
         """Upright RGB within the models' pixel budget: a large photo is downscaled here, so
         what waits and travels to a model replica is never bigger than the model needs."""
         start = time.perf_counter()
-        try:  # decoding up to max_image_pixels is CPU work: keep it off the event loop
+        # decoding up to max_image_pixels is CPU work: keep it off the event loop. An aspect
+        # ratio the models refuse is a 400 here, not a 500 inside a model replica's batch.
+        try:
             decoded = await asyncio.to_thread(
                 decode_image,
                 data,
@@ -536,8 +538,6 @@ class HazardAPI:
                 max_pixels=self.cfg.max_image_pixels,
                 pixel_budget=self.pixel_budget,
             )
-            # a 400 here, not a 500 inside a model replica (failing its whole batch)
-            check_aspect_ratio(decoded.image.size)
         except ImageRejected as exc:
             status = 413 if isinstance(exc, ImageTooLarge) else 400
             raise self._refused(exc.reason, status, str(exc)) from exc

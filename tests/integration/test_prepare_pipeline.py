@@ -54,9 +54,11 @@ def _make_source(root: Path) -> dict[str, tuple[str, str]]:
     Image.new("RGB", (16, 16), (10, 200, 10)).save(root / "images/tiny.png")
     Image.new("RGB", (64, 64), (10, 10, 200)).save(root / "images/anim.gif")
     Image.new("RGB", (64, 64), (200, 10, 10)).save(root / "images/odd_split.png")
+    Image.new("RGB", (6400, 32), (200, 200, 10)).save(root / "images/banner.png")
     extra = [
         ("images/leak_copy.png", first_train["label"], "val", "dedup", "duplicate"),
         ("images/tiny.png", "no_risk", "train", "decode", "too_small"),
+        ("images/banner.png", "high_risk", "train", "decode", "aspect_ratio"),
         ("images/anim.gif", "low_risk", "test", "decode", "unsupported_format"),
         ("images/odd_split.png", "low_risk", "holdout", "import", "bad_split"),
         ("../outside.png", "low_risk", "train", "import", "outside_source"),
@@ -129,6 +131,7 @@ def test_each_bad_row_is_quarantined_with_its_reason(run):
     by_stage = run["report"]["quarantine"]["by_stage"]
     assert by_stage["import"] == {"bad_split": 1, "outside_source": 1, "unknown_label": 1}
     assert by_stage["decode"] == {
+        "aspect_ratio": 1,
         "missing_file": 1,
         "too_small": 1,
         "undecodable": 2,

@@ -80,6 +80,21 @@ def test_aspect_ratio_limit_is_the_models_200_to_1_either_way_round():
         assert exc.value.reason == "aspect_ratio" and f"{size[0]}x{size[1]}" in str(exc.value)
 
 
+def test_aspect_ratio_is_judged_after_downscaling():
+    # 6360x32 is 198.75:1; within a 50,000-pixel budget it becomes 3152x15 = 210:1 (the short
+    # side rounds down), which the models refuse: probe and decode refuse it up front
+    data = solid((6360, 32), fmt="PNG")
+    assert fit_pixels((6360, 32), 50_000) == (3152, 15)
+    assert decode(data).image.size == (6360, 32)
+    assert probe_image(data, **DEFAULTS) is None
+    for check in (decode, lambda d, **kw: probe_image(d, **DEFAULTS, **kw)):
+        with pytest.raises(InvalidImage) as exc:
+            check(data, pixel_budget=50_000)
+        assert exc.value.reason == "aspect_ratio" and "3152x15" in str(exc.value)
+    # the same source under a budget it already fits is kept at its size
+    assert decode(data, pixel_budget=6360 * 32).image.size == (6360, 32)
+
+
 FULL_DECODE_ONLY = {"truncated.jpg"}  # header and structure pass; pixel data ends early
 
 
