@@ -8,12 +8,17 @@ under runs/bench/. Both paths run the same functions on the same input and confi
 (import -> probe -> dedup and split -> decode to the pixel budget -> augment -> Parquet shards):
 - `loop`: one process, rows one after another (`probe_row`, `decide`, `decode_row`,
   `augment_rows`, `write_batch`, `write_outputs` for the quarantine and lineage);
-- `ray`: `pipelines.prepare.prepare` on a local Ray with `--cpus` CPUs, started before timing;
-Both are warmed up first on a 10-image folder (modules imported; for Ray, in batches of 4 so
-that every worker process is started and has imported them), so the two timed runs compare the
-work, not start-up;
+- `ray`: `pipelines.prepare.prepare` on a local Ray with `--cpus` CPUs;
 - `job` (unless --no-job): `python -m ray_jobs.prepare_data` as a user runs it, Ray start
   included, with its output size against the input's.
+Every timed loop or ray run starts from fresh processes warmed up on a 10-image folder (modules
+imported; for Ray, in batches of 4 so that every worker process is started and has imported
+them), so that runs compare the work, not start-up, and no run inherits another's state:
+- each loop run is a new process (spawned): a process that has already run the loop keeps the
+  heap its run grew and skips the page faults of growing it again (600 photos: 3.5M minor
+  faults in a first run, ~80k in later runs of the same process, which are ~20% faster);
+- Ray is started (`ray.init`) and shut down around each ray run.
+`--reuse-processes` runs every repeat in this process and one Ray instead (the earlier method).
 Beside them, the per-core decode floor: images/s of decoding alone (to the pixel budget, as the
 decode stage does, and at full size) in one process, the work no pipeline can skip.
 Each path runs `--repeats` times, interleaved (loop then ray, then ray then loop, ...); the
@@ -26,14 +31,17 @@ images/s / loop images/s from the median times.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
+import multiprocessing
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +151,49 @@ def run_ray(config) -> dict[str, object]:
     return {"rows_written": report["written"], "phases": report["timing"]["phases"]}
 
 
+def timed(run, config) -> tuple[float, dict[str, object]]:
+    """(seconds, result) of `run(config)`."""
+    t = time.perf_counter()
+    result = run(config)
+    return time.perf_counter() - t, result
+
+
+def _warm_then_time_loop(config, warm) -> tuple[float, dict[str, object]]:
+    """In a fresh process: the loop warmed up on `warm`, then timed on `config`."""
+    run_loop(warm)
+    return timed(run_loop, config)
+
+
+def time_loop(config, warm, fresh: bool) -> tuple[float, dict[str, object]]:
+    """The loop timed on `config`: in a new process warmed up on `warm` (fresh), or here."""
+    if not fresh:
+        return timed(run_loop, config)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_warm_then_time_loop, (config, warm))
+
+
+@contextlib.contextmanager
+def local_ray(cpus: int, warm) -> Iterator[None]:
+    """A local Ray of `cpus` CPUs, its workers warmed up on `warm`, shut down afterwards."""
+    import ray
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        run_ray(warm)
+        yield
+    finally:
+        ray.shutdown()
+
+
+def time_ray(config, warm, cpus: int, fresh: bool) -> tuple[float, dict[str, object]]:
+    """The pipeline timed on `config`: on a Ray started for it (fresh) or the running one."""
+    if not fresh:
+        return timed(run_ray, config)
+    with local_ray(cpus, warm):
+        return timed(run_ray, config)
+
+
 def run_job(args, source: Path, out: Path) -> dict[str, object]:
     """`python -m ray_jobs.prepare_data` in its own process (its own local Ray)."""
     cmd = [
@@ -175,11 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of each path (median)")
     p.add_argument("--no-job", action="store_true", help="skip the whole-job run")
+    p.add_argument(
+        "--reuse-processes",
+        action="store_true",
+        help="run every repeat in this process and one Ray (default: fresh processes each)",
+    )
     p.add_argument("--workdir", type=Path, default=REPO_ROOT / "runs" / "bench" / NAME)
     p.add_argument("--out", type=Path, default=None, help="JSON path")
     args = p.parse_args(argv)
-
-    import ray
 
     from hazard.config import load_config
     from hazard.config.data import DataConfig
@@ -200,22 +254,24 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [*args.overrides, f"source.uri={warm}", f"output_dir={out}", "ray.batch_size=4"]
         return load_config(args.config, DataConfig, overrides)
 
-    run_loop(warm_config(args.workdir / "out-warmup-loop"))
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    fresh = not args.reuse_processes
+    warm_loop = warm_config(args.workdir / "out-warmup-loop")
+    warm_ray = warm_config(args.workdir / "out-warmup-ray")
     samples: dict[str, list[float]] = {"loop": [], "ray": []}
-    try:
-        run_ray(warm_config(args.workdir / "out-warmup-ray"))
+    with contextlib.ExitStack() as stack:
+        if not fresh:  # one warm-up of each, then every repeat in this process and this Ray
+            run_loop(warm_loop)
+            stack.enter_context(local_ray(args.cpus, warm_ray))
         for rep in range(args.repeats):  # interleaved, so load changes hit both paths alike
             for name in ("loop", "ray") if rep % 2 == 0 else ("ray", "loop"):
                 out = args.workdir / f"out-{name}"
                 shutil.rmtree(out, ignore_errors=True)
-                t = time.perf_counter()
-                res = (run_loop if name == "loop" else run_ray)(config_for(out))
-                samples[name].append(time.perf_counter() - t)
+                if name == "loop":
+                    seconds, res = time_loop(config_for(out), warm_loop, fresh)
+                else:
+                    seconds, res = time_ray(config_for(out), warm_ray, args.cpus, fresh)
+                samples[name].append(seconds)
                 results[name] = {**res, "output_bytes": folder_bytes(out, (".parquet",))}
-    finally:
-        ray.shutdown()
     for name, secs in samples.items():
         results[name].update(seconds=statistics.median(secs), seconds_each=secs)
 
@@ -241,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "input": {"images": n, "size": list(SIZE), "bytes": input_bytes},
         "config": cfg.model_dump(mode="json"),
         "cpus": args.cpus,
+        "fresh_processes_per_repeat": fresh,
         "decode_floor_per_core": floor,
         "results": results,
         "speedup": speedup,
@@ -251,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\ndata throughput: {n} JPEGs {SIZE[0]}x{SIZE[1]}, {input_bytes / 1e6:.1f} MB in, "
         f"pixel budget {cfg.validation.pixel_budget}, {cfg.augment.copies} copies, "
-        f"{args.cpus} CPUs"
+        f"{args.cpus} CPUs, {'fresh' if fresh else 'reused'} processes per repeat"
     )
     print(f"{'path':<6} {'seconds':>8} {'images/s':>9} {'out MB':>8} {'out/in':>7}")
     for name, r in results.items():
