@@ -113,7 +113,7 @@ def class_weight_table(
 def answer_logit_mask(labels: torch.Tensor) -> torch.Tensor:
     """[B, T] bool: the positions whose next token is an answer token (labels not ignored).
 
-    Passed as `logits_to_keep`, the model projects only these hidden states onto the
+    Given to `hazard.vlm.logits_at`, only these hidden states are projected onto the
     vocabulary: a few positions per sample instead of every prompt and image token."""
     mask = torch.zeros_like(labels, dtype=torch.bool)
     mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
@@ -128,8 +128,8 @@ def weighted_answer_loss(
 ) -> torch.Tensor:
     """Cross-entropy over the answer tokens, each sample's tokens weighted by its class weight.
 
-    answer_logits [N, V] are the logits at the N True positions of `mask` (row-major, as the
-    model returns them for a boolean `logits_to_keep`); labels [B, T] with IGNORE_INDEX on
+    answer_logits [N, V] are the logits at the N True positions of `mask` (row-major, as
+    `hazard.vlm.logits_at` returns them); labels [B, T] with IGNORE_INDEX on
     prompt, image and padding tokens; sample_weights [B].
     """
     next_tokens = torch.zeros_like(labels)

@@ -152,6 +152,18 @@ def collate(batch: list[Encoded], pad_id: int, image_token_id: int) -> dict[str,
     }
 
 
+def logits_at(model, inputs: dict[str, torch.Tensor], keep: torch.Tensor, **kwargs):
+    """Logits [N, vocab] at the N True positions of `keep` [batch, seq], in row-major order.
+
+    Only the columns that hold a kept position are projected onto the vocabulary: they are
+    passed to the model as 1-D `logits_to_keep` indices, which every transformers 5.x takes
+    (a 2-D boolean `logits_to_keep` raises IndexError before 5.24). `kwargs` go to the
+    forward (e.g. `use_cache=False`)."""
+    cols = torch.nonzero(keep.any(dim=0), as_tuple=True)[0]
+    logits = model(**inputs, logits_to_keep=cols, **kwargs).logits  # [batch, len(cols), vocab]
+    return logits[keep[:, cols]]
+
+
 def label_token_ids(processor, labels: tuple[str, ...]) -> list[list[int]]:
     """Token ids of each label answer, ending with the end-of-turn token."""
     tok = processor.tokenizer
@@ -188,7 +200,7 @@ def label_log_likelihoods(
         last = inputs["attention_mask"].sum(dim=1) - 1
         keep = torch.zeros_like(inputs["attention_mask"], dtype=torch.bool)
         keep[torch.arange(len(encoded)), last] = True  # project only the answer position
-        logits = model(**inputs, logits_to_keep=keep).logits  # [batch, vocab]
+        logits = logits_at(model, inputs, keep)  # [batch, vocab]
         logp = torch.log_softmax(logits.float(), dim=-1)
         return logp[:, [ids[0] for ids in label_ids]].cpu()
     expanded = [

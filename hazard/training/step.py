@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from hazard.finetune import answer_logit_mask, weighted_answer_loss
-from hazard.vlm import SequenceTooLong, collate, encode, open_stored_image
+from hazard.vlm import SequenceTooLong, collate, encode, logits_at, open_stored_image
 
 
 def encode_batch(processor, batch: dict, prompt: str, max_length: int):
@@ -38,6 +38,6 @@ def micro_batch_loss(
     inputs = {k: v.to(engine.device) for k, v in collate(encoded, pad_id, image_id).items()}
     labels = inputs.pop("labels")
     mask = answer_logit_mask(labels)
-    logits = engine(**inputs, logits_to_keep=mask, use_cache=False).logits
+    logits = logits_at(engine, inputs, mask, use_cache=False)
     sample_w = torch.tensor(weights, device=engine.device)
     return weighted_answer_loss(logits, labels, mask, sample_w) * scale

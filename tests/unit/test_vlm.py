@@ -21,6 +21,7 @@ from hazard.vlm import (
     label_log_likelihoods,
     label_probabilities,
     label_token_ids,
+    logits_at,
 )
 
 
@@ -85,6 +86,53 @@ def test_collate_pads_and_forward_gives_a_loss(tiny):
     with torch.no_grad():
         loss = model(**inputs).loss
     assert torch.isfinite(loss)
+
+
+def _ragged_batch(processor):
+    """Three right-padded samples of different lengths (image counts, prompts, answers)."""
+    imgs = [i[0] for i in _images(4, seed=3)]
+    samples = [
+        ([imgs[0]], "Grade.", "no_risk"),
+        ([imgs[1], imgs[2]], "Grade both photos.", "medium_risk"),
+        ([imgs[3]], "Grade this corridor photo, please, with care.", "non_corridor"),
+    ]
+    batch = [encode(processor, pics, prompt, label, 512) for pics, prompt, label in samples]
+    assert len({len(e.input_ids) for e in batch}) == 3
+    return collate(batch, processor.tokenizer.pad_token_id, processor.image_token_id)
+
+
+def test_logits_at_equals_a_full_forward_at_the_answer_positions(tiny):
+    """Training's read-out (several answer positions per sample, ragged rows) matches a plain
+    full forward's logits at the same positions, in the same order."""
+    from hazard.finetune import answer_logit_mask
+
+    model, processor = tiny
+    inputs = _ragged_batch(processor)
+    labels = inputs.pop("labels")
+    mask = answer_logit_mask(labels)
+    assert mask.sum(dim=1).tolist() == (labels != IGNORE_INDEX).sum(dim=1).tolist()
+    with torch.no_grad():
+        full = model(**inputs).logits
+        got = logits_at(model, inputs, mask)
+    assert got.shape == (int(mask.sum()), full.shape[-1])
+    torch.testing.assert_close(got, full[mask], atol=1e-5, rtol=0)
+
+
+def test_label_read_out_equals_a_full_forward_at_each_last_token(tiny):
+    """Serving's read-out: one position per row, at different columns in a padded batch."""
+    model, processor = tiny
+    imgs = [i[0] for i in _images(3, seed=5)]
+    images = [[imgs[0]], [imgs[1], imgs[2]], [imgs[2]]]
+    prompt = "Grade."
+    got = label_log_likelihoods(model, processor, images, prompt, RISK_LABELS)
+    firsts = [ids[0] for ids in label_token_ids(processor, RISK_LABELS)]
+    for i, pics in enumerate(images):  # each sample alone, unpadded, full logits
+        enc = encode(processor, pics, prompt, None, 512)
+        inputs = collate([enc], processor.tokenizer.pad_token_id, processor.image_token_id)
+        inputs.pop("labels")
+        with torch.no_grad():
+            logp = torch.log_softmax(model(**inputs).logits[0, -1].float(), -1)
+        torch.testing.assert_close(got[i], logp[firsts], atol=1e-5, rtol=0)
 
 
 def test_label_probabilities_are_a_distribution(tiny):
