@@ -9,8 +9,9 @@ and labels). A copy whose score is more than `margin` below its parent's is reje
 (`inconsistent`, stage `consistency`). Val/test rows and rejected rows pass through untouched; a
 copy whose parent was not scored (absent or rejected) is kept.
 
-Scoring runs in an actor pool (each actor opens, verifies and loads the bundle once; the driver
-reads its metadata only). Parents are joined on the
+Scoring runs in an actor pool (each actor opens, verifies and loads the bundle once, in the
+configured dtype, on the GPU it reserved with `gpus_per_actor` or on CPU; the driver reads its
+metadata only). Parents are joined on the
 driver, whatever the block layout: the scored dataset is materialized, {original id: score} is
 collected from its light columns only (never the images), and a second map marks the copies.
 `score_rows` and `mark_inconsistent` are the same steps without Ray.
@@ -36,15 +37,16 @@ REASON = "inconsistent"
 SCORE = "consistency_score"
 
 
-def load_scorer(model_uri: str) -> tuple[Any, Any]:
+def load_scorer(model_uri: str, dtype: str = "float32") -> tuple[Any, Any]:
     """(model in eval mode, processor) of the bundle at `model_uri`, opened and verified, loaded
-    as the server loads them."""
-    from hazard.vlm import load_model, load_processor
+    as the server loads them: in `dtype`, on the actor's GPU when it has one (`hazard.device`)."""
+    from hazard.device import load_scoring_model
+    from hazard.vlm import load_processor
 
     bundle = open_bundle(model_uri)
     meta = bundle.meta
     processor = load_processor(bundle.path, meta.max_pixels, meta.min_pixels)
-    return load_model(bundle.path).eval(), processor
+    return load_scoring_model(bundle.path, dtype), processor
 
 
 def require_labels(task: TaskSpec) -> tuple[str, ...]:
@@ -140,11 +142,13 @@ class _Scorer:
     Rows whose answer is not a label stay unscored; the driver reports them (`_unscorable`).
     """
 
-    def __init__(self, model_uri: str, prompt: str, labels: tuple[str, ...], cpus: float):
+    def __init__(
+        self, model_uri: str, prompt: str, labels: tuple[str, ...], cpus: float, dtype: str
+    ):
         import torch
 
         torch.set_num_threads(max(1, math.floor(cpus)))
-        self.model, self.processor = load_scorer(model_uri)
+        self.model, self.processor = load_scorer(model_uri, dtype)
         self.prompt, self.labels = prompt, labels
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -208,11 +212,13 @@ def consistency_filter(
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.cpus_per_actor,
+        num_gpus=cfg.gpus_per_actor or None,
         fn_constructor_kwargs={
             "model_uri": cfg.model_uri,
             "prompt": meta.prompt,
             "labels": labels,
             "cpus": cfg.cpus_per_actor,
+            "dtype": cfg.dtype,
         },
         udf_modifying_row_count=False,
     ).materialize()

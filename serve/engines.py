@@ -49,14 +49,10 @@ class TransformersEngine(ScoringEngine):
 
     def __init__(self, model_uri: str, dtype: str = "float32"):
         super().__init__(model_uri)
-        import torch
-
-        from hazard.vlm import load_model
+        from hazard.device import load_scoring_model
 
         self.processor = self.load_processor()
-        self.model = load_model(self.path, dtype).eval()
-        if torch.cuda.is_available():
-            self.model.to("cuda")
+        self.model = load_scoring_model(self.path, dtype)  # CUDA if there is one, else CPU
 
     def score(self, images: list[list[Image.Image]]) -> np.ndarray:
         from hazard.vlm import label_probabilities

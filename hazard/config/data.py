@@ -318,6 +318,15 @@ class ConsistencyConfig(_Strict):
     batch_size: int = Field(16, ge=1, description="Rows per scoring batch.")
     num_actors: int = Field(1, ge=1, description="Scoring actors (each loads the model once).")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per scoring actor.")
+    gpus_per_actor: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs reserved per scoring actor; with 0 it scores on CPU (one log line).",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Weights dtype to score in (bfloat16 on GPU; kept as set on CPU).",
+    )
 
     @model_validator(mode="after")
     def _model_when_enabled(self) -> ConsistencyConfig:
