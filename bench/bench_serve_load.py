@@ -42,6 +42,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -60,12 +61,14 @@ from bench.common import (
     write_json,
 )
 from hazard.client import wait_ready
-from hazard.demo.local_ray import free_port
+from hazard.demo.local_ray import free_port, stop_process_group
 from hazard.labels import RISK_LABELS
 
 NAME = "serve_load"
 MODULE = "bench.bench_serve_load"
 DEMO = REPO_ROOT / "runs" / "demo"
+NAIVE_STOP_S = 10.0
+"""Seconds the naive server gets to exit after SIGTERM before it is killed."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -161,10 +164,18 @@ def _run_level(*level_args) -> dict:
 
 
 def run_levels(
-    name: str, url: str, body: dict, headers: dict, args, levels: list[int], nice: int
+    name: str,
+    url: str,
+    body: dict,
+    headers: dict,
+    args,
+    levels: list[int],
+    nice: int,
+    rows: list,
+    save: Callable[[], object],
 ) -> list:
-    """Each level in a fresh client process at niceness `nice` (the server's)."""
-    rows = []
+    """Each level in a fresh client process at niceness `nice` (the server's); each row is
+    appended to `rows` and `save()` called as soon as it is measured."""
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=ctx, initializer=os.nice, initargs=(nice,)) as pool:
         for clients in levels:
@@ -172,6 +183,7 @@ def run_levels(
             row = pool.submit(_run_level, *job).result()
             row["loadavg_after"] = loadavg()
             rows.append(row)
+            save()
             print(_fmt(name, row), flush=True)
     return rows
 
@@ -204,7 +216,8 @@ def _fmt(name: str, row: dict) -> str:
 
 
 # -- (a) the app ---------------------------------------------------------------------------------
-def serve_app(args, levels: list[int], body: dict) -> tuple[list, dict]:
+def serve_app(args, levels: list[int], body: dict, out: dict, save: Callable[[], object]) -> None:
+    """(a): `out["config"]` the app's config, `out["levels"]` its rows as they are measured."""
     import ray
     from ray import serve
 
@@ -236,26 +249,31 @@ def serve_app(args, levels: list[int], body: dict) -> tuple[list, dict]:
         root = f"http://127.0.0.1:{port}"
         _wait_ready(root, 180)
         url, auth = f"{root}/v1/score", {"X-API-Key": key}
-        rows = run_levels("app", url, body, auth, args, levels, ray_worker_nice())
-        return rows, cfg.model_dump(mode="json")
+        out["config"] = cfg.model_dump(mode="json")
+        run_levels("app", url, body, auth, args, levels, ray_worker_nice(), out["levels"], save)
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
 # -- (b) the naive baseline ------------------------------------------------------------------------
-def naive(args, levels: list[int], body: dict, min_new_tokens: int, name: str) -> list:
+def naive(
+    args, levels: list[int], body: dict, min_new_tokens: int, name: str, rows: list, save
+) -> None:
+    """(b) in its own process group; its rows go to `rows` as they are measured. On SIGTERM
+    uvicorn waits for the requests still queued in its thread pool (minutes of `generate` at
+    128 clients), so the server gets NAIVE_STOP_S to exit and is then killed."""
     port = free_port()
     cmd = [sys.executable, "-m", "bench.naive_generate_server", "--model", args.base]
     cmd += ["--port", str(port), "--min-new-tokens", str(min_new_tokens)]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT)
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, start_new_session=True)
     try:
         _wait_ready(f"http://127.0.0.1:{port}", 300)
         url = f"http://127.0.0.1:{port}/v1/score"
-        return run_levels(name, url, body, {}, args, levels, os.nice(0))  # the server's own
+        run_levels(name, url, body, {}, args, levels, os.nice(0), rows, save)  # server's nice
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if stop_process_group(proc, term_wait_s=NAIVE_STOP_S, kill_wait_s=5) is None:
+            print(f"warning: naive server (pid {proc.pid}) still running after SIGKILL")
 
 
 # -- (c) the floor ---------------------------------------------------------------------------------
@@ -297,16 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     png = test_image(args.image_px)
     body = {"id": "bench", "image": base64.b64encode(png).decode()}
     started = dt.datetime.now(dt.UTC)
-    print(HEADER)
-    floor_c = floor(args, png)
-    print(f"floor  ms/image by batch {floor_c['ms_per_image_by_batch']}", flush=True)
-    app_rows, app_cfg = serve_app(args, levels, body)
-    # (b) as the published attempts ran it: ~150 generated tokens per answer (a real fine-tuned
-    # VLM writes a rationale); and as the tiny demo model runs it, stopping after the label.
-    naive_rows = [] if args.skip_naive else naive(args, levels, body, 150, "naive")
-    eos_rows = [] if args.skip_naive else naive(args, levels, body, 0, "n-eos")
-
-    peak_a = max(r["req_per_s"] for r in app_rows)
+    path = Path(args.out or default_out(NAME))
     result = {
         "benchmark": NAME,
         "started_utc": started.isoformat(),
@@ -314,30 +323,70 @@ def main(argv: list[str] | None = None) -> int:
         "git": git_state(),
         "environment": environment(),
         "image": {"px": args.image_px, "png_bytes": len(png)},
-        "app": {"config": app_cfg, "levels": app_rows},
-        "naive": {"min_new_tokens": 150, "levels": naive_rows},
-        "naive_eos": {"min_new_tokens": 0, "levels": eos_rows},
-        "floor": floor_c,
-        "peak_req_per_s": {"app": peak_a},
-        "overload_retention": app_rows[-1]["req_per_s"] / peak_a if peak_a else 0.0,
-        "floor_ratio": (1000 / peak_a) / floor_c["best_ms_per_image"] if peak_a else None,
+        "complete": False,  # True once every phase ran; the JSON is rewritten after each level
+        "app": {"config": None, "levels": []},
+        "naive": {"min_new_tokens": 150, "levels": []},
+        "naive_eos": {"min_new_tokens": 0, "levels": []},
+        "floor": None,
     }
-    if naive_rows:
-        peak_b = max(r["req_per_s"] for r in naive_rows)
-        result["peak_req_per_s"]["naive"] = peak_b
-        result["speedup"] = peak_a / peak_b if peak_b else None
-        peak_eos = max(r["req_per_s"] for r in eos_rows)
-        result["peak_req_per_s"]["naive_eos"] = peak_eos
-        result["speedup_vs_eos"] = peak_a / peak_eos if peak_eos else None
+
+    def save() -> None:
+        write_json(path, {**result, **derived(result)})
+
+    print(HEADER)
+    try:
+        result["floor"] = floor(args, png)
+        save()
+        print(f"floor  ms/image by batch {result['floor']['ms_per_image_by_batch']}", flush=True)
+        serve_app(args, levels, body, result["app"], save)
+        # (b) as the published attempts ran it: ~150 generated tokens per answer (a real
+        # fine-tuned VLM writes a rationale); and as the tiny demo model runs it, stopping
+        # after the label.
+        if not args.skip_naive:
+            naive(args, levels, body, 150, "naive", result["naive"]["levels"], save)
+            naive(args, levels, body, 0, "n-eos", result["naive_eos"]["levels"], save)
+        result["complete"] = True
+    except BaseException as exc:  # the figures measured so far are still written
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        save()
+        print(f"wrote {path}" + ("" if result["complete"] else " (incomplete: see 'error')"))
+    figures = derived(result)
     print(
-        f"speedup {result.get('speedup', float('nan')):.1f}x "
-        f"(vs stopping at EOS {result.get('speedup_vs_eos', float('nan')):.2f}x)  "
-        f"overload_retention {result['overload_retention']:.2f}  "
-        f"floor_ratio {result['floor_ratio']:.2f}"
+        f"speedup {figures.get('speedup') or float('nan'):.1f}x "
+        f"(vs stopping at EOS {figures.get('speedup_vs_eos') or float('nan'):.2f}x)  "
+        f"overload_retention {figures.get('overload_retention', float('nan')):.2f}  "
+        f"floor_ratio {figures.get('floor_ratio') or float('nan'):.2f}"
     )
-    path = write_json(args.out or default_out(NAME), result)
-    print(f"wrote {path}")
     return 0
+
+
+def derived(result: dict) -> dict:
+    """The summary figures that the measured rows so far allow (a missing phase: left out)."""
+    out: dict = {"peak_req_per_s": {}}
+    peaks = {
+        key: max(r["req_per_s"] for r in rows)
+        for key, rows in (
+            ("app", result["app"]["levels"]),
+            ("naive", result["naive"]["levels"]),
+            ("naive_eos", result["naive_eos"]["levels"]),
+        )
+        if rows
+    }
+    out["peak_req_per_s"] = peaks
+    peak_a = peaks.get("app")
+    if peak_a is None:
+        return out
+    out["overload_retention"] = result["app"]["levels"][-1]["req_per_s"] / peak_a if peak_a else 0.0
+    if result["floor"] is not None:
+        out["floor_ratio"] = (
+            (1000 / peak_a) / result["floor"]["best_ms_per_image"] if peak_a else None
+        )
+    for key, name in (("naive", "speedup"), ("naive_eos", "speedup_vs_eos")):
+        if key in peaks:
+            out[name] = peak_a / peaks[key] if peaks[key] else None
+    return out
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ its own run directory (`RAY_AUTH_TOKEN_PATH`), which every client it runs (`ray 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -47,6 +48,38 @@ def _group_alive(pgid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def stop_process_group(
+    proc: subprocess.Popen, term_wait_s: float = 15.0, kill_wait_s: float = 5.0
+) -> int | None:
+    """Stop `proc` and its process group: SIGTERM, then SIGKILL whatever is left after
+    `term_wait_s`; returns within about term_wait_s + kill_wait_s with proc's exit code (None if
+    even SIGKILL did not end it in time). A process that is not its group's leader (not started
+    with `start_new_session=True`) is signalled alone, never the caller's group."""
+    if proc.returncode is not None:  # reaped already
+        return proc.returncode
+    try:  # an exited but unreaped leader still has its group id: its group is stopped too
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return proc.wait()
+    own_group = pgid == proc.pid
+
+    def alive() -> bool:  # polling reaps the leader, so a zombie does not count as alive
+        return proc.poll() is None or (own_group and _group_alive(pgid))
+
+    for sig, wait_s in ((signal.SIGTERM, term_wait_s), (signal.SIGKILL, kill_wait_s)):
+        with contextlib.suppress(ProcessLookupError):
+            if own_group:
+                os.killpg(pgid, sig)
+            else:
+                proc.send_signal(sig)
+        deadline = time.monotonic() + wait_s
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not alive():
+            break
+    return proc.poll()
 
 
 class LocalRay:
@@ -113,23 +146,8 @@ class LocalRay:
 
     def __exit__(self, *exc) -> None:
         """Stop the head's whole process group: TERM, then KILL what is left after 15 s."""
-        if self.proc is None:
-            return
-        try:
-            pgid = os.getpgid(self.proc.pid)
-        except ProcessLookupError:
-            pgid = self.proc.pid
-        for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.time() + wait_s
-            while time.time() < deadline and _group_alive(pgid):
-                time.sleep(0.5)
-            if not _group_alive(pgid):
-                break
-        self.proc.wait(timeout=5)
+        if self.proc is not None:
+            stop_process_group(self.proc, term_wait_s=15, kill_wait_s=5)
 
     def submit_cmd(self, module: str, *args: str) -> list[str]:
         """The `ray job submit` command for `python -m module args…` on this head."""
