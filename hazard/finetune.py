@@ -35,10 +35,27 @@ def lora_target_regex(spec: LoraSpec) -> str:
     return "(" + "|".join(parts) + ")"
 
 
-def apply_lora(model, spec: LoraSpec, seed: int = 0):
-    """Wrap `model` with PEFT LoRA adapters; only adapter weights stay trainable."""
+def _checkpointing(model) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+def apply_lora(model, spec: LoraSpec, seed: int = 0, gradient_checkpointing: bool = False):
+    """Wrap `model` with PEFT LoRA adapters; only adapter weights stay trainable.
+
+    `gradient_checkpointing` turns on non-reentrant activation checkpointing (decoder layers
+    and vision blocks) after the wrap, and removes the forward hooks that transformers' enable
+    adds to every input embedding, the vision patch embedding included: non-reentrant
+    checkpointing needs no input that requires grad, and with them a frozen vision tower
+    (text-only LoRA) would be recomputed and back-propagated through for nothing. Frozen
+    towers then run forward only; adapted ones (stage 2) still get gradients."""
     from peft import LoraConfig, get_peft_model
 
+    if _checkpointing(model):
+        raise ValueError(
+            "the model already has gradient checkpointing on: enable it through "
+            "apply_lora(..., gradient_checkpointing=True), after the LoRA wrap, or PEFT hooks "
+            "every input embedding and the frozen vision tower takes part in backward"
+        )
     torch.manual_seed(seed)
     config = LoraConfig(
         r=spec.r,
@@ -47,7 +64,12 @@ def apply_lora(model, spec: LoraSpec, seed: int = 0):
         target_modules=lora_target_regex(spec),
         bias="none",
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    if gradient_checkpointing:
+        base = model.get_base_model()
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.disable_input_require_grads()
+    return model
 
 
 def lr_factor(step: int, optim: OptimSpec) -> float:

@@ -26,20 +26,30 @@ def local_model_source(uri: str, storage: StorageConfig | None = None) -> str:
     return str(download_dir(uri, dest, config=storage))
 
 
-def build_engine(cfg: TrainConfig, model_path: str):
-    """(DeepSpeed engine, processor, trainable parameter count) for one worker."""
-    import deepspeed
-
-    from hazard.finetune import apply_lora, deepspeed_config, lr_scheduler
+def build_model(cfg: TrainConfig, model_path: str):
+    """(PEFT model, processor): the model loaded, LoRA applied, checkpointing as configured."""
+    from hazard.finetune import apply_lora
     from hazard.vlm import load_model, load_processor
 
     processor = load_processor(model_path, cfg.model.max_pixels, cfg.model.min_pixels)
     model = load_model(model_path, cfg.model.dtype)
     model.config.use_cache = False
-    if cfg.model.gradient_checkpointing:
-        # non-reentrant: works with frozen inputs (LoRA) without enable_input_require_grads
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_lora(model, cfg.lora, seed=cfg.optim.seed)
+    model = apply_lora(
+        model,
+        cfg.lora,
+        seed=cfg.optim.seed,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )
+    return model, processor
+
+
+def build_engine(cfg: TrainConfig, model_path: str):
+    """(DeepSpeed engine, processor, trainable parameter count) for one worker."""
+    import deepspeed
+
+    from hazard.finetune import deepspeed_config, lr_scheduler
+
+    model, processor = build_model(cfg, model_path)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)  # before ZeRO-3 partitions them
     engine, _, _, _ = deepspeed.initialize(

@@ -173,11 +173,9 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model_pat
     for checkpointing in (False, True):
         model = load_model(tiny_model_path)
         model.config.use_cache = False
-        if checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        model = apply_lora(model, LoraSpec(r=4, alpha=8), seed=0)
+        model = apply_lora(
+            model, LoraSpec(r=4, alpha=8), seed=0, gradient_checkpointing=checkpointing
+        )
         for name, p in model.named_parameters():  # non-zero B so gradients reach A too
             if "lora_B" in name:
                 torch.nn.init.constant_(p, 0.01)
