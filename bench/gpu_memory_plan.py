@@ -16,7 +16,9 @@ tokens, every image at `model.max_pixels`), for ZeRO-2, ZeRO-3 and ZeRO-3 with C
 - LoRA: parameters counted exactly from r and the adapted layers' shapes; bf16 weight and
   gradient, fp32 master weight, gradient and Adam moments (`lora_state_bytes`);
 - activations kept for the backward pass, with and without gradient checkpointing
-  (`text_layer_activation_bytes`, `vision_block_activation_bytes`, `activation_bytes`);
+  (`text_layer_activation_bytes`, `vision_block_activation_bytes`, `activation_bytes`), for
+  the parts each stage back-propagates (`backward_scope`: stage 1 the language model only, its
+  vision tower forward only; stage 2 the vision blocks and merger too);
 - the answer-position logits (`logits_to_keep` mask) against full-sequence fp32 logits;
 - DeepSpeed's gradient bucket and a CUDA context / NCCL / workspace allowance.
 Throughput: model FLOPs per sample (`flops_per_sample`) at an assumed MFU on each GPU class.
@@ -306,6 +308,33 @@ def merger_activation_bytes(v: VisionArch, lora, patches: int) -> int:
     return patches * per_patch
 
 
+def backward_scope(lora) -> dict[str, bool]:
+    """Which parts the backward pass runs through, by the LoRA spec: the language model always
+    (the loss is at its top); the merger when it or the blocks are adapted; the vision blocks
+    only when adapted. A part left out runs forward only and keeps no activation: training
+    builds the model with `hazard.finetune.apply_lora(..., gradient_checkpointing=...)`, which
+    leaves no input that requires grad (`tests/unit/test_frozen_vision.py` checks it)."""
+    blocks = bool(lora.vision_attention)
+    return {
+        "language_model": True,
+        "vision_blocks": blocks,
+        "merger": blocks or bool(lora.vision_merger),
+    }
+
+
+def describe_backward(scope: dict[str, bool]) -> str:
+    """`backward_scope` in words, for the report."""
+    names = {
+        "language_model": "language model",
+        "merger": "merger",
+        "vision_blocks": "vision blocks",
+    }
+    back = [names[k] for k, v in scope.items() if v]
+    forward = [names[k] for k, v in scope.items() if not v]
+    text = "back-propagates " + ", ".join(back)
+    return text + (f" ({' and '.join(forward)} forward only)" if forward else "")
+
+
 def image_patches(max_pixels: int, v: VisionArch) -> int:
     """Patches of one image at the pixel budget (14x14 each); merged tokens are a quarter."""
     return max_pixels // (v.patch * v.patch)
@@ -325,7 +354,7 @@ def activation_bytes(a: Arch, cfg, checkpointing: bool) -> dict[str, float]:
     patches = image_patches(cfg.model.max_pixels, v)
     layer = text_layer_activation_bytes(t, cfg.lora, s)
     block = vision_block_activation_bytes(v, cfg.lora, patches)
-    trains = cfg.lora.vision_attention
+    trains = backward_scope(cfg.lora)["vision_blocks"]
     if checkpointing:
         text_kept = t.layers * BF16 * s * t.hidden
         vision_kept = v.depth * BF16 * patches * v.hidden if trains else 0
@@ -436,8 +465,11 @@ def flops_per_sample(a: Arch, cfg, checkpointing: bool) -> float:
     gradients), plus 2N to recompute the forward with checkpointing: 4N or 6N (instead of the
     usual 6N / 8N of full fine-tuning). LoRA weights get weight gradients: 6 (8) x their
     parameters. Attention: causal 2*s^2*d_attn forward per layer, backward twice that, plus a
-    recompute. Stage 1's frozen vision tower only runs forward (no gradient reaches it);
-    stage 2 trains through it like the decoder. lm_head only at the answer positions."""
+    recompute. What runs backward is `backward_scope`: stage 1's frozen vision tower only runs
+    forward; stage 2 trains through its blocks like the decoder. The merger is not
+    checkpointed (never recomputed): forward 2N, input gradients 2N when the blocks train,
+    and with merger LoRA alone only mlp.2's (mlp.0's input needs none). lm_head only at the
+    answer positions."""
     t, v = a.text, a.vision
     s = cfg.optim.max_length
     patches = image_patches(cfg.model.max_pixels, v)
@@ -460,12 +492,17 @@ def flops_per_sample(a: Arch, cfg, checkpointing: bool) -> float:
         * (v.full_attention_blocks * patches + (v.depth - v.full_attention_blocks) * window)
     )
     vis_lin = v.depth * (vision_block_params(v) - 2 * v.hidden) * patches
-    merger_lin = (merger_params(v) - v.hidden) * patches // v.merge**2
-    if cfg.lora.vision_attention:
-        f += lin * (vis_lin + merger_lin) + att * vis_attn + lora_mult * lora_vis * patches
+    merged = patches // v.merge**2
+    merger_lin = (merger_params(v) - v.hidden) * merged
+    scope = backward_scope(cfg.lora)
+    if scope["vision_blocks"]:
+        f += lin * vis_lin + att * vis_attn + lora_mult * lora_vis * patches
+        f += 4 * merger_lin
     else:
-        f += 2 * vis_lin + vis_attn + (lin if cfg.lora.vision_merger else 2) * merger_lin
-    f += lora_mult * lora_merger * patches // v.merge**2
+        f += 2 * vis_lin + vis_attn + 2 * merger_lin
+        if scope["merger"]:
+            f += 2 * linear_params(v.hidden * v.merge**2, v.out_hidden, True) * merged
+    f += 6 * lora_merger * merged
     return float(f)
 
 
@@ -547,6 +584,7 @@ def plan_config(path: Path, mfus: tuple[float, float], overrides: list[str] | No
             "dtype": cfg.model.dtype,
             "lora_r": cfg.lora.r,
             "lora_modules": [m[0] for m in lora_modules(a, cfg.lora)],
+            "backward_scope": backward_scope(cfg.lora),
             "eval_batch_size": o.eval_batch_size,
         },
         "params": {
@@ -621,7 +659,8 @@ def print_report(plans: list[dict], old: dict | None, mfus: tuple[float, float])
             f"batch {s['batch_size']} x accum {s['grad_accum_steps']} x {s['num_workers']} "
             f"workers = {s['effective_batch']}; {s['max_length']} tokens, "
             f"{p['tokens']['image_patches']} patches -> {p['tokens']['image_tokens']} image "
-            f"tokens; checkpointing {s['gradient_checkpointing']}; shipped {s['zero']}"
+            f"tokens; checkpointing {s['gradient_checkpointing']}; shipped {s['zero']}; "
+            f"{describe_backward(s['backward_scope'])}"
         )
     cols = ("weights", "zero3_gathered", "lora_state", "activations_ckpt", "activations_no_ckpt")
     cols += ("logits", "total_ckpt", "total_no_ckpt")

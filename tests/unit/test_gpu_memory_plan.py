@@ -126,6 +126,33 @@ def test_checkpointing_keeps_one_bf16_input_per_layer():
     assert plan.activation_bytes(A3, cfg2, False)["vision_kept"] == 2 * 32 * block
 
 
+def test_each_stage_back_propagates_what_it_adapts():
+    s1, s2 = _cfg(STAGE1).lora, _cfg(STAGE2).lora
+    assert plan.backward_scope(s1) == {
+        "language_model": True,
+        "vision_blocks": False,
+        "merger": False,
+    }
+    assert plan.backward_scope(s2) == dict.fromkeys(
+        ("language_model", "vision_blocks", "merger"), True
+    )
+    merger_only = LoraSpec(vision_merger=True)
+    assert (
+        plan.backward_scope(merger_only)["merger"]
+        and not plan.backward_scope(merger_only)["vision_blocks"]
+    )
+    assert plan.describe_backward(plan.backward_scope(s1)) == (
+        "back-propagates language model (vision blocks and merger forward only)"
+    )
+    assert plan.describe_backward(plan.backward_scope(s2)) == (
+        "back-propagates language model, vision blocks, merger"
+    )
+    # merger LoRA alone: the merger keeps activations, the blocks none
+    cfg = _cfg(STAGE1, "lora.vision_merger=true")
+    acts = plan.activation_bytes(A7, cfg, True)
+    assert acts["vision_kept"] == 0 and acts["merger"] > 0
+
+
 def test_layer_formula_by_hand_for_the_7b():
     """7B layer, attention LoRA r=16, dropout 0.05, padded batch, per token (bytes):
     norms 2*(4*3584+4), attention 2*(4*3584) + 4*28 + 2*s, SwiGLU 3*2*18944,
@@ -156,6 +183,33 @@ def test_flops_per_sample_by_hand_for_the_7b():
     t = plan.throughput(A7, cfg, a100, 0.4)
     assert t["samples_per_s"] == pytest.approx(0.4 * 312e12 / f)
     assert t["tokens_per_s"] == pytest.approx(t["samples_per_s"] * 2048)
+
+
+def test_flops_per_sample_by_hand_for_the_3b_stage2():
+    """Stage 2 trains through the vision tower: its blocks like the decoder (checkpointed,
+    recomputed), the merger forward + input gradients only (not checkpointed)."""
+    cfg = _cfg(STAGE2)
+    assert cfg.model.gradient_checkpointing and cfg.optim.max_length == 2048
+    s, p = 2048, 5120
+    # decoder layer without norms: q 2048*2048+2048, k and v 2048*256+256, o 2048*2048,
+    # SwiGLU 3 * 2048*11008
+    layer = 4_196_352 + 2 * 524_544 + 4_194_304 + 3 * 22_544_384
+    f = 6 * 36 * layer * s
+    f += 8 * 32 * (4096 + 2 * 2304 + 4096) * 36 * s  # language LoRA r=32
+    f += 4 * 2 * s * s * 2048 * 36  # causal attention (16 heads x 128)
+    f += 4 * 151_936 * 2048 * 4  # lm_head at 4 answer positions
+    f += 6 * 32 * (19_702_200 - 2 * 1280) * p  # vision blocks: forward, input grads, recompute
+    f += 4 * 4 * 1280 * p * (4 * p + 28 * 64)  # their attention, x4
+    f += 8 * 32 * (32 * (1280 + 3840) + 32 * 2560) * p  # vision qkv and proj LoRA
+    f += 4 * (26_219_520 + 10_487_808) * p // 4  # merger: forward + input grads, no recompute
+    f += 6 * 32 * (10_240 + 7_168) * p // 4  # merger LoRA: no recompute
+    assert plan.flops_per_sample(A3, cfg, True) == f
+    # merger LoRA alone: blocks forward only, input gradients through mlp.2 only
+    cfg_m = _cfg(STAGE2, "lora.vision_attention=false")
+    g = f - 6 * 32 * (19_702_200 - 2 * 1280) * p + 2 * 32 * (19_702_200 - 2 * 1280) * p
+    g -= 3 * 4 * 1280 * p * (4 * p + 28 * 64) + 8 * 32 * (32 * (1280 + 3840) + 32 * 2560) * p
+    g -= 2 * 26_219_520 * p // 4  # mlp.0's input gradients are not needed
+    assert plan.flops_per_sample(A3, cfg_m, True) == g
 
 
 def test_the_shipped_configs_fit_their_gpu_class_with_margin():
