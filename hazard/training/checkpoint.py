@@ -8,11 +8,17 @@ A checkpoint directory (one per reported step; Ray Train merges the ranks' folde
     adapter/                       the LoRA adapter (PEFT, safetensors), from rank 0
     train_state.json               hazard.training.state.TrainState, from rank 0
     rng.rank<r>.safetensors/.json  each rank's torch / numpy / python RNG state
-    manifest.rank<r>.json          {"run_name", "step", "rank", "files": {path: sha256}}
+    manifest.rank<r>.json          {"run_name", "step", "rank", "world_size",
+                                    "files": {path: sha256}}
 
 DeepSpeed's loader unpickles (`torch.load(weights_only=False)`), so `load_checkpoint` first
 verifies every manifest: the run name must be this run's, every listed file must match its
 sha256, and no file may be there that no manifest lists. Only then is anything loaded.
+
+A run resumes only on the worker count it saved with: ZeRO partitions the optimizer state
+per worker and DeepSpeed re-partitions it only for elastic checkpoints (off here); each rank's
+RNG state and data-shard position belong to that count too. `load_checkpoint` refuses another
+count before it loads anything (WorldSizeMismatch, naming both counts).
 """
 
 from __future__ import annotations
@@ -38,6 +44,26 @@ class CheckpointIntegrityError(RuntimeError):
     """A checkpoint failed verification; nothing of it was loaded."""
 
 
+class WorldSizeMismatch(RuntimeError):
+    """A checkpoint was saved by another number of workers; nothing of it was loaded."""
+
+    def __init__(self, ckpt_dir: Path, saved: int, current: int):
+        self.saved, self.current = saved, current
+        super().__init__(
+            f"{ckpt_dir}: checkpoint saved by {saved} workers, this run has {current}; a run "
+            f"resumes only on the worker count it saved with (ZeRO partitions the optimizer "
+            f"state per worker; elastic checkpoints are off). Resume with "
+            f"scaling.num_workers={saved}, or start a new run under another run_name"
+        )
+
+
+def current_world_size() -> int:
+    """Workers of this run: torch.distributed's world size, 1 when it is not initialised."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _manifest_name(rank: int) -> str:
     return f"manifest.rank{rank}.json"
 
@@ -54,7 +80,7 @@ def _gathered(engine):
 
 def save_checkpoint(engine, out_dir: Path, rank: int, run_name: str, state: TrainState) -> None:
     """Write this rank's part of the checkpoint into `out_dir` (a collective: every rank calls
-    it), then its manifest."""
+    it), then its manifest (with the run's world size)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     engine.save_checkpoint(
@@ -83,24 +109,46 @@ def save_checkpoint(engine, out_dir: Path, rank: int, run_name: str, state: Trai
         for p in sorted(out_dir.rglob("*"))
         if p.is_file() and not p.name.startswith("manifest.rank")
     }
-    manifest = {"run_name": run_name, "step": state.step, "rank": rank, "files": files}
+    manifest = {
+        "run_name": run_name,
+        "step": state.step,
+        "rank": rank,
+        "world_size": current_world_size(),
+        "files": files,
+    }
     (out_dir / _manifest_name(rank)).write_text(json.dumps(manifest, indent=1))
 
 
-def verify_checkpoint(ckpt_dir: Path, run_name: str) -> int:
+def _saved_world_size(manifests: list[dict], ckpt_dir: Path) -> int:
+    """The worker count a checkpoint was saved with: its manifests' `world_size` (checkpoints
+    written before it was recorded: one manifest per rank, so their number)."""
+    sizes = {m.get("world_size", len(manifests)) for m in manifests}
+    if len(sizes) != 1:
+        raise CheckpointIntegrityError(f"{ckpt_dir}: manifests of different world sizes {sizes}")
+    size = sizes.pop()
+    ranks = sorted(m.get("rank") for m in manifests)
+    if ranks != list(range(size)):
+        raise CheckpointIntegrityError(
+            f"{ckpt_dir}: saved by {size} workers but holds the manifests of ranks {ranks}"
+        )
+    return size
+
+
+def verify_checkpoint(ckpt_dir: Path, run_name: str, world_size: int | None = None) -> int:
     """Check a checkpoint against its manifests; returns its step. Raises
-    CheckpointIntegrityError naming the first file that is missing, altered or unlisted."""
+    CheckpointIntegrityError naming the first file that is missing, altered or unlisted, and,
+    when `world_size` is given, WorldSizeMismatch if it was saved by another worker count
+    (checked before any file is hashed)."""
     ckpt_dir = Path(ckpt_dir)
-    manifests = sorted(ckpt_dir.glob("manifest.rank*.json"))
     if not (ckpt_dir / _manifest_name(0)).is_file():
         raise CheckpointIntegrityError(
             f"{ckpt_dir}: no {_manifest_name(0)}; refusing to load a checkpoint this run did "
             "not write"
         )
+    manifests = {p: json.loads(p.read_text()) for p in sorted(ckpt_dir.glob("manifest.rank*.json"))}
     listed: dict[str, str] = {}
     steps = set()
-    for path in manifests:
-        manifest = json.loads(path.read_text())
+    for path, manifest in manifests.items():
         if manifest.get("run_name") != run_name:
             raise CheckpointIntegrityError(
                 f"{path}: written by run {manifest.get('run_name')!r}, not {run_name!r}"
@@ -111,6 +159,9 @@ def verify_checkpoint(ckpt_dir: Path, run_name: str) -> int:
                 raise CheckpointIntegrityError(f"{ckpt_dir / rel}: manifests disagree on it")
     if len(steps) != 1:
         raise CheckpointIntegrityError(f"{ckpt_dir}: manifests of different steps {steps}")
+    saved = _saved_world_size(list(manifests.values()), ckpt_dir)
+    if world_size is not None and saved != world_size:
+        raise WorldSizeMismatch(ckpt_dir, saved, world_size)
     for rel, sha in sorted(listed.items()):
         path = ckpt_dir / rel
         if not path.is_file():
@@ -127,24 +178,28 @@ def verify_checkpoint(ckpt_dir: Path, run_name: str) -> int:
     return steps.pop()
 
 
-def load_checkpoint(engine, ckpt_dir: Path, rank: int, run_name: str) -> TrainState:
-    """Verify, then restore the DeepSpeed state, this rank's RNG and the run's TrainState."""
+def load_checkpoint(
+    engine, ckpt_dir: Path, rank: int, run_name: str, world_size: int | None = None
+) -> TrainState:
+    """Verify (the run name, every file, and the worker count: `world_size`, by default
+    torch.distributed's), then restore the DeepSpeed state, this rank's RNG and the run's
+    TrainState."""
     ckpt_dir = Path(ckpt_dir)
-    verify_checkpoint(ckpt_dir, run_name)
+    world_size = current_world_size() if world_size is None else world_size
+    verify_checkpoint(ckpt_dir, run_name, world_size)
+    rng = ckpt_dir / f"rng.rank{rank}.safetensors"
+    if not rng.is_file():  # every rank of the same worker count wrote one
+        raise CheckpointIntegrityError(f"{rng}: missing")
     path, _ = engine.load_checkpoint(str(ckpt_dir / DS_DIR), tag=DS_TAG, load_module_strict=False)
     if path is None:
         raise CheckpointIntegrityError(f"{ckpt_dir / DS_DIR}: DeepSpeed could not load it")
-    rng = ckpt_dir / f"rng.rank{rank}.safetensors"
-    if rng.is_file():  # absent when the run resumes on more workers than it saved with
-        tensors = load_file(str(rng))
-        torch.set_rng_state(tensors["torch"])
-        if "cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["cuda"])
-        states = json.loads((ckpt_dir / f"rng.rank{rank}.json").read_text())
-        version, internal, gauss = states["python"]
-        random.setstate((version, tuple(internal), gauss))
-        name, keys, pos, has_gauss, cached = states["numpy"]
-        np.random.set_state(
-            (name, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), cached)
-        )
+    tensors = load_file(str(rng))
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+    states = json.loads((ckpt_dir / f"rng.rank{rank}.json").read_text())
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), cached))
     return TrainState.from_dict(json.loads((ckpt_dir / STATE_FILE).read_text()))

@@ -18,7 +18,13 @@ from hazard.config.train import DeepSpeedSpec, LoraSpec, OptimSpec, TrainConfig
 from hazard.labels import RISK_LABELS
 from hazard.storage import sha256_file
 from hazard.tasks import CORRIDOR_RISK_PROMPT
-from hazard.training.checkpoint import CheckpointIntegrityError, verify_checkpoint
+from hazard.training.checkpoint import (
+    CheckpointIntegrityError,
+    WorldSizeMismatch,
+    current_world_size,
+    load_checkpoint,
+    verify_checkpoint,
+)
 from hazard.training.state import BestTracker, TrainState
 from hazard.training.step import encode_batch, micro_batch_loss
 
@@ -56,8 +62,9 @@ def test_train_state_round_trips_through_json():
 
 
 # -- checkpoint verification -----------------------------------------------------------------
-def _fake_checkpoint(root: Path, run: str = "run-a") -> Path:
-    """A checkpoint folder as two ranks write it: files plus one manifest per rank."""
+def _fake_checkpoint(root: Path, run: str = "run-a", world_size: int | None = 2) -> Path:
+    """A checkpoint folder as two ranks write it: files plus one manifest per rank
+    (`world_size` None: as written before manifests recorded it)."""
     files = {
         0: {"deepspeed/ds/model.pt": b"m" * 100, "train_state.json": b"{}"},
         1: {"deepspeed/ds/optim_1.pt": b"o" * 50},
@@ -72,6 +79,8 @@ def _fake_checkpoint(root: Path, run: str = "run-a") -> Path:
             "rank": rank,
             "files": {rel: sha256_file(root / rel) for rel in content},
         }
+        if world_size is not None:
+            manifest["world_size"] = world_size
         (root / f"manifest.rank{rank}.json").write_text(json.dumps(manifest))
     return root
 
@@ -100,6 +109,70 @@ def test_verify_checkpoint_refuses_naming_the_file(tmp_path, damage, named):
 def test_verify_checkpoint_refuses_another_runs_checkpoint(tmp_path):
     with pytest.raises(CheckpointIntegrityError, match="run-b"):
         verify_checkpoint(_fake_checkpoint(tmp_path, run="run-b"), "run-a")
+
+
+class _Refuses:
+    """Stands in for the DeepSpeed engine where the load must not be reached."""
+
+    def __init__(self):
+        self.loads = []
+
+    def load_checkpoint(self, *args, **kwargs):
+        self.loads.append((args, kwargs))
+        raise AssertionError("the engine was asked to load")
+
+
+def test_resume_on_another_worker_count_is_refused_before_loading(tmp_path):
+    """Saved by 2 workers, resumed by 1 (torch.distributed not initialised here: 1)."""
+    ckpt = _fake_checkpoint(tmp_path)
+    engine = _Refuses()
+    rng_before = torch.get_rng_state()
+    assert current_world_size() == 1
+    with pytest.raises(WorldSizeMismatch) as err:
+        load_checkpoint(engine, ckpt, 0, "run-a")
+    assert (err.value.saved, err.value.current) == (2, 1)
+    message = str(err.value)
+    assert "saved by 2 workers, this run has 1" in message
+    assert "scaling.num_workers=2" in message and "another run_name" in message
+    assert engine.loads == [] and torch.equal(torch.get_rng_state(), rng_before)
+    with pytest.raises(WorldSizeMismatch, match="saved by 2 workers, this run has 4"):
+        verify_checkpoint(ckpt, "run-a", world_size=4)
+    assert verify_checkpoint(ckpt, "run-a", world_size=2) == 4
+
+
+def test_the_mismatch_is_found_before_any_file_is_hashed(tmp_path):
+    ckpt = _fake_checkpoint(tmp_path)
+    (ckpt / "deepspeed/ds/model.pt").write_bytes(b"altered")
+    with pytest.raises(WorldSizeMismatch):
+        verify_checkpoint(ckpt, "run-a", world_size=1)
+    with pytest.raises(CheckpointIntegrityError, match="model.pt"):
+        verify_checkpoint(ckpt, "run-a", world_size=2)
+
+
+def test_world_size_of_checkpoints_written_before_it_was_recorded(tmp_path):
+    """One manifest per rank: their number is the worker count."""
+    ckpt = _fake_checkpoint(tmp_path, world_size=None)
+    with pytest.raises(WorldSizeMismatch, match="saved by 2 workers, this run has 1"):
+        verify_checkpoint(ckpt, "run-a", world_size=1)
+    assert verify_checkpoint(ckpt, "run-a", world_size=2) == 4
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda m: m.update(world_size=3), "different world sizes"),
+        (lambda m: m.update(rank=2), r"ranks \[0, 2\]"),
+    ],
+    ids=["sizes-disagree", "rank-missing"],
+)
+def test_manifests_that_disagree_on_the_worker_count_are_refused(tmp_path, edit, named):
+    ckpt = _fake_checkpoint(tmp_path)
+    path = ckpt / "manifest.rank1.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointIntegrityError, match=named):
+        verify_checkpoint(ckpt, "run-a")
 
 
 # -- sample skipping ---------------------------------------------------------------------------
