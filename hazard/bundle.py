@@ -12,7 +12,8 @@ predictions of the merged model), the fusion calibration fitted for the model pa
 bundles), and holds a manifest {relative path: sha256} of every other file.
 
 - `write_bundle`: the training stage, once the checkpoint files are in a local folder;
-- `attach_fusion`: the calibration job, onto the specialist bundle;
+- `attach_fusion`: the calibration job, onto the specialist bundle (with the engine and dtype
+  it scored with; `check_calibration` is what serving and batch scoring check against them);
 - `open_bundle`: readers of the weights; a local bundle is verified in place, an s3:// one is
   fetched (checked file by file) into a local cache and reused from there;
 - `read_meta`: readers of the metadata only (no weights are read or fetched).
@@ -106,6 +107,11 @@ class BundleMeta(BaseModel):
     val_predictions: ValPredictions | None = None
     fusion: dict[str, Any] | None = Field(
         None, description="Calibrated fusion: FusionSpec.to_dict() plus fitted_on (specialist)."
+    )
+    scoring_engine: Literal["transformers", "vllm"] | None = Field(
+        None,
+        description="Engine whose scores the fusion was fitted on (set by calibration; None in "
+        "bundles calibrated before it was recorded).",
     )
     scoring_dtype: str | None = Field(None, description="dtype calibration scored in.")
     manifest: dict[str, str] = Field(description="{relative path: sha256} of the other files.")
@@ -254,18 +260,66 @@ def attach_fusion(
     uri: str | os.PathLike,
     fusion: dict,
     *,
+    scoring_engine: str | None = None,
     scoring_dtype: str | None = None,
     storage: StorageConfig | None = None,
 ) -> BundleMeta:
-    """Record the calibrated fusion (and the dtype calibration scored in) in the specialist
-    bundle's hazard_model.json; the files and manifest are unchanged."""
+    """Record the calibrated fusion (and the engine and dtype calibration scored with) in the
+    specialist bundle's hazard_model.json; the files and manifest are unchanged."""
     meta = read_meta(uri, storage)
     if meta.stage != "specialist":
         raise BundleError(f"{uri} is a {meta.stage} bundle; fusion belongs to the specialist")
-    raw = dict(meta.model_dump(), fusion=fusion, scoring_dtype=scoring_dtype)
+    raw = dict(
+        meta.model_dump(),
+        fusion=fusion,
+        scoring_engine=scoring_engine,
+        scoring_dtype=scoring_dtype,
+    )
     updated = _parse(json.dumps(raw).encode(), f"fusion for {uri}")
     write_bytes(join_uri(uri, BUNDLE_FILE), _dump(updated), storage)
     return updated
+
+
+class CalibrationMismatch(BundleError):
+    """The fusion was fitted on another engine's scores than the one that would apply it."""
+
+
+def check_calibration(
+    meta: BundleMeta, uri: str, engine: str, dtype: str, allow_engine_mismatch: bool = False
+) -> list[str]:
+    """Warnings about applying the fusion of the specialist bundle `meta` (at `uri`) to scores
+    of `engine` in `dtype`; CalibrationMismatch when it was fitted on another engine's scores,
+    unless `allow_engine_mismatch` (then a warning). The escalation threshold and correction
+    are fitted on one engine's probabilities; another engine's kernels shift them.
+
+    A fusion that records no engine (calibrated before it was recorded) is accepted with a
+    warning: what produced it is unknown, and refusing would stop every older bundle. A dtype
+    difference is a warning."""
+    if meta.fusion is None:
+        return [f"{uri} has no calibrated fusion: using the defaults (always consult it)"]
+    warnings = []
+    if meta.scoring_engine is None:
+        warnings.append(
+            f"the fusion of {uri} does not record the engine it was calibrated with (calibrated "
+            f"before engines were recorded); applying it to {engine} scores: calibrate again "
+            "to record it"
+        )
+    elif meta.scoring_engine != engine:
+        what = (
+            f"the fusion of {uri} was calibrated on {meta.scoring_engine} engine scores, but "
+            f"the scores here come from the {engine} engine"
+        )
+        if not allow_engine_mismatch:
+            raise CalibrationMismatch(
+                f"{what}; calibrate with engine={engine}, use engine={meta.scoring_engine}, or "
+                "set allow_calibration_engine_mismatch: true to accept it"
+            )
+        warnings.append(f"{what} (accepted: allow_calibration_engine_mismatch is true)")
+    if meta.scoring_dtype and meta.scoring_dtype != dtype:
+        warnings.append(
+            f"the fusion of {uri} was calibrated on {meta.scoring_dtype} scores; scoring in {dtype}"
+        )
+    return warnings
 
 
 def default_cache_dir(uri: str, manifest: dict[str, str]) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from hazard.bundle import read_meta
+from hazard.bundle import CalibrationMismatch, check_calibration, read_meta
 from hazard.config import add_config_args, load_job_config
 from hazard.config.serve import ServeConfig
 from hazard.labels import HIGH_RISK, RISK_LABELS
@@ -79,7 +79,8 @@ def preflight(cfg: ServeConfig, environ: dict[str, str]) -> list[str]:
     `serve run FILE` retries a failing deployment forever, so `hazard serve` checks here what
     it can see: the API key in this shell (it forwards it to the replicas) unless
     `auth: disabled`, and each bundle's metadata (read, parsed, its labels and the specialist's
-    fusion; weights are loaded, and verified, by the replicas).
+    fusion, calibrated with the serving engine unless `allow_calibration_engine_mismatch`;
+    weights are loaded, and verified, by the replicas).
     """
     problems = []
     if cfg.auth == "api_key" and not environ.get(cfg.api_key_env):
@@ -93,6 +94,16 @@ def preflight(cfg: ServeConfig, environ: dict[str, str]) -> list[str]:
             meta = read_meta(model.model_uri)
             if role == "specialist":
                 meta.fusion_spec()
+                check_calibration(
+                    meta,
+                    model.model_uri,
+                    cfg.engine,
+                    cfg.dtype,
+                    cfg.allow_calibration_engine_mismatch,
+                )
+        except CalibrationMismatch as exc:
+            problems.append(str(exc))
+            continue
         except Exception as exc:  # any reason the bundle cannot load, reported
             problems.append(f"{role} bundle {model.model_uri} cannot load: {exc}")
             continue

@@ -3,10 +3,12 @@
     ray job submit --address http://127.0.0.1:8265 -- \\
         python -m ray_jobs.calibrate --config configs/tiny/calibrate.yaml
 
-Scores the validation and test splits with the base and the specialist bundles (Ray tasks, in
-parallel), fits `FusionSpec` on validation, writes `fusion.json` and `calibration.json` (base-only
-versus fused metrics on the test split) to `output_dir`, and records the fusion in the specialist
-bundle's hazard_model.json (`hazard.bundle.attach_fusion`), where serving reads it.
+Scores the validation and test splits with the base and the specialist bundles (one Ray task
+per bundle, in parallel, each on the GPU it reserves with `gpus_per_task`, or on CPU), with the
+engine and dtype serving uses, fits `FusionSpec` on validation, writes `fusion.json` and
+`calibration.json` (base-only versus fused metrics on the test split) to `output_dir`, and
+records the fusion, with the engine and dtype it was fitted on, in the specialist bundle's
+hazard_model.json (`hazard.bundle.attach_fusion`), where serving reads and checks it.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from hazard.bundle import BundleError, attach_fusion, read_meta
 from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config import add_config_args, load_job_config
+from hazard.config.calibrate import CalibrateConfig
 from hazard.fusion import fit_correction, fit_escalation_threshold
 from hazard.labels import HIGH_RISK, RISK_LABELS
 from hazard.metrics import classification_report
@@ -29,43 +29,33 @@ from hazard.reports import write_calibration_report
 from hazard.storage import absolute
 
 
-class CalibrateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    data_dir: str = Field(description="Output folder of the data job.")
-    base_uri: str = Field(description="Stage-1 model bundle (<output_dir>/model).")
-    specialist_uri: str = Field(
-        description="Stage-2 model bundle (<output_dir>/model); the fitted fusion is recorded "
-        "in its hazard_model.json."
-    )
-    output_dir: str = Field(description="Where fusion.json and calibration.json are written.")
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32",
-        description="Weights dtype to score in; serve in the same one (recorded in the "
-        "specialist bundle as scoring_dtype).",
-    )
-    min_high_recall: float = Field(
-        1.0, ge=0, le=1, description="Share of validation high-risk cases that must escalate."
-    )
-    batch_size: int = Field(16, ge=1, description="Images per scoring forward pass.")
-    cpus_per_task: float = Field(1, gt=0, description="CPUs per scoring task.")
-
-
 def score_bundle(
-    model_uri: str, split_dir: str, batch_size: int, dtype: str = "float32"
-) -> tuple[list[dict], list[str]]:
-    """Probabilities (label → p) and true labels for every row of one split, scored as the
-    server scores: the verified bundle's weights, processor, prompt and labels."""
-    from hazard.bundle import open_bundle
-    from hazard.vlm import load_model, load_processor, score_split
+    model_uri: str,
+    split_dirs: list[str],
+    batch_size: int,
+    engine: str = "transformers",
+    dtype: str = "float32",
+    vllm: dict | None = None,
+) -> list[tuple[list[dict], list[str]]]:
+    """Per split: probabilities (label → p) and true labels of every row, scored as the
+    server scores: the serving engine (on the task's GPU when it has one) over the verified
+    bundle's weights, processor, prompt and labels. The model is loaded once for all splits."""
+    from hazard.storage import read_parquet
+    from hazard.vlm import open_stored_image
+    from serve.engines import make_engine
 
-    bundle = open_bundle(model_uri)
-    meta = bundle.meta
-    model = load_model(bundle.path, dtype).eval()
-    processor = load_processor(bundle.path, meta.max_pixels, meta.min_pixels)
-    labels = tuple(meta.labels)
-    probs, truth = score_split(model, processor, split_dir, meta.prompt, labels, batch_size)
-    return [dict(zip(labels, row, strict=True)) for row in probs], truth
+    scorer = make_engine(engine, model_uri, dtype, vllm)
+    out = []
+    for split_dir in split_dirs:
+        table = read_parquet(split_dir, columns=["images", "answer"])
+        probs: list[dict] = []
+        for start in range(0, table.num_rows, batch_size):
+            part = table.slice(start, batch_size).column("images").to_pylist()
+            images = [[open_stored_image(data) for data in row] for row in part]
+            rows = scorer.score(images)
+            probs.extend(dict(zip(scorer.labels, map(float, r), strict=True)) for r in rows)
+        out.append((probs, table.column("answer").to_pylist()))
+    return out
 
 
 def cascade_predictions(p_base: list[dict], p_spec: list[dict], spec: FusionSpec) -> dict:
@@ -104,14 +94,20 @@ def run(cfg: CalibrateConfig) -> dict:
     if read_meta(cfg.specialist_uri).stage != "specialist":  # fail before any scoring
         raise BundleError(f"specialist_uri {cfg.specialist_uri} is not a specialist bundle")
 
-    task = ray.remote(num_cpus=cfg.cpus_per_task)(score_bundle)
+    task = ray.remote(num_cpus=cfg.cpus_per_task, num_gpus=cfg.gpus_per_task)(score_bundle)
     start = time.time()
-    jobs = {
-        (role, split): task.remote(uri, f"{cfg.data_dir}/{split}", cfg.batch_size, cfg.dtype)
-        for role, uri in (("base", cfg.base_uri), ("specialist", cfg.specialist_uri))
-        for split in ("val", "test")
+    splits = ("val", "test")
+    dirs = [f"{cfg.data_dir}/{split}" for split in splits]
+    roles = {"base": cfg.base_uri, "specialist": cfg.specialist_uri}
+    jobs = [
+        task.remote(uri, dirs, cfg.batch_size, cfg.engine, cfg.dtype, cfg.vllm.model_dump())
+        for uri in roles.values()
+    ]
+    scored = {
+        (role, split): result
+        for role, results in zip(roles, ray.get(jobs), strict=True)
+        for split, result in zip(splits, results, strict=True)
     }
-    scored = dict(zip(jobs, ray.get(list(jobs.values())), strict=True))
     (pb_val, y_val), (ps_val, _) = scored["base", "val"], scored["specialist", "val"]
     correction = fit_correction(pb_val, [p[HIGH_RISK] for p in ps_val], y_val)
     theta = fit_escalation_threshold(pb_val, y_val, min_high_recall=cfg.min_high_recall)
@@ -119,6 +115,7 @@ def run(cfg: CalibrateConfig) -> dict:
     (pb_test, y_test), (ps_test, _) = scored["base", "test"], scored["specialist", "test"]
     report = {
         "fusion": spec.to_dict(),
+        "scoring_engine": cfg.engine,
         "scoring_dtype": cfg.dtype,
         "val": evaluate(pb_val, ps_val, y_val, spec),
         "test": evaluate(pb_test, ps_test, y_test, spec),
@@ -127,14 +124,18 @@ def run(cfg: CalibrateConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     fitted = dict(spec.to_dict(), fitted_on=f"{cfg.data_dir}/val")
-    (out / "fusion.json").write_text(json.dumps(fitted, indent=2))
+    scoring = {"scoring_engine": cfg.engine, "scoring_dtype": cfg.dtype}
+    (out / "fusion.json").write_text(json.dumps(dict(fitted, **scoring), indent=2))
     test = cascade_predictions(pb_test, ps_test, spec)
     report["plots"] = write_calibration_report(
         out, y_test, test["base"], test["fused"], test["p_high_base"], test["p_high_fused"]
     )
     (out / "calibration.json").write_text(json.dumps(report, indent=2))
-    attach_fusion(cfg.specialist_uri, fitted, scoring_dtype=cfg.dtype)
-    print(f"[calibrate] fusion recorded in {cfg.specialist_uri}")
+    attach_fusion(cfg.specialist_uri, fitted, **scoring)
+    print(
+        f"[calibrate] fusion (fitted on {cfg.engine} scores in {cfg.dtype}) recorded in "
+        f"{cfg.specialist_uri}"
+    )
     return report
 
 

@@ -6,10 +6,12 @@
 The source is a folder of images (ids: paths relative to it), Parquet shards with the sample
 schema's `id` and `images` columns, or an s3:// prefix of either. Ray Data reads it (the driver
 lists names, never image bytes), decodes each image with the guarded `decode_image`, and scores
-with `map_batches` over a pool of actors that each hold both engines: the base scores every
-image, the specialist only the rows `needs_specialist` escalates, then `combine` fuses them
-with the fusion recorded in the specialist bundle. An image that cannot be read, decoded or
-scored gives a row with its error reason; it never fails the job.
+with `map_batches` over a pool of actors that each hold both engines (`engine`, in `dtype`, on
+the actor's GPU when `gpus_per_actor` reserves one): the base scores every image, the
+specialist only the rows `needs_specialist` escalates, then `combine` fuses them with the
+fusion recorded in the specialist bundle (refused before scoring if it was calibrated with
+another engine, unless `allow_calibration_engine_mismatch`). An image that cannot be read,
+decoded or scored gives a row with its error reason; it never fails the job.
 
 Written to `output_dir` (folder or s3://), in the source's order (file names sorted, or Parquet
 files sorted and their rows in order):
@@ -35,7 +37,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hazard.bundle import BundleError, pixel_budget, read_meta
+from hazard.bundle import BundleError, check_calibration, pixel_budget, read_meta
 from hazard.config import add_config_args, load_job_config
 from hazard.config.score import ScoreDatasetConfig
 from hazard.labels import HIGH_RISK, RISK_LABELS
@@ -144,12 +146,20 @@ class CascadeScorer:
     """Holds the base and specialist engines; scores a batch as serving scores one image."""
 
     def __init__(
-        self, base_uri: str, specialist_uri: str, dtype: str, max_bytes: int, max_pixels: int
+        self,
+        base_uri: str,
+        specialist_uri: str,
+        dtype: str,
+        max_bytes: int,
+        max_pixels: int,
+        engine: str = "transformers",
+        vllm: dict | None = None,
     ):
-        from serve.engines import TransformersEngine
+        from serve.engines import make_engine
 
-        self.base = TransformersEngine(base_uri, dtype)
-        self.specialist = TransformersEngine(specialist_uri, dtype)
+        # on the actor's GPU when it reserved one (hazard.device; vLLM: always)
+        self.base = make_engine(engine, base_uri, dtype, vllm)
+        self.specialist = make_engine(engine, specialist_uri, dtype, vllm)
         self.fusion = self.specialist.meta.fusion_spec()
         self.max_bytes, self.max_pixels = max_bytes, max_pixels
         # as the serving ingress: a large photo is brought to the models' budget on decode
@@ -254,7 +264,9 @@ class CascadeScorer:
 
 
 def check_bundles(cfg: ScoreDatasetConfig) -> dict:
-    """The bundles' names and versions; BundleError before any scoring if they do not fit."""
+    """The bundles' names and versions; BundleError before any scoring if they do not fit
+    (CalibrationMismatch: the fusion was fitted on another engine's scores than `cfg.engine`,
+    unless allowed)."""
     base, spec = read_meta(cfg.base_uri), read_meta(cfg.specialist_uri)
     if base.stage != "base":
         raise BundleError(f"base_uri {cfg.base_uri} is a {base.stage} bundle, not a base one")
@@ -266,11 +278,16 @@ def check_bundles(cfg: ScoreDatasetConfig) -> dict:
             f"bundles lack labels: base needs {list(RISK_LABELS)} (has {base.labels}), "
             f"specialist needs {HIGH_RISK} (has {spec.labels})"
         )
+    for warning in check_calibration(
+        spec, cfg.specialist_uri, cfg.engine, cfg.dtype, cfg.allow_calibration_engine_mismatch
+    ):
+        log.warning("[score] %s", warning)
     return {
         "base": {"name": base.name, "version": base.version, "uri": cfg.base_uri},
         "specialist": {"name": spec.name, "version": spec.version, "uri": cfg.specialist_uri},
         "fusion": spec.fusion_spec().to_dict(),
         "fusion_fitted": spec.fusion is not None,
+        "fusion_scoring": {"engine": spec.scoring_engine, "dtype": spec.scoring_dtype},
     }
 
 
@@ -311,6 +328,8 @@ def run(cfg: ScoreDatasetConfig) -> dict:
             "dtype": cfg.dtype,
             "max_bytes": cfg.max_image_bytes,
             "max_pixels": cfg.max_image_pixels,
+            "engine": cfg.engine,
+            "vllm": cfg.vllm.model_dump(),
         },
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
@@ -364,6 +383,7 @@ def run(cfg: ScoreDatasetConfig) -> dict:
         "labels": dict(sorted(labels.items())),
         "seconds": round(time.time() - start, 2),
         "models": models,
+        "engine": cfg.engine,
         "dtype": cfg.dtype,
         "outputs": {"submission": sub_uri, "predictions": pred_uri},
     }

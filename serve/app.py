@@ -31,7 +31,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from hazard.answers import parse_risk_level
-from hazard.bundle import BundleMeta, pixel_budget, read_meta
+from hazard.bundle import BundleMeta, check_calibration, pixel_budget, read_meta
 from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config.serve import ModelReplicas, ServeConfig, ServedModel
 from hazard.images import ImageRejected, ImageTooLarge, decode_image
@@ -785,16 +785,17 @@ class HazardAPI:
 
 def specialist_fusion(cfg: ServeConfig, meta: BundleMeta) -> FusionSpec:
     """The fusion calibrated into the specialist bundle (`meta`, its metadata); the defaults
-    (always consult the specialist) when it has none."""
-    if meta.fusion is None:
-        log.warning("%s has no calibrated fusion: using the defaults", cfg.specialist.model_uri)
-    elif meta.scoring_dtype and meta.scoring_dtype != cfg.dtype:
-        log.warning(
-            "fusion of %s was calibrated on %s scores; serving in %s",
-            cfg.specialist.model_uri,
-            meta.scoring_dtype,
-            cfg.dtype,
-        )
+    (always consult the specialist) when it has none. CalibrationMismatch (the app does not
+    start) when it was calibrated with another engine than `cfg.engine`, unless
+    `allow_calibration_engine_mismatch`; other differences are logged."""
+    for warning in check_calibration(
+        meta,
+        cfg.specialist.model_uri,
+        cfg.engine,
+        cfg.dtype,
+        cfg.allow_calibration_engine_mismatch,
+    ):
+        log.warning("%s", warning)
     return meta.fusion_spec()
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hazard.config.serve import VLLMOptions
 from hazard.storage import StorageConfig
 
 
@@ -37,9 +38,39 @@ class ScoreDatasetConfig(BaseModel):
     cpus_per_actor: float = Field(1, gt=0, description="CPUs reserved by each scoring actor.")
     gpus_per_actor: float = Field(0, ge=0, description="GPUs reserved by each scoring actor.")
     dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="Weights dtype to score in (calibration's scoring_dtype)."
+        "float32",
+        description="Weights dtype to score in (calibration's scoring_dtype): bfloat16 on GPU; "
+        "kept as set on CPU (an actor without a GPU scores on CPU, with a log line).",
+    )
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="Engine that scores (both models in each actor): the one the fusion was "
+        "calibrated with (the specialist bundle's scoring_engine); vllm needs a GPU per actor.",
+    )
+    allow_calibration_engine_mismatch: bool = Field(
+        False,
+        description="Score with a fusion calibrated on another engine's scores than `engine`, "
+        "with a warning; false: the job refuses before scoring.",
+    )
+    vllm: VLLMOptions = Field(
+        default_factory=lambda: VLLMOptions(gpu_memory_utilization=0.42),
+        description="vLLM settings (engine: vllm); the two engines of an actor share its GPU, "
+        "so each takes at most half of it.",
     )
     max_image_bytes: int = Field(10_000_000, ge=1, description="Largest encoded image (bytes).")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (w x h).")
     progress_every_s: float = Field(10.0, gt=0, description="Seconds between progress log lines.")
     storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @model_validator(mode="after")
+    def _vllm_fits(self) -> ScoreDatasetConfig:
+        if self.engine != "vllm":
+            return self
+        if self.gpus_per_actor < 1:
+            raise ValueError(f"engine vllm needs gpus_per_actor >= 1, not {self.gpus_per_actor}")
+        if self.vllm.gpu_memory_utilization > 0.5:
+            raise ValueError(
+                f"vllm.gpu_memory_utilization {self.vllm.gpu_memory_utilization} > 0.5: the base "
+                "and the specialist engines of an actor share one GPU"
+            )
+        return self

@@ -105,6 +105,12 @@ class ServeConfig(_Strict):
         "transformers", description="Inference engine: transformers (CPU/GPU) or vllm (GPU)."
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype.")
+    allow_calibration_engine_mismatch: bool = Field(
+        False,
+        description="Serve a specialist whose fusion was calibrated on another engine's scores "
+        "(its hazard_model.json scoring_engine) than `engine`, with a warning; false: the app "
+        "refuses to start. Set it only after checking that both engines' probabilities agree.",
+    )
     auth: Literal["api_key", "disabled"] = Field(
         "api_key",
         description="api_key: every /v1 route needs the key of `api_key_env`, and a replica "

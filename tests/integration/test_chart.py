@@ -1025,10 +1025,13 @@ def test_job_entrypoints_load_as_the_jobs_load_them(
             demands = [{"CPU": s.cpus_per_worker, "GPU": float(s.use_gpu)}] * s.num_workers
         elif module == "ray_jobs.score_dataset":
             demands = [{"CPU": cfg.cpus_per_actor, "GPU": cfg.gpus_per_actor}] * cfg.num_actors
-        elif module == "ray_jobs.calibrate":
-            demands = [{"CPU": cfg.cpus_per_task}]
+        elif module == "ray_jobs.calibrate":  # one task per bundle, at once
+            demands = [{"CPU": cfg.cpus_per_task, "GPU": cfg.gpus_per_task}] * 2
         else:
             demands = [{"CPU": cfg.ray.num_cpus or 1.0}]
+            c = cfg.consistency
+            if c.enabled:
+                demands += [{"CPU": c.cpus_per_actor, "GPU": c.gpus_per_actor}] * c.num_actors
         assert not fit(demands, nodes), f"{component}: {demands} do not fit {nodes}"
 
 

@@ -49,7 +49,7 @@ def test_written_bundle_opens_with_its_metadata_and_manifest(tmp_path):
     assert opened.path == folder and opened.uri == str(folder)
     assert opened.meta == written
     assert opened.meta.model_dump(exclude={"manifest", "adapter_sha256", "fusion"}) == dict(
-        bundle_fields(), schema_version=1, scoring_dtype=None
+        bundle_fields(), schema_version=1, scoring_engine=None, scoring_dtype=None
     )
     files = [p for p in folder.rglob("*") if p.is_file() and p.name != BUNDLE_FILE]
     assert len(files) == 5
@@ -169,15 +169,19 @@ def test_attach_fusion_round_trips_and_keeps_the_manifest(tmp_path):
     folder = checkpoint(tmp_path / "spec")
     written = write_bundle(folder, **bundle_fields("specialist"))
     assert written.fusion is None and written.fusion_spec() == FusionSpec()
-    updated = attach_fusion(folder, FUSION, scoring_dtype="bfloat16")
+    updated = attach_fusion(folder, FUSION, scoring_engine="vllm", scoring_dtype="bfloat16")
     opened = open_bundle(folder)  # still verifies: the manifest does not cover the metadata
     assert opened.meta == updated
     assert opened.meta.fusion == FUSION and opened.meta.scoring_dtype == "bfloat16"
+    assert opened.meta.scoring_engine == "vllm"
+    on_disk = json.loads((folder / BUNDLE_FILE).read_text())
+    assert (on_disk["scoring_engine"], on_disk["scoring_dtype"]) == ("vllm", "bfloat16")
     assert opened.meta.manifest == written.manifest
     assert opened.meta.fusion_spec() == FusionSpec(CorrectionParams(2.5, 0.1, 0.3, 3.0), 0.25)
-    assert opened.meta.model_dump(exclude={"fusion", "scoring_dtype"}) == written.model_dump(
-        exclude={"fusion", "scoring_dtype"}
-    )
+    calibration = {"fusion", "scoring_engine", "scoring_dtype"}
+    assert opened.meta.model_dump(exclude=calibration) == written.model_dump(exclude=calibration)
+    with pytest.raises(BundleError, match="scoring_engine"):
+        attach_fusion(folder, FUSION, scoring_engine="onnx")
     # a partial correction is stored complete, with the defaults filled in
     partial = attach_fusion(folder, {"correction": {"slope": 1.0}, "theta": 0.5})
     assert partial.fusion == {
