@@ -79,3 +79,45 @@ def test_cuda_scoring_uses_the_gpu_in_bfloat16(tiny_model_path, caplog):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert no_cuda_reason() is None
     assert any("scoring on cuda" in line for line in _fallback_lines(caplog))
+
+
+def test_every_scoring_loader_goes_through_the_device_helper(tiny_model_path, tmp_path, caplog):
+    """The transformers engine (serving, batch scoring, calibration) and the consistency
+    filter's scorer load in the configured dtype, on the device hazard.device picks."""
+    from pipelines.consistency import load_scorer
+    from serve.engines import TransformersEngine
+    from tests.integration.serve_fixtures import make_bundle
+
+    bundle = make_bundle(tiny_model_path, tmp_path / "b", "b", "1", "base")
+    with caplog.at_level(logging.INFO, logger="hazard.device"):
+        engine = TransformersEngine(str(bundle), "bfloat16")
+        scorer, _ = load_scorer(str(bundle), "bfloat16")
+    for model in (engine.model, scorer):
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+        assert {p.device for p in model.parameters()} == {scoring_device()}
+    assert len(_fallback_lines(caplog)) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "section", "gpus_key"),
+    [
+        ("calibrate.yaml", None, "gpus_per_task"),
+        ("score.yaml", None, "gpus_per_actor"),
+        ("data_corridor.yaml", "consistency", "gpus_per_actor"),
+    ],
+)
+def test_production_scoring_configs_ask_for_gpus_in_bfloat16(name, section, gpus_key):
+    """The 7B/3B configs reserve a GPU per scoring task or actor and score in bfloat16; the
+    tiny ones stay on CPU in float32."""
+    from pathlib import Path
+
+    import yaml
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    prod = yaml.safe_load((configs / name).read_text())
+    prod = prod[section] if section else prod
+    assert prod["dtype"] == "bfloat16" and prod[gpus_key] >= 1
+    tiny_name = {"data_corridor.yaml": "data.yaml"}.get(name, name)
+    tiny = yaml.safe_load((configs / "tiny" / tiny_name).read_text())
+    tiny = tiny.get(section, {}) if section else tiny
+    assert tiny.get("dtype", "float32") == "float32" and tiny.get(gpus_key, 0) == 0
