@@ -1,21 +1,25 @@
 """Training throughput: the Ray Train + DeepSpeed loop against a plain PyTorch loop, same work.
 
     python -m bench.bench_train_throughput [--steps 60] [--skip 5] [--repeats 3] [--threads 1]
-        [--workers 1[,2]] [--out PATH]
+        [--workers 1[,2]] [--prefetch 2[,0]] [--image-size 112|448] [--out PATH]
 
 Both paths train stage 1 (`configs/tiny/stage1_base.yaml`: the cached tiny Qwen2.5-VL, LoRA r=16
 on q/k/v/o, float32) with batch 8 for `--steps` optimizer steps (no evaluation or checkpoint
 between steps) on the same data: synthetic scenes (`--n-per-label` per label) through the data
-job, made once under runs/bench/train/.
+job, made once under runs/bench/train/. `--image-size 448` renders photo-sized scenes and
+raises the data job's pixel budget and the processor's max_pixels to 448x448 (256 image tokens
+per sample instead of 16) and optim.max_length to 512.
 - `ray`: `ray_jobs.train.run(cfg)` on a local Ray (2 CPUs, started by the benchmark) with
   `scaling.num_workers` workers: Ray Data shards, DeepSpeed ZeRO-2 engine, the shared
   worker loop, then the final evaluation, checkpoint and bundle (outside the timed window).
 - `plain`: one process per worker, no Ray, no DeepSpeed: `hazard.vlm.load_model`,
   `hazard.finetune.apply_lora`, `torch.optim.AdamW` over the LoRA weights with
   `hazard.finetune.lr_scheduler`, the train split read with pyarrow in a seeded shuffled order,
-  per micro-batch `encode_batch` + `micro_batch_loss`, backward, gradient clipping at
-  `deepspeed.gradient_clipping`, step. With 2 workers: two processes at once, each on half the
-  rows, starting their loops together, without gradient exchange; their samples/s are summed.
+  per micro-batch the worker loop's own ingest (`hazard.training.ingest.Prefetcher` over
+  `prepare_micro_batch`, `optim.prefetch_batches` ahead) and `inputs_loss`, backward, gradient
+  clipping at `deepspeed.gradient_clipping`, step; losses read once per step. With 2 workers:
+  two processes at once, each on half the rows, starting their loops together, without
+  gradient exchange; their samples/s are summed.
 Equal torch threads per worker: Ray sets OMP_NUM_THREADS to a worker's CPUs (`cpus_per_worker`
 1 with one worker, 0.5 with two so that Ray Data keeps a CPU: 1 thread either way), and a probe
 through the same Ray Train scaling records what the workers really get; the plain processes get
@@ -29,6 +33,12 @@ the first steps excluded), from each step's `seconds` (the Ray run's
 is the train split's mean tokens per sample (every row encoded once) x samples/s.
 `overhead` = plain samples/s / ray samples/s at equal workers (medians over the `--repeats`
 interleaved repeats); the target is <= 1.25.
+
+Input preparation: each step records `input_wait_s` (the step's thread waiting for its next
+prepared micro-batch) and `prepare_s` (decode + processor + collate, on whichever thread).
+`--prefetch 0,2` runs every path with inputs prepared on the step's thread (0: the wait is the
+whole preparation) and by the background loader (2 ahead); `input_share` = waiting / step time
+and `prepare_share` = preparing / step time over the steady-state window.
 """
 
 from __future__ import annotations
@@ -101,27 +111,35 @@ def steady_rates(steps: list[dict], skip: int, samples_per_step: int | None = No
     if all("tokens" in s for s in window):
         out["tokens"] = sum(s["tokens"] for s in window)
         out["tokens_per_s"] = out["tokens"] / seconds
+    for key, share in (("input_wait_s", "input_share"), ("prepare_s", "prepare_share")):
+        if all(key in s for s in window):
+            out[share] = sum(s[key] for s in window) / seconds
     return out
 
 
 # --- data --------------------------------------------------------------------------------------
 
 
-def prepare_data(root: Path, n_per_label: int) -> Path:
-    """Synthetic scenes through the data job into root/data-<n> (made once, needs Ray)."""
+def prepare_data(root: Path, n_per_label: int, image_size: int = 112) -> Path:
+    """Synthetic scenes of `image_size` px through the data job into root/data-<n>[-<size>]
+    (made once, needs Ray); the pixel budget lets a `image_size`-square image through whole."""
     from hazard.config import load_config
     from hazard.config.data import DataConfig
     from hazard.demo.synthetic import write_folder_dataset
     from pipelines.prepare import prepare
 
-    data = root / f"data-{n_per_label}"
+    tag = f"{n_per_label}" if image_size == 112 else f"{n_per_label}-{image_size}"
+    data = root / f"data-{tag}"
     if (data / "lineage.json").is_file():
         return data
-    raw = root / f"raw-{n_per_label}"
+    raw = root / f"raw-{tag}"
     shutil.rmtree(raw, ignore_errors=True)
     shutil.rmtree(data, ignore_errors=True)
-    write_folder_dataset(raw, n_per_label=n_per_label, seed=1, corrupt=0)
-    cfg = load_config(DATA_CONFIG, DataConfig, [f"source.uri={raw}", f"output_dir={data}"])
+    write_folder_dataset(raw, n_per_label=n_per_label, seed=1, size=image_size, corrupt=0)
+    overrides = [f"source.uri={raw}", f"output_dir={data}"]
+    if image_size != 112:
+        overrides.append(f"validation.pixel_budget={max(image_size**2, 50176)}")
+    cfg = load_config(DATA_CONFIG, DataConfig, overrides)
     prepare(cfg)
     return data
 
@@ -159,6 +177,9 @@ def token_stats(cfg, model_path: str) -> dict:
 
 def plain_worker(job: dict) -> dict:
     """One plain training process (no Ray, no DeepSpeed); returns its step history."""
+    import copy
+    import functools
+
     import torch
 
     torch.set_num_threads(job["threads"])
@@ -167,7 +188,8 @@ def plain_worker(job: dict) -> dict:
     from hazard.config.train import TrainConfig
     from hazard.finetune import apply_lora, lr_scheduler
     from hazard.tasks import get_task
-    from hazard.training.step import encode_batch, micro_batch_loss
+    from hazard.training.ingest import Prefetcher
+    from hazard.training.step import inputs_loss, prepare_micro_batch
     from hazard.vlm import load_model, load_processor
 
     start = time.time()
@@ -195,40 +217,57 @@ def plain_worker(job: dict) -> dict:
     while len(list(barrier.glob("ready-*"))) < world:
         time.sleep(0.05)
 
+    prepare = functools.partial(
+        prepare_micro_batch,
+        copy.deepcopy(processor) if o.prefetch_batches else processor,
+        prompt=prompt,
+        max_length=o.max_length,
+        class_weights=job["class_weights"],
+    )
+
+    def data_batches(order):
+        for i in range(0, len(order) - o.batch_size + 1, o.batch_size):  # drop_last
+            yield table.take(order[i : i + o.batch_size]).to_pydict()
+
     steps, step, epoch, micro = [], 0, 0, 0
     samples = tokens = 0
+    wait = prepared = 0.0
     losses = []
     while step < o.max_steps:
         order = np.random.default_rng(o.seed + epoch * 1000 + rank).permutation(shard)
-        for i in range(0, len(order) - o.batch_size + 1, o.batch_size):  # drop_last
-            batch = table.take(order[i : i + o.batch_size]).to_pydict()
-            encoded, answers, _ = encode_batch(processor, batch, prompt, o.max_length)
-            loss = micro_batch_loss(model, processor, encoded, answers, job["class_weights"])
-            (loss / o.grad_accum_steps).backward()  # DeepSpeed scales by accumulation alike
-            losses.append(loss.item())
-            samples += len(batch["answer"])
-            tokens += sum(len(e.input_ids) for e in encoded)
-            micro += 1
-            if micro % o.grad_accum_steps:
-                continue
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.deepspeed.gradient_clipping)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            steps.append(
-                {
-                    "step": step,
-                    "loss": float(np.mean(losses)),
-                    "seconds": round(time.time() - start, 3),
-                    "samples": samples,
-                    "tokens": tokens,
-                }
-            )
-            samples = tokens = 0
-            losses = []
-            if step >= o.max_steps:
-                break
+        with Prefetcher(data_batches(order), prepare, o.prefetch_batches) as loader:
+            for mb in loader:
+                waited, took = loader.take_times()
+                wait, prepared = wait + waited, prepared + took
+                loss = inputs_loss(model, mb.inputs)
+                (loss / o.grad_accum_steps).backward()  # DeepSpeed scales by accumulation alike
+                losses.append(loss.detach())
+                samples += mb.samples
+                tokens += mb.tokens
+                micro += 1
+                if micro % o.grad_accum_steps:
+                    continue
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.deepspeed.gradient_clipping)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                steps.append(
+                    {
+                        "step": step,
+                        "loss": torch.stack(losses).mean().item(),
+                        "seconds": round(time.time() - start, 3),
+                        "samples": samples,
+                        "tokens": tokens,
+                        "input_wait_s": round(wait, 4),
+                        "prepare_s": round(prepared, 4),
+                    }
+                )
+                samples = tokens = 0
+                wait = prepared = 0.0
+                losses = []
+                if step >= o.max_steps:
+                    break
         epoch += 1
     return {
         "steps": steps,
@@ -340,7 +379,7 @@ def run_ray(cfg) -> dict:
 # --- the benchmark -----------------------------------------------------------------------------
 
 
-def stage_config(data_dir: Path, out: Path, workers: int, args):
+def stage_config(data_dir: Path, out: Path, workers: int, args, prefetch: int = 2):
     from hazard.config import load_config
     from hazard.config.train import TrainConfig
 
@@ -358,14 +397,32 @@ def stage_config(data_dir: Path, out: Path, workers: int, args):
             "checkpoint.every_steps=0",
             f"scaling.num_workers={workers}",
             f"scaling.cpus_per_worker={1 if workers == 1 else 0.5}",
+            f"optim.prefetch_batches={prefetch}",
+            *photo_overrides(args.image_size),
             *args.overrides,
         ],
     )
 
 
+def photo_overrides(image_size: int) -> list[str]:
+    """Stage overrides for `image_size`-square images: the processor keeps them whole (one
+    image token per 28x28 pixels, 256 at 448) and max_length has room for them."""
+    if image_size == 112:
+        return []
+    return [f"model.max_pixels={image_size**2}", "optim.max_length=512"]
+
+
 def _step_one(steps: list[dict]) -> float:
     """Seconds from the start of the worker's recipe to the end of step 1 (set-up included)."""
     return next(s["seconds"] for s in steps if s["step"] == 1)
+
+
+SHARES = ("input_share", "prepare_share")
+
+
+def _mean_shares(parts: list[dict]) -> dict:
+    """The workers' mean input and prepare shares (those every worker recorded)."""
+    return {k: statistics.mean(p[k] for p in parts) for k in SHARES if all(k in p for p in parts)}
 
 
 def summarize_path(runs: list[dict], skip: int, samples_per_step: int, mean_tokens: float):
@@ -378,6 +435,7 @@ def summarize_path(runs: list[dict], skip: int, samples_per_step: int, mean_toke
                 "samples_per_s": sum(p["samples_per_s"] for p in parts),
                 "tokens_per_s": sum(p["tokens_per_s"] for p in parts),
                 "step_ms": statistics.mean(p["step_ms"] for p in parts),
+                **_mean_shares(parts),
                 "setup_seconds": max(_step_one(w["steps"]) for w in r["workers"]),
                 "per_worker": parts,
             }
@@ -387,11 +445,13 @@ def summarize_path(runs: list[dict], skip: int, samples_per_step: int, mean_toke
                 "samples_per_s": part["samples_per_s"],
                 "tokens_per_s": part["samples_per_s"] * mean_tokens,
                 "step_ms": part["step_ms"],
+                **_mean_shares([part]),
                 "setup_seconds": _step_one(r["steps"]),
                 "window": part,
             }
         each.append({**rate, "wall_seconds": r["wall_seconds"]})
     keys = ("samples_per_s", "tokens_per_s", "step_ms", "setup_seconds", "wall_seconds")
+    keys += tuple(k for k in SHARES if all(k in e for e in each))
     return {
         **{k: statistics.median(e[k] for e in each) for k in keys},
         "samples_per_s_each": [e["samples_per_s"] for e in each],
@@ -408,6 +468,8 @@ def compare(runs: dict[str, list[dict]], probe: list[dict], cfg, skip: int, mean
         paths["plain"]["samples_per_s_each"], paths["ray"]["samples_per_s_each"], strict=True
     )
     return {
+        "workers": cfg.scaling.num_workers,
+        "prefetch_batches": cfg.optim.prefetch_batches,
         "cpus_per_worker": cfg.scaling.cpus_per_worker,
         "equal_threads": {t["torch_threads"] for t in probe} == set(plain_threads),
         "ray_worker_threads": probe,
@@ -427,23 +489,26 @@ def print_table(payload: dict) -> None:
         f"\ntrain throughput: tiny Qwen2.5-VL, LoRA r={cfg['lora']['r']}, batch "
         f"{cfg['optim']['batch_size']} per worker, {steps} steps (rates over steps {skip + 1}-"
         f"{steps}), {payload['threads']} torch thread(s) per plain process, "
-        f"{payload['repeats']} repeat(s), medians; {data['mean_tokens']:.1f} tokens/sample"
+        f"{payload['repeats']} repeat(s), medians; {data['mean_tokens']:.1f} tokens/sample "
+        f"({data['mean_image_tokens']:.0f} image tokens, {data.get('image_size', 112)} px scenes)"
     )
     print(
-        f"{'workers':>7} {'path':<6} {'samples/s':>10} {'tokens/s':>10} {'step ms':>8} "
-        f"{'setup s':>8} {'run s':>7} {'threads':>8}"
+        f"{'workers':>7} {'prefetch':>8} {'path':<6} {'samples/s':>10} {'tokens/s':>10} "
+        f"{'step ms':>8} {'input %':>8} {'prep %':>7} {'setup s':>8} {'run s':>7} {'threads':>8}"
     )
     target = payload["target_overhead"]
-    for w, r in payload["results"].items():
+    for r in payload["results"].values():
+        w, d = r["workers"], r["prefetch_batches"]
         threads = {
             "plain": ",".join(str(t) for t in sorted(set(r["plain_worker_threads"]))),
             "ray": ",".join(str(t["torch_threads"]) for t in r["ray_worker_threads"]),
         }
         for name, s in r["paths"].items():
+            share = {k: f"{100 * s[k]:.1f}" if k in s else "-" for k in SHARES}
             print(
-                f"{w:>7} {name:<6} {s['samples_per_s']:>10.2f} {s['tokens_per_s']:>10.0f} "
-                f"{s['step_ms']:>8.0f} {s['setup_seconds']:>8.1f} {s['wall_seconds']:>7.1f} "
-                f"{threads[name]:>8}"
+                f"{w:>7} {d:>8} {name:<6} {s['samples_per_s']:>10.2f} {s['tokens_per_s']:>10.0f} "
+                f"{s['step_ms']:>8.0f} {share['input_share']:>8} {share['prepare_share']:>7} "
+                f"{s['setup_seconds']:>8.1f} {s['wall_seconds']:>7.1f} {threads[name]:>8}"
             )
         verdict = "met" if r["overhead"] <= target else "NOT met"
         each = ", ".join(f"{x:.2f}" for x in r["overhead_each"])
@@ -456,7 +521,9 @@ def print_table(payload: dict) -> None:
     print(
         "setup s: recipe start to the end of step 1; run s: the whole run (ray: run(cfg) with "
         "its final evaluation and bundle; plain: the processes)\n"
-        "ray tokens/s = the split's mean tokens per sample x samples/s; plain counts its own"
+        "ray tokens/s = the split's mean tokens per sample x samples/s; plain counts its own\n"
+        "input %: the step's thread waiting for its next micro-batch, prep %: decoding, "
+        "processor and collate (whichever thread), both as shares of the step time"
     )
 
 
@@ -469,7 +536,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs of each path")
     p.add_argument("--threads", type=int, default=1, help="torch threads per plain process")
     p.add_argument("--workers", default="1", help="comma list of worker counts, e.g. 1,2")
+    p.add_argument(
+        "--prefetch",
+        default="2",
+        help="comma list of optim.prefetch_batches to compare, e.g. 0,2 (0: on the step's thread)",
+    )
     p.add_argument("--n-per-label", type=int, default=20, help="synthetic images per label")
+    p.add_argument(
+        "--image-size", type=int, default=112, help="scene side in px (448: photo-sized)"
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--workdir", type=Path, default=REPO_ROOT / "runs" / "bench" / "train")
     p.add_argument("--out", type=Path, default=None, help="JSON path")
@@ -480,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(job["result"]).write_text(json.dumps(plain_worker(job)))
         return 0
     worker_counts = [int(w) for w in args.workers.split(",")]
+    depths = [int(d) for d in args.prefetch.split(",")]
     args.workdir = args.workdir.resolve()
     if args.steps <= args.skip:
         p.error(f"--steps {args.steps} must be more than --skip {args.skip}")
@@ -493,25 +569,36 @@ def main(argv: list[str] | None = None) -> int:
     model_path = str(ensure_tiny_model())
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    results: dict[int, dict] = {}
+    results: dict[str, dict] = {}
     try:
-        data_dir = prepare_data(args.workdir, args.n_per_label)
-        base = stage_config(data_dir, args.workdir / "ray-w1", 1, args)
+        data_dir = prepare_data(args.workdir, args.n_per_label, args.image_size)
+        base = stage_config(data_dir, args.workdir / "ray-w1", 1, args, depths[-1])
         tokens = token_stats(base, model_path)
         weights = class_weight_table(base.optim.class_weights, tokens["rows_per_label"])
         for w in worker_counts:
-            cfg = stage_config(data_dir, args.workdir / f"ray-w{w}", w, args)
-            probe = probe_ray_threads(cfg, args.workdir)
-            runs: dict[str, list[dict]] = {"plain": [], "ray": []}
-            for rep in range(args.repeats):  # interleaved, so load changes hit both alike
-                for name in PATHS if rep % 2 == 0 else PATHS[::-1]:
-                    print(f"[bench] {w} worker(s), repeat {rep + 1}: {name}", flush=True)
-                    if name == "plain":
-                        run = run_plain(cfg, model_path, weights, args.threads, args.workdir)
-                    else:
-                        run = run_ray(cfg)
-                    runs[name].append(run)
-            results[w] = compare(runs, probe, cfg, args.skip, tokens["mean_tokens"])
+            cfgs = {
+                d: stage_config(data_dir, args.workdir / f"ray-w{w}", w, args, d) for d in depths
+            }
+            probe = probe_ray_threads(cfgs[depths[0]], args.workdir)
+            runs = {d: {"plain": [], "ray": []} for d in depths}
+            for rep in range(args.repeats):  # interleaved, so load changes hit all alike
+                for d in depths if rep % 2 == 0 else depths[::-1]:
+                    for name in PATHS if rep % 2 == 0 else PATHS[::-1]:
+                        print(
+                            f"[bench] {w} worker(s), prefetch {d}, repeat {rep + 1}: {name}",
+                            flush=True,
+                        )
+                        if name == "plain":
+                            run = run_plain(
+                                cfgs[d], model_path, weights, args.threads, args.workdir
+                            )
+                        else:
+                            run = run_ray(cfgs[d])
+                        runs[d][name].append(run)
+            for d in depths:
+                results[f"{w}w-prefetch{d}"] = compare(
+                    runs[d], probe, cfgs[d], args.skip, tokens["mean_tokens"]
+                )
     finally:
         ray.shutdown()
 
@@ -523,13 +610,19 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": load_before,
         "loadavg_after": loadavg(),
         "model": model_path,
-        "data": {"dir": str(data_dir), "n_per_label": args.n_per_label, **tokens},
+        "data": {
+            "dir": str(data_dir),
+            "n_per_label": args.n_per_label,
+            "image_size": args.image_size,
+            **tokens,
+        },
         "config": base.model_dump(mode="json"),
         "skip": args.skip,
         "threads": args.threads,
         "repeats": args.repeats,
         "target_overhead": TARGET_OVERHEAD,
-        "results": {str(w): r for w, r in results.items()},
+        "prefetch": depths,
+        "results": results,
     }
     print_table(payload)
     path = write_json(args.out or default_out(NAME), payload)

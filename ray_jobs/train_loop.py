@@ -11,6 +11,9 @@ built after the run by the driver (`ray_jobs/train.py`) from the best checkpoint
 
 from __future__ import annotations
 
+import copy
+import functools
+import itertools
 import math
 import os
 import random
@@ -24,8 +27,9 @@ from hazard.config.train import TrainConfig
 from hazard.tasks import get_task
 from hazard.training.checkpoint import load_checkpoint, save_checkpoint
 from hazard.training.evaluate import eval_summary, evaluate_split
+from hazard.training.ingest import Prefetcher
 from hazard.training.state import BestTracker, TrainState
-from hazard.training.step import encode_batch, micro_batch_loss
+from hazard.training.step import inputs_loss, prepare_micro_batch
 from hazard.vlm import SequenceTooLong
 
 MAX_SKIPPED_IDS = 20
@@ -81,13 +85,30 @@ class StageRecipe:
 
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> None:
-        """Train until max_steps or early stop, evaluating and checkpointing on schedule."""
+        """Train until max_steps or early stop, evaluating and checkpointing on schedule.
+
+        Micro-batches are prepared (decode, processor, collate) by a background loader
+        (`hazard.training.ingest.Prefetcher`, `optim.prefetch_batches` ahead) in the data's
+        order, so resuming by `batches_in_epoch` skips the same batches; losses stay on the
+        device and are read once per optimizer step."""
         import ray.train
 
         cfg, state = self.cfg, self.state
         shard = ray.train.get_dataset_shard("train")
         accum, micro, losses = cfg.optim.grad_accum_steps, 0, []
         step_samples, step_skipped, last_good = 0, [], None
+        # the loader encodes with its own processor: tokenizers are not safe to share between
+        # threads, and evaluation encodes with self.processor meanwhile
+        processor = copy.deepcopy(self.processor) if cfg.optim.prefetch_batches else self.processor
+        prepare = functools.partial(
+            prepare_micro_batch,
+            processor,
+            prompt=self.task.prompt,
+            max_length=cfg.optim.max_length,
+            class_weights=self.class_weights,
+            pin=str(self.engine.device).startswith("cuda"),  # async copies to the GPU
+        )
+        wait = prepared = 0.0  # this optimizer step's input waiting and preparing seconds
         self.engine.train()
         while state.step < cfg.optim.max_steps and not state.stopped_early:
             batches = shard.iter_batches(
@@ -97,57 +118,64 @@ class StageRecipe:
                 local_shuffle_buffer_size=4 * cfg.optim.batch_size,
                 local_shuffle_seed=cfg.optim.seed + state.epoch * 1000 + self.rank,
             )
+            # resuming: skip what was already trained on, before anything is decoded
+            remaining = itertools.islice(batches, state.batches_in_epoch, None)
             done = False
-            for i, batch in enumerate(batches):
-                if i < state.batches_in_epoch:  # resuming: skip what was already trained on
-                    continue
-                state.batches_in_epoch += 1
-                encoded, answers, skipped = encode_batch(
-                    self.processor, batch, self.task.prompt, cfg.optim.max_length
-                )
-                step_samples += len(batch["answer"])
-                step_skipped += skipped
-                scale = 1.0
-                if encoded:
-                    last_good = (encoded, answers)
-                elif last_good is not None:  # keep DeepSpeed's collectives in step, no gradient
-                    (encoded, answers), scale = last_good, 0.0
-                else:
-                    raise SequenceTooLong(
-                        f"every sample of the first micro-batch is over max_length, e.g. "
-                        f"{skipped[0]}"
-                    )
-                loss = micro_batch_loss(
-                    self.engine, self.processor, encoded, answers, self.class_weights, scale
-                )
-                self.engine.backward(loss)
-                self.lr = float(self.engine.get_lr()[0])  # the rate this step applies
-                self.engine.step()
-                if scale:
-                    losses.append(loss.item())
-                micro += 1
-                if micro % accum:
-                    continue
-                state.step += 1
-                self._count_samples(step_samples, step_skipped)
-                step_samples, step_skipped = 0, []
-                done = self.after_step(losses)
-                losses = []
-                if done:
-                    break
+            with Prefetcher(remaining, prepare, cfg.optim.prefetch_batches) as loader:
+                for mb in loader:
+                    waited, took = loader.take_times()
+                    wait, prepared = wait + waited, prepared + took
+                    state.batches_in_epoch += 1
+                    step_samples += mb.samples
+                    step_skipped += mb.skipped
+                    scale, inputs = 1.0, mb.inputs
+                    if inputs is not None:
+                        last_good = inputs
+                    elif last_good is not None:  # keep DeepSpeed's collectives in step
+                        inputs, scale = last_good, 0.0
+                    else:
+                        raise SequenceTooLong(
+                            f"every sample of the first micro-batch is over max_length, e.g. "
+                            f"{mb.skipped[0]}"
+                        )
+                    loss = inputs_loss(self.engine, inputs, scale)
+                    self.engine.backward(loss)
+                    self.lr = float(self.engine.get_lr()[0])  # the rate this step applies
+                    self.engine.step()
+                    if scale:
+                        losses.append(loss.detach())  # read once per optimizer step
+                    micro += 1
+                    if micro % accum:
+                        continue
+                    state.step += 1
+                    self._count_samples(step_samples, step_skipped)
+                    step_samples, step_skipped = 0, []
+                    done = self.after_step(losses, {"input_wait_s": wait, "prepare_s": prepared})
+                    losses, wait, prepared = [], 0.0, 0.0
+                    if done:
+                        break
             if not done:
                 state.epoch += 1
                 state.batches_in_epoch = 0
         self._check_skipped(final=True)
 
-    def after_step(self, losses: list[float]) -> bool:
-        """Log; evaluate and checkpoint on schedule; True when the run should end."""
+    def after_step(self, losses: list[torch.Tensor], timing: dict | None = None) -> bool:
+        """Log; evaluate and checkpoint on schedule; True when the run should end.
+
+        `losses`: this step's micro-batch losses, still on the device (one read here);
+        `timing`: the step's input waiting and preparing seconds, kept in its history row."""
         cfg, state = self.cfg, self.state
         step = state.step
         lr = self.lr
-        loss = float(np.mean(losses)) if losses else math.nan
+        loss = torch.stack(losses).float().mean().item() if losses else math.nan
         state.steps.append(
-            {"step": step, "loss": loss, "lr": lr, "seconds": round(time.time() - self.start, 2)}
+            {
+                "step": step,
+                "loss": loss,
+                "lr": lr,
+                "seconds": round(time.time() - self.start, 3),
+                **{k: round(v, 4) for k, v in (timing or {}).items()},
+            }
         )
         last = step >= cfg.optim.max_steps
         if step % cfg.optim.log_every == 0 or last:

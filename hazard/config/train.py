@@ -97,6 +97,12 @@ class OptimSpec(_Strict):
         description="Share of training samples that may be skipped for exceeding max_length "
         "before the run fails.",
     )
+    prefetch_batches: int = Field(
+        2,
+        ge=0,
+        description="Micro-batches a background thread prepares (decode, processor, collate) "
+        "ahead of the step; 0 prepares each on the step's thread.",
+    )
 
     @model_validator(mode="after")
     def _closed_task(self):

@@ -1,6 +1,11 @@
-"""One training micro-batch: encode (skipping over-long samples), forward, weighted loss."""
+"""One training micro-batch: encode (skipping over-long samples), collate, forward, weighted loss.
+
+`prepare_micro_batch` is the CPU half (decode, processor, collate; what `hazard.training.ingest`
+runs ahead of the step in a background thread), `inputs_loss` the accelerator half."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,18 +31,56 @@ def encode_batch(processor, batch: dict, prompt: str, max_length: int):
     return encoded, answers, skipped
 
 
+def collate_inputs(processor, encoded, answers, class_weights) -> dict[str, torch.Tensor]:
+    """Model inputs of encoded samples (CPU), with "labels" and per-sample "sample_weights"."""
+    inputs = collate(encoded, processor.tokenizer.pad_token_id, processor.image_token_id)
+    inputs["sample_weights"] = torch.tensor([class_weights.get(a, 1.0) for a in answers])
+    return inputs
+
+
+@dataclass
+class MicroBatch:
+    """One prepared micro-batch: its collated inputs (None when every sample was skipped)
+    and its bookkeeping."""
+
+    inputs: dict[str, torch.Tensor] | None
+    samples: int  # rows of the data batch, skipped ones included
+    skipped: list[str] = field(default_factory=list)  # ids over max_length
+    tokens: int = 0  # non-padding tokens of the encoded samples
+
+
+def prepare_micro_batch(
+    processor, batch: dict, prompt: str, max_length: int, class_weights: dict, pin: bool = False
+) -> MicroBatch:
+    """Decode, encode and collate one data batch on the CPU; `pin` puts the tensors in
+    page-locked memory so that the copy to the GPU can run asynchronously."""
+    encoded, answers, skipped = encode_batch(processor, batch, prompt, max_length)
+    inputs = collate_inputs(processor, encoded, answers, class_weights) if encoded else None
+    if inputs is not None and pin:
+        inputs = {k: v.pin_memory() for k, v in inputs.items()}
+    return MicroBatch(
+        inputs=inputs,
+        samples=len(batch["answer"]),
+        skipped=skipped,
+        tokens=sum(len(e.input_ids) for e in encoded),
+    )
+
+
+def inputs_loss(engine, inputs: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
+    """The class-weighted answer loss of collated inputs; logits only at answer positions.
+
+    The inputs are copied to the engine's device without blocking (asynchronous from pinned
+    memory). A rank whose micro-batch was skipped whole still has to take part in DeepSpeed's
+    collectives: it passes an earlier micro-batch with `scale=0`, adding no gradient."""
+    inputs = {k: v.to(engine.device, non_blocking=True) for k, v in inputs.items()}
+    labels, sample_w = inputs.pop("labels"), inputs.pop("sample_weights")
+    mask = answer_logit_mask(labels)
+    logits = logits_at(engine, inputs, mask, use_cache=False)
+    return weighted_answer_loss(logits, labels, mask, sample_w) * scale
+
+
 def micro_batch_loss(
     engine, processor, encoded, answers, class_weights, scale: float = 1.0
 ) -> torch.Tensor:
-    """The class-weighted answer loss of one micro-batch; logits only at answer positions.
-
-    A rank whose micro-batch was skipped whole still has to take part in DeepSpeed's
-    collectives: it passes an earlier micro-batch with `scale=0`, adding no gradient."""
-    pad_id, image_id = processor.tokenizer.pad_token_id, processor.image_token_id
-    weights = [class_weights.get(a, 1.0) for a in answers]
-    inputs = {k: v.to(engine.device) for k, v in collate(encoded, pad_id, image_id).items()}
-    labels = inputs.pop("labels")
-    mask = answer_logit_mask(labels)
-    logits = logits_at(engine, inputs, mask, use_cache=False)
-    sample_w = torch.tensor(weights, device=engine.device)
-    return weighted_answer_loss(logits, labels, mask, sample_w) * scale
+    """`inputs_loss` of encoded samples (collated here)."""
+    return inputs_loss(engine, collate_inputs(processor, encoded, answers, class_weights), scale)

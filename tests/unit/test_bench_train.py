@@ -82,3 +82,33 @@ def test_summarize_path_sums_plain_workers_and_derives_ray_tokens():
     assert ray["samples_per_s"] == pytest.approx(48 / 12)  # the median repeat
     assert ray["tokens_per_s"] == pytest.approx(50.0 * 48 / 12)
     assert ray["wall_seconds"] == pytest.approx(70.0)
+
+
+def test_input_shares_are_the_window_waiting_and_preparing_over_its_seconds():
+    # steps 3-5 take 6 s; they waited 0.5 + 1.0 + 0.1 s and prepared 1 + 2 + 0.6 s
+    timed = [
+        {**s, "input_wait_s": w, "prepare_s": p}
+        for s, w, p in zip(HISTORY, [9, 9, 0.5, 1.0, 0.1], [9, 9, 1, 2, 0.6], strict=True)
+    ]
+    r = steady_rates(timed, skip=2, samples_per_step=8)
+    assert r["input_share"] == pytest.approx(1.6 / 6)
+    assert r["prepare_share"] == pytest.approx(3.6 / 6)
+    # plain workers: their shares averaged; ray: its one history's
+    slower = [{**s, "input_wait_s": 0.0, "samples": 8, "tokens": 1} for s in timed]
+    faster = [{**s, "samples": 8, "tokens": 1} for s in timed]
+    plain = summarize_path(
+        [{"wall_seconds": 1.0, "workers": [{"steps": slower}, {"steps": faster}]}],
+        skip=2,
+        samples_per_step=16,
+        mean_tokens=1.0,
+    )
+    assert plain["input_share"] == pytest.approx((0.0 + 1.6 / 6) / 2)
+    assert plain["prepare_share"] == pytest.approx(3.6 / 6)
+    ray = summarize_path(
+        [{"wall_seconds": 1.0, "steps": timed}], skip=2, samples_per_step=8, mean_tokens=1.0
+    )
+    assert ray["input_share"] == pytest.approx(1.6 / 6)
+    untimed = summarize_path(
+        [{"wall_seconds": 1.0, "steps": HISTORY}], skip=2, samples_per_step=8, mean_tokens=1.0
+    )
+    assert "input_share" not in untimed  # histories from before the loader have no shares
