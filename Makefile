@@ -42,5 +42,9 @@ format: setup ## ruff fix + format
 bench: setup ## run the benchmarks in bench/ (prints tables, saves JSON)
 	$(PY) -m bench.run_all
 
+.PHONY: gpu-smoke
+gpu-smoke: ## on a machine with one NVIDIA GPU: GPU lock in .venv-gpu, vLLM/engine/DeepSpeed checks
+	scripts/gpu_smoke.sh
+
 clean: ## remove run outputs (keeps .venv and the tiny-model cache)
 	rm -rf runs .pytest_cache .ruff_cache

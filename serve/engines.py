@@ -7,7 +7,9 @@ next-token distribution from vLLM's logprobs. Both read answers, never generate 
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -67,10 +69,13 @@ class TransformersEngine(ScoringEngine):
 
 
 class VLLMEngine(ScoringEngine):
-    """vLLM on GPU: one prefill per image, logprobs of the labels' first tokens.
+    """vLLM on GPU: one prefill per request, logprobs of the labels' first tokens.
 
     Needs labels whose first tokens differ (checked at start-up), as the Qwen tokenizer gives
-    for the five risk labels; the transformers engine also handles colliding labels.
+    for the five risk labels; the transformers engine also handles colliding labels. The label
+    probabilities are the transformers engine's (softmax over the labels' first-token logits),
+    so a fusion calibrated on one engine's scores applies to the other's
+    (tests/integration/test_vllm_engine.py compares them on the same bundle).
     """
 
     def __init__(self, model_uri: str, dtype: str = "bfloat16", options: dict | None = None):
@@ -78,22 +83,32 @@ class VLLMEngine(ScoringEngine):
         from hazard.config.serve import VLLMOptions
 
         opts = VLLMOptions.model_validate(options or {})
+        # Checked here, before vLLM starts (minutes on a 7B), with the option's name in the error.
+        positions = model_positions(self.path)
+        if positions is not None and opts.max_model_len > positions:
+            raise ValueError(
+                f"vllm max_model_len {opts.max_model_len} exceeds the {positions} positions of "
+                f"the model at {self.path} (max_position_embeddings); set vllm.max_model_len "
+                f"<= {positions}"
+            )
+        self.max_images = opts.limit_mm_per_prompt.get("image", 0)
         try:
             from vllm import LLM, SamplingParams
         except ImportError as exc:  # no CPU build of vLLM on the package index
             raise RuntimeError(
                 "engine 'vllm' needs vLLM on a GPU node; use 'transformers'"
             ) from exc
-        from hazard.vlm import first_tokens_collide, label_token_ids, prompt_text
+        from hazard.vlm import first_tokens_collide, label_token_ids
 
         self.processor = self.load_processor()
         ids = label_token_ids(self.processor, self.labels)
         if first_tokens_collide(ids):
             raise ValueError(f"labels {self.labels} share first tokens; use engine 'transformers'")
         self.first_ids = [i[0] for i in ids]
-        self.text = prompt_text(self.processor, self.prompt, 1)
-        # Processed logprobs are taken after the allowed-token whitelist, so the top-k returned
-        # are exactly the label tokens (raw logprobs are the top-k of the whole vocabulary).
+        # Processed logprobs are taken after the allowed-token whitelist (vllm/v1/sample/
+        # sampler.py: the whitelist masks the logits, then greedy requests' processed logprobs
+        # are their log_softmax), so the top-k returned are exactly the label tokens, normalised
+        # over them (raw logprobs are the top-k of the whole vocabulary).
         self.llm = LLM(
             model=str(self.path),  # its processor files carry the training image sizes
             dtype=dtype,
@@ -104,6 +119,7 @@ class VLLMEngine(ScoringEngine):
             limit_mm_per_prompt=opts.limit_mm_per_prompt,
             enforce_eager=opts.enforce_eager,
             logprobs_mode="processed_logprobs",
+            max_logprobs=max(20, len(self.first_ids)),  # vLLM refuses more than this per token
         )
         self.params = SamplingParams(
             max_tokens=1,
@@ -112,10 +128,20 @@ class VLLMEngine(ScoringEngine):
             allowed_token_ids=self.first_ids,
         )
 
+    def request(self, images: list[Image.Image]) -> dict:
+        """One vLLM prompt: the chat turn with one image slot per image, and the images."""
+        from hazard.vlm import prompt_text
+
+        if not 1 <= len(images) <= self.max_images:
+            raise ValueError(
+                f"{len(images)} images in one request; the vllm engine takes 1 to "
+                f"{self.max_images} (vllm.limit_mm_per_prompt.image)"
+            )
+        text = prompt_text(self.processor, self.prompt, len(images))
+        return {"prompt": text, "multi_modal_data": {"image": images}}
+
     def score(self, images: list[list[Image.Image]]) -> np.ndarray:
-        requests = [
-            {"prompt": self.text, "multi_modal_data": {"image": imgs[0]}} for imgs in images
-        ]
+        requests = [self.request(imgs) for imgs in images]
         outputs = self.llm.generate(requests, self.params, use_tqdm=False)
         rows = []
         for out in outputs:
@@ -127,6 +153,16 @@ class VLLMEngine(ScoringEngine):
             e = np.exp(logits - logits.max())
             rows.append(e / e.sum())
         return np.stack(rows)
+
+
+def model_positions(path) -> int | None:
+    """max_position_embeddings of the checkpoint at `path` (its text config's for a VLM), or
+    None when its config.json names none."""
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    for section in (cfg.get("text_config") or {}, cfg):
+        if "max_position_embeddings" in section:
+            return int(section["max_position_embeddings"])
+    return None
 
 
 def make_engine(kind: str, model_uri: str, dtype: str, vllm: dict | None = None) -> ScoringEngine:
