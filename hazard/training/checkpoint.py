@@ -48,13 +48,16 @@ class WorldSizeMismatch(RuntimeError):
     """A checkpoint was saved by another number of workers; nothing of it was loaded."""
 
     def __init__(self, ckpt_dir: Path, saved: int, current: int):
-        self.saved, self.current = saved, current
+        self.ckpt_dir, self.saved, self.current = ckpt_dir, saved, current
         super().__init__(
             f"{ckpt_dir}: checkpoint saved by {saved} workers, this run has {current}; a run "
             f"resumes only on the worker count it saved with (ZeRO partitions the optimizer "
             f"state per worker; elastic checkpoints are off). Resume with "
             f"scaling.num_workers={saved}, or start a new run under another run_name"
         )
+
+    def __reduce__(self):  # picklable: Ray carries it from the worker to the driver
+        return type(self), (self.ckpt_dir, self.saved, self.current)
 
 
 def current_world_size() -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,8 @@ def test_resume_on_another_worker_count_is_refused_before_loading(tmp_path):
     assert "saved by 2 workers, this run has 1" in message
     assert "scaling.num_workers=2" in message and "another run_name" in message
     assert engine.loads == [] and torch.equal(torch.get_rng_state(), rng_before)
+    back = pickle.loads(pickle.dumps(err.value))  # Ray pickles it from worker to driver
+    assert str(back) == message and (back.saved, back.current) == (2, 1)
     with pytest.raises(WorldSizeMismatch, match="saved by 2 workers, this run has 4"):
         verify_checkpoint(ckpt, "run-a", world_size=4)
     assert verify_checkpoint(ckpt, "run-a", world_size=2) == 4
