@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="1", help="comma list of worker counts, e.g. 1,2")
     p.add_argument(
         "--prefetch",
-        default="2",
+        default="0,2",
         help="comma list of optim.prefetch_batches to compare, e.g. 0,2 (0: on the step's thread)",
     )
     p.add_argument("--n-per-label", type=int, default=20, help="synthetic images per label")

@@ -98,10 +98,11 @@ class OptimSpec(_Strict):
         "before the run fails.",
     )
     prefetch_batches: int = Field(
-        2,
+        0,
         ge=0,
         description="Micro-batches a background thread prepares (decode, processor, collate) "
-        "ahead of the step; 0 prepares each on the step's thread.",
+        "ahead of the step; 0 prepares each on the step's thread (measured faster on 2 CPUs: "
+        "the thread competes for the GIL, see docs/benchmarks.md train_throughput).",
     )
 
     @model_validator(mode="after")
