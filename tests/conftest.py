@@ -67,9 +67,14 @@ def tiny(tiny_model_path):
 
 
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests need CUDA (and vLLM where they say so); they skip on CPU machines."""
+    """Unit tests all carry `image_lock` (make test-locks runs them in the GPU image's versions).
+    `gpu` tests need CUDA (and vLLM where they say so); they skip on CPU machines."""
     import torch
 
+    unit = REPO / "tests" / "unit"
+    for item in items:
+        if unit in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.image_lock)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a GPU (no CUDA device on this machine)")

@@ -20,7 +20,7 @@ from hazard.labels import HIGH_RISK, RISK_LABELS
 from ray_jobs.calibrate import run
 from tests.integration.serve_fixtures import image_bytes, make_bundle
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.image_lock]
 
 BATCH = 3
 

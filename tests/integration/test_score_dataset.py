@@ -26,7 +26,7 @@ from hazard.storage import read_bytes, read_parquet, upload_dir
 from ray_jobs.score_dataset import PROB_COLUMNS, CascadeScorer, run
 from tests.integration.serve_fixtures import fusion, image_bytes, make_bundle
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.image_lock]
 
 N_IMAGES = 8
 CORRUPT = "sub/broken.png"
