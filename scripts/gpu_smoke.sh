@@ -2,10 +2,11 @@
 # GPU smoke checks for a machine with one NVIDIA GPU (`make gpu-smoke`).
 #
 # 1. Checks for a GPU first (nvidia-smi), before installing anything.
-# 2. Installs the GPU image's lock (docker/requirements-gpu.lock, --no-deps: vLLM 0.33.0,
-#    torch 2.14.0, transformers 5.20.2, DeepSpeed 0.19.8, ...) into $GPU_VENV (default .venv-gpu),
-#    plus the project (--no-deps) and pytest; reused while its stamp is newer than the lock and
-#    pyproject.toml. The first install downloads several GB of CUDA wheels.
+# 2. Installs the GPU image's lock (docker/requirements-gpu.lock: vLLM 0.33.0, torch 2.14.0,
+#    transformers 5.20.2, DeepSpeed 0.19.8, ...) into $GPU_VENV (default .venv-gpu) with
+#    scripts/lock_env.py (--with-vllm), which also brings the test tools and checks every locked
+#    version; reused while its stamp is newer than the lock and pyproject.toml. The first install
+#    downloads several GB of CUDA wheels.
 # 3. Runs the `gpu`-marked checks on the tiny Qwen2.5-VL, each in its own pytest process:
 #    vLLM vs transformers label probabilities (bf16, max_model_len 2048), the transformers engine
 #    on CUDA, one DeepSpeed bf16 training step on CUDA; ~2-4 minutes once installed.
@@ -48,11 +49,9 @@ if [ ! -f "$STAMP" ] || [ "$LOCK" -nt "$STAMP" ] || [ pyproject.toml -nt "$STAMP
     || { say "SETUP FAILED: the lock is for CPython 3.11; $py is not (set PATH)"; exit 3; }
   say "installing $LOCK into $VENV (several GB the first time)"
   { [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"; } \
-    && "$VENV/bin/python" -m pip install -q --upgrade pip \
-    && "$VENV/bin/python" -m pip install -q --no-deps -r "$LOCK" \
-    && "$VENV/bin/python" -m pip install -q --no-deps -e . \
-    && "$VENV/bin/python" -m pip install -q pytest==9.2.0 pytest-timeout==2.4.0 \
-    || { say "SETUP FAILED: pip could not install the environment (exit 3)"; exit 3; }
+    && "$VENV/bin/python" -m pip install -q --upgrade pip packaging \
+    && "$VENV/bin/python" scripts/lock_env.py build gpu --venv "$VENV" --with-vllm \
+    || { say "SETUP FAILED: the GPU lock's environment could not be installed (exit 3)"; exit 3; }
   touch "$STAMP"
 else
   say "reusing $VENV (newer than $LOCK)"

@@ -4,14 +4,16 @@
     python scripts/lock_env.py build cpu --venv .venv      # the project's own environment
     python scripts/lock_env.py build gpu --venv .venv-gpu-lock
     python scripts/lock_env.py verify gpu --venv .venv-gpu-lock
+    python scripts/lock_env.py build gpu --venv .venv-gpu --with-vllm   # make gpu-smoke's
     python scripts/lock_env.py check                       # pyproject's ranges vs both locks
 
 `build` installs the project's requirements for the image (`scripts/lock_images.py`) and its
 `dev` extra (the test tools, which no image holds) with the lock as pip constraints, then the
 project itself with `--no-deps`, and `verify`s the result: every installed package the lock
 names must have the lock's version. Packages of the lock that the project never imports are left
-out where they cannot be used on a CPU machine (`LEFT_OUT`, below); every other pin of the lock
-that the project's requirements pull in is installed at exactly that version.
+out where they cannot be used on a CPU machine (`LEFT_OUT`, below; `--with-vllm` keeps them, for
+a GPU machine); every other pin of the lock that the project's requirements pull in is installed
+at exactly that version.
 
 A project requirement the lock cannot satisfy (say `transformers>=5.22` against the GPU lock's
 5.20.2) stops `build` before it installs anything, naming the package and both versions.
@@ -72,13 +74,13 @@ def unsatisfied(variant: str, pins: dict[str, str] | None = None) -> list[str]:
     return problems
 
 
-def env_requirements(variant: str) -> list[str]:
-    """What `build` asks pip for: the image's requirements less LEFT_OUT, the yielded pins
-    unpinned (the lock decides them), and the test tools."""
+def env_requirements(variant: str, with_vllm: bool = False) -> list[str]:
+    """What `build` asks pip for: the image's requirements (less LEFT_OUT unless `with_vllm`),
+    the yielded pins unpinned (the lock decides them), and the test tools."""
     reqs = []
     for text in lock_images.requirements(variant):
         name = canonicalize_name(Requirement(text).name)
-        if name not in LEFT_OUT:
+        if with_vllm or name not in LEFT_OUT:
             reqs.append(text)
     if variant == "gpu":
         reqs += sorted(lock_images.GPU_YIELDS)
@@ -127,7 +129,7 @@ def pip(venv: Path, *args: str) -> None:
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", *args], check=True)
 
 
-def build(variant: str, venv: Path) -> dict:
+def build(variant: str, venv: Path, with_vllm: bool = False) -> dict:
     """Create or update `venv` with the `variant` lock's versions; returns `verify`'s summary."""
     problems = unsatisfied(variant)
     if problems:
@@ -140,7 +142,7 @@ def build(variant: str, venv: Path) -> dict:
     pip(venv, "install", "-q", "--upgrade", "pip")
     with tempfile.TemporaryDirectory() as tmp:
         reqs = Path(tmp) / "requirements.txt"
-        reqs.write_text("\n".join(env_requirements(variant)) + "\n")
+        reqs.write_text("\n".join(env_requirements(variant, with_vllm)) + "\n")
         lock = str(lock_images.LOCKS[variant])
         pip(venv, "install", "-q", "-c", lock, "-r", str(reqs))
     pip(venv, "install", "-q", "--no-deps", "-e", str(REPO))
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("variant", choices=sorted(lock_images.LOCKS))
         p.add_argument("--venv", type=Path, required=True)
+    sub.choices["build"].add_argument(
+        "--with-vllm", action="store_true", help="install LEFT_OUT too (GPU machines)"
+    )
     sub.add_parser("check", help="pyproject's requirements against both locks")
     args = parser.parse_args(argv)
     try:
@@ -165,16 +170,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise LockMismatch("; ".join(problems))
             print("lock_env: both locks satisfy pyproject.toml")
             return 0
-        run = build if args.command == "build" else verify
-        summary = run(args.variant, args.venv)
+        if args.command == "build":
+            summary = build(args.variant, args.venv, args.with_vllm)
+        else:
+            summary = verify(args.variant, args.venv)
     except LockMismatch as exc:
         print(f"lock_env: {exc}", file=sys.stderr)
         return 1
     print(
         f"lock_env: {args.venv} holds {summary['pinned_installed']} of the {args.variant} "
         f"lock's {summary['pinned']} pins, each at its locked version; "
-        f"{len(summary['left_out'])} not installed (vLLM and what only it needs; listed in "
-        f"{args.venv / RECORD})"
+        f"{len(summary['left_out'])} not installed (listed in {args.venv / RECORD})"
     )
     return 0
 
