@@ -15,7 +15,7 @@ per sample instead of 16) and optim.max_length to 512.
 - `plain`: one process per worker, no Ray, no DeepSpeed: `hazard.vlm.load_model`,
   `hazard.finetune.apply_lora`, `torch.optim.AdamW` over the LoRA weights with
   `hazard.finetune.lr_scheduler`, the train split read with pyarrow in a seeded shuffled order,
-  per micro-batch the worker loop's own ingest (`hazard.training.ingest.Prefetcher` over
+  per micro-batch the worker loop's own ingest (`hazard.training.ingest.Ingest` over
   `prepare_micro_batch`, `optim.prefetch_batches` ahead) and `inputs_loss`, backward, gradient
   clipping at `deepspeed.gradient_clipping`, step; losses read once per step. With 2 workers:
   two processes at once, each on half the rows, starting their loops together, without
@@ -37,7 +37,7 @@ interleaved repeats); the target is <= 1.25.
 Input preparation: each step records `input_wait_s` (the step's thread waiting for its next
 prepared micro-batch) and `prepare_s` (decode + processor + collate, on whichever thread).
 `--prefetch 0,2` runs every path with inputs prepared on the step's thread (0: the wait is the
-whole preparation) and by the background loader (2 ahead); `input_share` = waiting / step time
+whole preparation) and by the loader process (2 ahead); `input_share` = waiting / step time
 and `prepare_share` = preparing / step time over the steady-state window.
 """
 
@@ -177,7 +177,6 @@ def token_stats(cfg, model_path: str) -> dict:
 
 def plain_worker(job: dict) -> dict:
     """One plain training process (no Ray, no DeepSpeed); returns its step history."""
-    import copy
     import functools
 
     import torch
@@ -188,7 +187,7 @@ def plain_worker(job: dict) -> dict:
     from hazard.config.train import TrainConfig
     from hazard.finetune import apply_lora, lr_scheduler
     from hazard.tasks import get_task
-    from hazard.training.ingest import Prefetcher
+    from hazard.training.ingest import Ingest
     from hazard.training.step import inputs_loss, prepare_micro_batch
     from hazard.vlm import load_model, load_processor
 
@@ -219,7 +218,7 @@ def plain_worker(job: dict) -> dict:
 
     prepare = functools.partial(
         prepare_micro_batch,
-        copy.deepcopy(processor) if o.prefetch_batches else processor,
+        processor,
         prompt=prompt,
         max_length=o.max_length,
         class_weights=job["class_weights"],
@@ -231,14 +230,11 @@ def plain_worker(job: dict) -> dict:
 
     steps, step, epoch, micro = [], 0, 0, 0
     samples = tokens = 0
-    wait = prepared = 0.0
     losses = []
-    while step < o.max_steps:
-        order = np.random.default_rng(o.seed + epoch * 1000 + rank).permutation(shard)
-        with Prefetcher(data_batches(order), prepare, o.prefetch_batches) as loader:
-            for mb in loader:
-                waited, took = loader.take_times()
-                wait, prepared = wait + waited, prepared + took
+    with Ingest(prepare, o.prefetch_batches) as ingest:
+        while step < o.max_steps:
+            order = np.random.default_rng(o.seed + epoch * 1000 + rank).permutation(shard)
+            for mb in ingest.iterate(data_batches(order)):
                 loss = inputs_loss(model, mb.inputs)
                 (loss / o.grad_accum_steps).backward()  # DeepSpeed scales by accumulation alike
                 losses.append(loss.detach())
@@ -252,6 +248,7 @@ def plain_worker(job: dict) -> dict:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                wait, prepared = ingest.take_times()
                 steps.append(
                     {
                         "step": step,
@@ -264,11 +261,10 @@ def plain_worker(job: dict) -> dict:
                     }
                 )
                 samples = tokens = 0
-                wait = prepared = 0.0
                 losses = []
                 if step >= o.max_steps:
                     break
-        epoch += 1
+            epoch += 1
     return {
         "steps": steps,
         "started_at": start,  # epoch seconds: the workers' windows can be lined up

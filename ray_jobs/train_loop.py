@@ -11,7 +11,6 @@ built after the run by the driver (`ray_jobs/train.py`) from the best checkpoint
 
 from __future__ import annotations
 
-import copy
 import functools
 import itertools
 import math
@@ -27,7 +26,7 @@ from hazard.config.train import TrainConfig
 from hazard.tasks import get_task
 from hazard.training.checkpoint import load_checkpoint, save_checkpoint
 from hazard.training.evaluate import eval_summary, evaluate_split
-from hazard.training.ingest import Prefetcher
+from hazard.training.ingest import Ingest
 from hazard.training.state import BestTracker, TrainState
 from hazard.training.step import inputs_loss, prepare_micro_batch
 from hazard.vlm import SequenceTooLong
@@ -87,29 +86,29 @@ class StageRecipe:
     def run(self) -> None:
         """Train until max_steps or early stop, evaluating and checkpointing on schedule.
 
-        Micro-batches are prepared (decode, processor, collate) by a background loader
-        (`hazard.training.ingest.Prefetcher`, `optim.prefetch_batches` ahead) in the data's
-        order, so resuming by `batches_in_epoch` skips the same batches; losses stay on the
-        device and are read once per optimizer step."""
+        Micro-batches are prepared (decode, processor, collate) by a loader process
+        (`hazard.training.ingest.Ingest`, `optim.prefetch_batches` ahead; 0: on this thread) in
+        the data's order, so resuming by `batches_in_epoch` skips the same batches; losses stay
+        on the device and are read once per optimizer step."""
         import ray.train
 
-        cfg, state = self.cfg, self.state
-        shard = ray.train.get_dataset_shard("train")
-        accum, micro, losses = cfg.optim.grad_accum_steps, 0, []
-        step_samples, step_skipped, last_good = 0, [], None
-        # the loader encodes with its own processor: tokenizers are not safe to share between
-        # threads, and evaluation encodes with self.processor meanwhile
-        processor = copy.deepcopy(self.processor) if cfg.optim.prefetch_batches else self.processor
+        cfg = self.cfg
         prepare = functools.partial(
             prepare_micro_batch,
-            processor,
+            self.processor,
             prompt=self.task.prompt,
             max_length=cfg.optim.max_length,
             class_weights=self.class_weights,
-            pin=str(self.engine.device).startswith("cuda"),  # async copies to the GPU
         )
-        wait = prepared = 0.0  # this optimizer step's input waiting and preparing seconds
         self.engine.train()
+        with Ingest(prepare, cfg.optim.prefetch_batches) as ingest:
+            self._train(ray.train.get_dataset_shard("train"), ingest)
+        self._check_skipped(final=True)
+
+    def _train(self, shard, ingest: Ingest) -> None:
+        cfg, state = self.cfg, self.state
+        accum, micro, losses = cfg.optim.grad_accum_steps, 0, []
+        step_samples, step_skipped, last_good = 0, [], None
         while state.step < cfg.optim.max_steps and not state.stopped_early:
             batches = shard.iter_batches(
                 batch_size=cfg.optim.batch_size,
@@ -121,43 +120,40 @@ class StageRecipe:
             # resuming: skip what was already trained on, before anything is decoded
             remaining = itertools.islice(batches, state.batches_in_epoch, None)
             done = False
-            with Prefetcher(remaining, prepare, cfg.optim.prefetch_batches) as loader:
-                for mb in loader:
-                    waited, took = loader.take_times()
-                    wait, prepared = wait + waited, prepared + took
-                    state.batches_in_epoch += 1
-                    step_samples += mb.samples
-                    step_skipped += mb.skipped
-                    scale, inputs = 1.0, mb.inputs
-                    if inputs is not None:
-                        last_good = inputs
-                    elif last_good is not None:  # keep DeepSpeed's collectives in step
-                        inputs, scale = last_good, 0.0
-                    else:
-                        raise SequenceTooLong(
-                            f"every sample of the first micro-batch is over max_length, e.g. "
-                            f"{mb.skipped[0]}"
-                        )
-                    loss = inputs_loss(self.engine, inputs, scale)
-                    self.engine.backward(loss)
-                    self.lr = float(self.engine.get_lr()[0])  # the rate this step applies
-                    self.engine.step()
-                    if scale:
-                        losses.append(loss.detach())  # read once per optimizer step
-                    micro += 1
-                    if micro % accum:
-                        continue
-                    state.step += 1
-                    self._count_samples(step_samples, step_skipped)
-                    step_samples, step_skipped = 0, []
-                    done = self.after_step(losses, {"input_wait_s": wait, "prepare_s": prepared})
-                    losses, wait, prepared = [], 0.0, 0.0
-                    if done:
-                        break
+            for mb in ingest.iterate(remaining):
+                state.batches_in_epoch += 1
+                step_samples += mb.samples
+                step_skipped += mb.skipped
+                scale, inputs = 1.0, mb.inputs
+                if inputs is not None:
+                    last_good = inputs
+                elif last_good is not None:  # keep DeepSpeed's collectives in step, no gradient
+                    inputs, scale = last_good, 0.0
+                else:
+                    raise SequenceTooLong(
+                        f"every sample of the first micro-batch is over max_length, e.g. "
+                        f"{mb.skipped[0]}"
+                    )
+                loss = inputs_loss(self.engine, inputs, scale)
+                self.engine.backward(loss)
+                self.lr = float(self.engine.get_lr()[0])  # the rate this step applies
+                self.engine.step()
+                if scale:
+                    losses.append(loss.detach())  # read once per optimizer step
+                micro += 1
+                if micro % accum:
+                    continue
+                state.step += 1
+                self._count_samples(step_samples, step_skipped)
+                step_samples, step_skipped = 0, []
+                wait, prepared = ingest.take_times()
+                done = self.after_step(losses, {"input_wait_s": wait, "prepare_s": prepared})
+                losses = []
+                if done:
+                    break
             if not done:
                 state.epoch += 1
                 state.batches_in_epoch = 0
-        self._check_skipped(final=True)
 
     def after_step(self, losses: list[torch.Tensor], timing: dict | None = None) -> bool:
         """Log; evaluate and checkpoint on schedule; True when the run should end.

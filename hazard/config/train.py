@@ -98,11 +98,10 @@ class OptimSpec(_Strict):
         "before the run fails.",
     )
     prefetch_batches: int = Field(
-        0,
+        2,
         ge=0,
-        description="Micro-batches a background thread prepares (decode, processor, collate) "
-        "ahead of the step; 0 prepares each on the step's thread (measured faster on 2 CPUs: "
-        "the thread competes for the GIL, see docs/benchmarks.md train_throughput).",
+        description="Micro-batches a loader process prepares (decode, processor, collate) "
+        "ahead of the step; 0 prepares each on the step's thread, in the worker itself.",
     )
 
     @model_validator(mode="after")

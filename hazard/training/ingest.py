@@ -1,121 +1,142 @@
-"""Training inputs prepared ahead of the step: a bounded background loader.
+"""Training inputs prepared ahead of the step, in a loader process.
 
-`Prefetcher(items, prepare, depth)` runs `prepare` (decode, processor, collate: see
-`hazard.training.step.prepare_micro_batch`) over `items` in one background thread, at most
-`depth` results ahead of the consumer, and yields them in the order of `items`, so a run that
-resumes by skipping the first N items of a pass sees the same micro-batches. An exception in
-the thread is raised by the consumer's next `next()`; `close()` stops the thread. `depth=0`
-prepares each item on the consumer's thread when asked (no thread). The consumer's waiting
-time (`wait_seconds`) and the time spent preparing (`prepare_seconds`) are counted
-(`take_times`), so a run can report the share of its step time spent waiting for inputs.
+`Ingest(prepare, depth)` starts one child process (spawned, so it shares no lock or thread
+with the trainer) that runs `prepare` (decode, processor, collate: see
+`hazard.training.step.prepare_micro_batch`) on the items it is sent. `ingest.iterate(items)`
+keeps `depth` items in flight and yields their results in the order of `items`, so a run that
+resumes by skipping the first N items of a pass sees the same micro-batches. The process lives
+for the whole run (one start, not one per epoch). An exception in `prepare` is raised by the
+consumer's `next()`, and a loader process that dies is reported with its exit code. `depth=0`
+prepares each item on the caller's thread when asked (no process).
+
+A process rather than a thread: measured on 2 CPUs, a loader thread made steps ~2.4x slower,
+its Python work and the step's many small torch calls contending for one GIL
+(`docs/benchmarks.md`, `train_throughput`).
+
+The consumer's waiting time and the time spent preparing are counted (`take_times`), so a run
+can report the share of its step time spent waiting for inputs.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-_END = object()
+_STOP = "__ingest_stop__"
 
 
-class Prefetcher:
-    """Iterate `prepare(item)` for each item of `items`, prepared up to `depth` ahead."""
+def _serve(prepare: Callable[[Any], Any], inbox, outbox) -> None:
+    """The loader process: prepare each item sent until told to stop."""
+    while True:
+        item = inbox.get()
+        if isinstance(item, str) and item == _STOP:
+            return
+        t = time.perf_counter()
+        try:
+            out, error = prepare(item), None
+        except BaseException as exc:  # handed to the consumer, raised there
+            out, error = None, exc
+        seconds = time.perf_counter() - t
+        try:
+            outbox.put((out, seconds, error))
+        except Exception as exc:  # e.g. an exception that does not pickle
+            outbox.put((None, seconds, RuntimeError(f"{type(error).__name__}: {error} ({exc})")))
 
-    def __init__(self, items: Iterable, prepare: Callable[[Any], Any], depth: int):
+
+class IngestDied(RuntimeError):
+    """The loader process ended while items were in flight."""
+
+
+class Ingest:
+    """Run `prepare` over items `depth` ahead in a loader process (0: on the caller's thread)."""
+
+    def __init__(self, prepare: Callable[[Any], Any], depth: int):
         if depth < 0:
             raise ValueError(f"prefetch depth must be >= 0, got {depth}")
-        self._items: Iterator = iter(items)
-        self._prepare = prepare
-        self.depth = depth
-        self.wait_seconds = 0.0  # consumer blocked in next()
-        self.prepare_seconds = 0.0  # time in `prepare`, whichever thread ran it
-        self._lock = threading.Lock()
-        self._done = False
-        self._stop = threading.Event()
-        self._thread = None
+        self._prepare, self.depth = prepare, depth
+        self._wait = self._prepared = 0.0
+        self._inflight = 0
+        self._proc = None
         if depth:
-            self._queue: queue.Queue = queue.Queue(maxsize=depth)
-            self._thread = threading.Thread(target=self._produce, name="ingest", daemon=True)
-            self._thread.start()
+            ctx = mp.get_context("spawn")
+            self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
+            self._proc = ctx.Process(
+                target=_serve, args=(prepare, self._inbox, self._outbox), daemon=True
+            )
+            self._proc.start()
 
-    def _timed(self, item):
-        t = time.perf_counter()
-        out = self._prepare(item)
-        with self._lock:
-            self.prepare_seconds += time.perf_counter() - t
-        return out
-
-    def _put(self, message) -> bool:
-        """Queue `message` unless closed meanwhile (False)."""
-        while not self._stop.is_set():
+    def _receive(self):
+        """The next result of the loader process (its prepare seconds counted)."""
+        while True:
             try:
-                self._queue.put(message, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+                out, seconds, error = self._outbox.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    raise IngestDied(
+                        f"the training-input loader process exited ({self._proc.exitcode}) "
+                        f"with {self._inflight} micro-batch(es) in flight"
+                    ) from None
+        self._inflight -= 1
+        self._prepared += seconds
+        return out, error
 
-    def _produce(self) -> None:
-        try:
-            for item in self._items:
-                if self._stop.is_set() or not self._put((self._timed(item), None)):
-                    return
-            self._put((_END, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            self._put((None, exc))
-
-    def __iter__(self) -> Prefetcher:
-        return self
-
-    def __next__(self):
-        if self._done:
-            raise StopIteration
-        t = time.perf_counter()
-        try:
-            if self._thread is None:
+    def iterate(self, items: Iterable) -> Iterator:
+        """`prepare(item)` for each item, in order, `depth` ahead. Results still in flight from
+        an earlier, abandoned iteration are dropped first."""
+        while self._inflight:
+            self._receive()
+        source = iter(items)
+        if self._proc is None:
+            for item in source:
+                t = time.perf_counter()
+                out = self._prepare(item)
+                seconds = time.perf_counter() - t
+                self._wait += seconds
+                self._prepared += seconds
+                yield out
+            return
+        exhausted = False
+        while True:
+            while not exhausted and self._inflight < self.depth:
                 try:
-                    item = next(self._items)
+                    self._inbox.put(next(source))
+                    self._inflight += 1
                 except StopIteration:
-                    self._done = True
-                    raise
-                return self._timed(item)
-            out, error = self._queue.get()
-        finally:
-            with self._lock:
-                self.wait_seconds += time.perf_counter() - t
-        if error is not None:
-            self._done = True
-            self._stop.set()
-            raise error
-        if out is _END:
-            self._done = True
-            raise StopIteration
-        return out
+                    exhausted = True
+            if not self._inflight:
+                return
+            t = time.perf_counter()
+            out, error = self._receive()
+            self._wait += time.perf_counter() - t
+            if error is not None:
+                raise error
+            yield out
 
     def take_times(self) -> tuple[float, float]:
-        """(wait_seconds, prepare_seconds) since the last call, and start counting afresh."""
-        with self._lock:
-            out = (self.wait_seconds, self.prepare_seconds)
-            self.wait_seconds = self.prepare_seconds = 0.0
+        """(seconds the consumer waited, seconds spent preparing) since the last call."""
+        out = (self._wait, self._prepared)
+        self._wait = self._prepared = 0.0
         return out
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the loader thread (it finishes the item it is preparing) and drop what it
-        prepared."""
-        self._done = True
-        self._stop.set()
-        if self._thread is not None:
-            while True:  # unblock a put in progress
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            self._thread.join(timeout)
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the loader process (killed if it does not stop within `timeout`)."""
+        if self._proc is None:
+            return
+        if self._proc.is_alive():
+            self._inbox.put(_STOP)
+            self._proc.join(timeout)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+        self._inbox.close()
+        self._outbox.close()
+        self._proc = None
 
-    def __enter__(self) -> Prefetcher:
+    def __enter__(self) -> Ingest:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,7 +1,7 @@
 """One training micro-batch: encode (skipping over-long samples), collate, forward, weighted loss.
 
 `prepare_micro_batch` is the CPU half (decode, processor, collate; what `hazard.training.ingest`
-runs ahead of the step in a background thread), `inputs_loss` the accelerator half."""
+runs ahead of the step in a loader process), `inputs_loss` the accelerator half."""
 
 from __future__ import annotations
 
@@ -50,14 +50,11 @@ class MicroBatch:
 
 
 def prepare_micro_batch(
-    processor, batch: dict, prompt: str, max_length: int, class_weights: dict, pin: bool = False
+    processor, batch: dict, prompt: str, max_length: int, class_weights: dict
 ) -> MicroBatch:
-    """Decode, encode and collate one data batch on the CPU; `pin` puts the tensors in
-    page-locked memory so that the copy to the GPU can run asynchronously."""
+    """Decode, encode and collate one data batch on the CPU."""
     encoded, answers, skipped = encode_batch(processor, batch, prompt, max_length)
     inputs = collate_inputs(processor, encoded, answers, class_weights) if encoded else None
-    if inputs is not None and pin:
-        inputs = {k: v.pin_memory() for k, v in inputs.items()}
     return MicroBatch(
         inputs=inputs,
         samples=len(batch["answer"]),
@@ -69,9 +66,9 @@ def prepare_micro_batch(
 def inputs_loss(engine, inputs: dict[str, torch.Tensor], scale: float = 1.0) -> torch.Tensor:
     """The class-weighted answer loss of collated inputs; logits only at answer positions.
 
-    The inputs are copied to the engine's device without blocking (asynchronous from pinned
-    memory). A rank whose micro-batch was skipped whole still has to take part in DeepSpeed's
-    collectives: it passes an earlier micro-batch with `scale=0`, adding no gradient."""
+    The inputs are copied to the engine's device with `non_blocking`. A rank whose
+    micro-batch was skipped whole still has to take part in DeepSpeed's collectives: it passes
+    an earlier micro-batch with `scale=0`, adding no gradient."""
     inputs = {k: v.to(engine.device, non_blocking=True) for k, v in inputs.items()}
     labels, sample_w = inputs.pop("labels"), inputs.pop("sample_weights")
     mask = answer_logit_mask(labels)

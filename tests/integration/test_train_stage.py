@@ -55,6 +55,7 @@ def _first_best(evals: list[dict], metric: str) -> dict:
     return next(e for e in evals if e[metric] == top)
 
 
+@pytest.mark.image_lock
 def test_stage1_evaluates_keeps_the_best_checkpoint_and_bundles_it(prepared, tiny_model_path):
     cfg = _cfg(
         prepared, STAGE1, 4, ["eval.every_steps=2", "checkpoint.every_steps=1", "checkpoint.keep=2"]
@@ -180,28 +181,41 @@ def test_specialist_uses_enrichment_and_weights_and_differs_from_the_base(prepar
 
 
 def test_prefetched_inputs_train_exactly_like_inputs_prepared_on_the_step_thread(prepared):
-    """The background loader (optim.prefetch_batches=2) against preparing each micro-batch on
+    """The loader process (optim.prefetch_batches=2) against preparing each micro-batch on
     the step's thread (0): the same micro-batches in the same order give the same losses,
     read once per optimizer step, and each step records its input waiting and preparing."""
+    import ray.data
+
+    options = ray.data.DataContext.get_current().execution_options
+    preserve = options.preserve_order
+    options.preserve_order = True  # Ray Data's block order, otherwise free, the same both times
     losses = {}
-    for depth in (0, 2):
-        cfg = _cfg(
-            prepared,
-            STAGE1,
-            3,
-            [
-                "scaling.num_workers=1",
-                "optim.grad_accum_steps=2",
-                "eval.every_steps=0",
-                f"optim.prefetch_batches={depth}",
-            ],
-            out=f"prefetch-{depth}",
-        )
-        steps = run(cfg)["history"]["steps"]
-        assert [s["step"] for s in steps] == [1, 2, 3]
-        assert all(s["prepare_s"] > 0 and s["input_wait_s"] >= 0 for s in steps)
-        if depth == 0:  # prepared on the step's thread: the step waits for all of it
-            assert all(s["input_wait_s"] >= s["prepare_s"] for s in steps)
-        losses[depth] = [s["loss"] for s in steps]
+    try:
+        for depth in (0, 2):
+            losses[depth] = _prefetch_run_losses(prepared, depth)
+    finally:
+        options.preserve_order = preserve
     assert losses[2] == pytest.approx(losses[0], rel=1e-6)
     assert len(set(losses[0])) == 3  # three different micro-batch pairs, not one repeated
+
+
+def _prefetch_run_losses(prepared, depth: int) -> list[float]:
+    """3 steps of 2 micro-batches on one worker with `optim.prefetch_batches=depth`."""
+    cfg = _cfg(
+        prepared,
+        STAGE1,
+        3,
+        [
+            "scaling.num_workers=1",
+            "optim.grad_accum_steps=2",
+            "eval.every_steps=0",
+            f"optim.prefetch_batches={depth}",
+        ],
+        out=f"prefetch-{depth}",
+    )
+    steps = run(cfg)["history"]["steps"]
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert all(s["prepare_s"] > 0 and s["input_wait_s"] >= 0 for s in steps)
+    if depth == 0:  # prepared on the step's thread: the step waits for all of it
+        assert all(s["input_wait_s"] >= s["prepare_s"] for s in steps)
+    return [s["loss"] for s in steps]

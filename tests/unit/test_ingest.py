@@ -1,12 +1,12 @@
-"""hazard.training.ingest: the background loader keeps order, runs ahead within its bound,
-hands errors to the consumer, stops on close; and the micro-batches it prepares with the real
-tiny processor equal those prepared on the step's thread."""
+"""hazard.training.ingest: the loader process keeps order across epochs, drops an abandoned
+epoch's results, hands errors to the consumer, reports its own death; and the micro-batches it
+prepares with the real tiny processor equal those prepared on the step's thread."""
 
 from __future__ import annotations
 
 import io
 import itertools
-import threading
+import os
 import time
 
 import numpy as np
@@ -15,56 +15,66 @@ import torch
 from PIL import Image
 
 from hazard.tasks import CORRIDOR_RISK_PROMPT
-from hazard.training.ingest import Prefetcher
+from hazard.training.ingest import Ingest, IngestDied
 from hazard.training.step import collate_inputs, encode_batch, prepare_micro_batch
 
 
-def test_items_come_in_order_prepared_on_the_loader_thread():
-    threads = []
+def _square_slowly(x):
+    time.sleep(0.002 * (x % 3))  # uneven work must not reorder
+    return x * x, os.getpid()
 
-    def prepare(x):
-        threads.append(threading.current_thread().name)
-        time.sleep(0.001 * (x % 3))  # uneven work must not reorder
-        return x * x
 
-    with Prefetcher(range(20), prepare, depth=3) as loader:
-        assert list(loader) == [x * x for x in range(20)]
-    assert set(threads) == {"ingest"}
+def _fail_on_three(x):
+    if x == 3:
+        raise ValueError("bad sample 3")
+    return x
+
+
+def _exit_on_two(x):
+    if x == 2:
+        os._exit(7)  # the loader process dies, as when the kernel kills it
+    return x
+
+
+def _sleep(x):
+    time.sleep(0.05)
+    return x
+
+
+def test_items_come_in_order_prepared_in_one_other_process():
+    with Ingest(_square_slowly, depth=3) as ingest:
+        out = list(ingest.iterate(range(20)))
+        again = list(ingest.iterate(range(5)))  # the next epoch: the same process
+    assert [x for x, _ in out] == [x * x for x in range(20)]
+    pids = {pid for _, pid in out + again}
+    assert len(pids) == 1 and os.getpid() not in pids
 
 
 def test_depth_zero_prepares_on_the_callers_thread_when_asked():
     calls = []
-    loader = Prefetcher(range(3), lambda x: calls.append(x) or x, depth=0)
+    ingest = Ingest(lambda x: calls.append(x) or x, depth=0)
+    batches = ingest.iterate(range(3))
     assert calls == []  # nothing before the first next()
-    assert next(loader) == 0 and calls == [0]
-    assert list(loader) == [1, 2]
+    assert next(batches) == 0 and calls == [0]
+    assert list(batches) == [1, 2]
 
 
-def test_the_loader_runs_ahead_but_no_more_than_its_depth():
-    prepared = []
-    loader = Prefetcher(itertools.count(), lambda x: prepared.append(x) or x, depth=2)
-    assert next(loader) == 0
-    time.sleep(0.5)  # the consumer is busy with its step: the loader fills the queue
-    # 2 queued, plus one prepared and waiting for room
-    assert len(prepared) == 1 + 2 + 1
-    loader.close()
-    assert not loader._thread.is_alive()
+def test_an_abandoned_epoch_does_not_leak_into_the_next():
+    with Ingest(_square_slowly, depth=3) as ingest:
+        for x, _ in ingest.iterate(itertools.count()):
+            if x == 4:  # early stop with 3 items in flight
+                break
+        assert [x for x, _ in ingest.iterate([5, 6])] == [25, 36]
 
 
 def test_an_error_in_prepare_reaches_the_consumer_after_the_items_before_it():
-    def prepare(x):
-        if x == 3:
-            raise ValueError("bad sample 3")
-        return x
-
-    loader = Prefetcher(range(10), prepare, depth=2)
     got = []
-    with pytest.raises(ValueError, match="bad sample 3"):
-        for x in loader:
-            got.append(x)
-    assert got == [0, 1, 2]
-    with pytest.raises(StopIteration):  # finished, not hanging
-        next(loader)
+    with Ingest(_fail_on_three, depth=2) as ingest:
+        with pytest.raises(ValueError, match="bad sample 3"):
+            for x in ingest.iterate(range(10)):
+                got.append(x)
+        assert got == [0, 1, 2]
+        assert list(ingest.iterate([7, 8])) == [7, 8]  # the process still serves
 
 
 def test_an_error_in_the_source_reaches_the_consumer():
@@ -72,17 +82,26 @@ def test_an_error_in_the_source_reaches_the_consumer():
         yield 1
         raise OSError("shard lost")
 
-    with pytest.raises(OSError, match="shard lost"), Prefetcher(source(), str, depth=1) as loader:
-        list(loader)
+    with Ingest(_sleep, depth=1) as ingest, pytest.raises(OSError, match="shard lost"):
+        list(ingest.iterate(source()))
+
+
+def test_a_dead_loader_process_is_reported_not_waited_for():
+    with Ingest(_exit_on_two, depth=2) as ingest, pytest.raises(IngestDied, match=r"exited \(7\)"):
+        list(ingest.iterate(range(5)))
 
 
 def test_take_times_counts_waiting_and_preparing_and_resets():
-    loader = Prefetcher(range(3), lambda x: time.sleep(0.05) or x, depth=0)
-    list(loader)
-    wait, prep = loader.take_times()
+    ingest = Ingest(_sleep, depth=0)
+    list(ingest.iterate(range(3)))
+    wait, prep = ingest.take_times()
     assert prep == pytest.approx(0.15, abs=0.05)
-    assert wait >= prep  # on the caller's thread the wait is the preparing
-    assert loader.take_times() == (0.0, 0.0)
+    assert wait == pytest.approx(prep)  # on the caller's thread the wait is the preparing
+    assert ingest.take_times() == (0.0, 0.0)
+    with Ingest(_sleep, depth=2) as ahead:
+        list(ahead.iterate(range(3)))
+        wait, prep = ahead.take_times()
+    assert prep == pytest.approx(0.15, abs=0.05)  # measured in the loader process
 
 
 def _png(rgb, size) -> bytes:
@@ -92,7 +111,6 @@ def _png(rgb, size) -> bytes:
 
 
 def test_prefetched_micro_batches_equal_the_step_threads(tiny):
-    import copy
     import functools
 
     _, processor = tiny
@@ -113,8 +131,9 @@ def test_prefetched_micro_batches_equal_the_step_threads(tiny):
         max_length=512,
         class_weights=weights,
     )
-    inline = list(Prefetcher(batches, functools.partial(prep, processor), depth=0))
-    ahead = list(Prefetcher(batches, functools.partial(prep, copy.deepcopy(processor)), depth=2))
+    inline = list(Ingest(functools.partial(prep, processor), depth=0).iterate(batches))
+    with Ingest(functools.partial(prep, processor), depth=2) as ingest:
+        ahead = list(ingest.iterate(batches))
     for a, b, batch in zip(inline, ahead, batches, strict=True):
         encoded, ans, skipped = encode_batch(processor, batch, CORRIDOR_RISK_PROMPT, 512)
         expected = collate_inputs(processor, encoded, ans, weights)
