@@ -29,9 +29,16 @@ _STOP = "__ingest_stop__"
 
 
 def _serve(prepare: Callable[[Any], Any], inbox, outbox) -> None:
-    """The loader process: prepare each item sent until told to stop."""
+    """The loader process: prepare each item sent until told to stop, or until the trainer is
+    gone (a killed worker's loader must not outlive it)."""
+    parent = mp.parent_process()
     while True:
-        item = inbox.get()
+        try:
+            item = inbox.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return
+            continue
         if isinstance(item, str) and item == _STOP:
             return
         t = time.perf_counter()

@@ -8,6 +8,7 @@ import io
 import itertools
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +144,25 @@ def test_prefetched_micro_batches_equal_the_step_threads(tiny):
         for key, value in expected.items():
             assert torch.equal(a.inputs[key], value), key
             assert torch.equal(b.inputs[key], value), key
+
+
+def _start_ingest_and_report(path):
+    """Child of the test: start a loader, write its pid, then die without closing it."""
+    ingest = Ingest(_sleep, depth=1)
+    assert list(ingest.iterate([1])) == [1]
+    Path(path).write_text(str(ingest._proc.pid))
+    os._exit(0)  # as a killed worker: no clean-up
+
+
+def test_the_loader_process_ends_when_its_trainer_dies(tmp_path):
+    import multiprocessing as mp
+
+    import psutil
+
+    proc = mp.get_context("spawn").Process(
+        target=_start_ingest_and_report, args=(str(tmp_path / "pid"),)
+    )
+    proc.start()
+    proc.join(60)
+    loader = psutil.Process(int((tmp_path / "pid").read_text()))
+    loader.wait(timeout=10)  # psutil.TimeoutExpired if the orphan kept running
