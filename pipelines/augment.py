@@ -14,6 +14,15 @@ included, passes through unchanged; val/test gain nothing. A copy that fails com
 Each copy is drawn from (seed, sample id, copy index) only, so results do not depend on block
 layout or worker. Per row, each image is decoded once and its padding chosen once; per copy,
 the ops run and each image is encoded once. Multi-image rows apply the same plan to each image.
+
+Recipes (`augment.store: recipes`). The copy rows are the same, but the write stage stores them
+without image bytes (empty `images`, the parent's `content_hash`); the stage renders them only
+when a later stage needs the pixels (the consistency filter), else it only decodes the parent
+to choose the padding that `aug_ops` records. The training ingest rebuilds them with
+`apply_recipes`: it re-plans each copy from (augment config in lineage.json, parent id, copy
+index, the label's ops), checks the plan's labels equal the row's `aug_ops` (`RecipeError`
+otherwise) and renders it with `render_copy`, the function that makes the stored copies, so
+the bytes are identical to what `store: images` writes.
 """
 
 from __future__ import annotations
@@ -75,6 +84,11 @@ def _encode(img: Image.Image, source_format: str, validation: ValidationConfig) 
     return encode_image(img, fmt, validation.jpeg_quality)
 
 
+class RecipeError(ValueError):
+    """A recipe row cannot be rebuilt as recorded (wrong parent, or a re-planned copy whose ops
+    differ from its `aug_ops`: the augment config is not the one that planned it)."""
+
+
 def _copy(row: dict[str, Any], k: int, aug_ops: list[str]) -> dict[str, Any]:
     return {
         **row,
@@ -87,10 +101,37 @@ def _copy(row: dict[str, Any], k: int, aug_ops: list[str]) -> dict[str, Any]:
     }
 
 
+def copy_index(copy_id: str, parent_id: str) -> int:
+    """k of a copy id `<parent_id>#aug<k>` (RecipeError when it is not one)."""
+    prefix = f"{parent_id}#aug"
+    tail = copy_id[len(prefix) :] if copy_id.startswith(prefix) else ""
+    if not tail.isdigit():
+        raise RecipeError(f"{copy_id!r} is not a copy id of parent {parent_id!r}")
+    return int(tail)
+
+
+def render_copy(
+    sources: list[tuple[Image.Image, str, Padding]],
+    steps: list,
+    cfg: AugmentConfig,
+    validation: ValidationConfig,
+) -> list[bytes]:
+    """The encoded images of one copy: `steps` applied to each decoded source image."""
+    return [
+        _encode(apply_plan(img, steps, padding, cfg.protected_hues, cfg.resample), fmt, validation)
+        for img, fmt, padding in sources
+    ]
+
+
 def augment_row(
-    row: dict[str, Any], cfg: AugmentConfig, validation: ValidationConfig
+    row: dict[str, Any],
+    cfg: AugmentConfig,
+    validation: ValidationConfig,
+    render: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """The augmented copies of one original train row (a failed copy is rejected)."""
+    """The augmented copies of one original train row (a failed copy is rejected). `render`
+    (default: `cfg.store == "images"`) False: recipe rows, `aug_ops` and no images."""
+    render = cfg.store == "images" if render is None else render
     copies, ops = cfg.rule_for(row.get("answer"))
     plans = [plan_copy(cfg, row["id"], k, ops) for k in range(copies)]
     try:
@@ -102,45 +143,73 @@ def augment_row(
             for k, steps in enumerate(plans)
         ]
     pad_modes = [padding.mode for _, _, padding in sources]
+    recipes = cfg.store == "recipes"
     out = []
     for k, steps in enumerate(plans):
         new = _copy(row, k, step_labels(steps, pad_modes))
+        if not render:
+            new["images"] = []
+            out.append(new)
+            continue
         try:
-            images = [
-                _encode(
-                    apply_plan(img, steps, padding, cfg.protected_hues, cfg.resample),
-                    fmt,
-                    validation,
-                )
-                for img, fmt, padding in sources
-            ]
+            images = render_copy(sources, steps, cfg, validation)
         except Exception as exc:  # a failed copy is a rejected row, never a failed job
             detail = f"{type(exc).__name__}: {exc}"
             out.append(reject(new, "augment_failed", detail, stage=STAGE))
             continue
         new["images"] = images
-        new["content_hash"] = content_hash(images)
+        if not recipes:  # a recipe row keeps its parent's hash: its images are not stored
+            new["content_hash"] = content_hash(images)
         out.append(new)
     return out
 
 
+def apply_recipes(
+    parent: dict[str, Any],
+    copies: list[tuple[str, list[str]]],
+    cfg: AugmentConfig,
+    validation: ValidationConfig,
+) -> list[list[bytes]]:
+    """The images of recipe rows `copies` ([(copy id, aug_ops)]) of `parent` (a row with `id`,
+    `answer` and its stored `images`), each re-planned and checked against its `aug_ops`."""
+    _, ops = cfg.rule_for(parent.get("answer"))
+    sources = [_decode(bytes(data), cfg) for data in parent["images"]]
+    pad_modes = [padding.mode for _, _, padding in sources]
+    out = []
+    for copy_id, aug_ops in copies:
+        steps = plan_copy(cfg, parent["id"], copy_index(copy_id, parent["id"]), ops)
+        planned = step_labels(steps, pad_modes)
+        if planned != list(aug_ops):
+            raise RecipeError(
+                f"copy {copy_id!r}: the augment config re-plans {planned}, the row records "
+                f"{list(aug_ops)}"
+            )
+        out.append(render_copy(sources, steps, cfg, validation))
+    return out
+
+
 def augment_rows(
-    rows: list[dict[str, Any]], cfg: AugmentConfig, validation: ValidationConfig
+    rows: list[dict[str, Any]],
+    cfg: AugmentConfig,
+    validation: ValidationConfig,
+    render: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Every input row, each kept original train row followed by its copies (no Ray)."""
     out: list[dict[str, Any]] = []
     for row in rows:
         out.append(row)
         if is_augmentable(row):
-            out.extend(augment_row(row, cfg, validation))
+            out.extend(augment_row(row, cfg, validation, render))
     return out
 
 
-def _augment_batch(batch: pa.Table, cfg: AugmentConfig, validation: ValidationConfig) -> pa.Table:
+def _augment_batch(
+    batch: pa.Table, cfg: AugmentConfig, validation: ValidationConfig, render: bool | None
+) -> pa.Table:
     """map_batches fn: `augment_rows` on a pyarrow batch (as is when it has no train row)."""
     if batch.schema.equals(STAGE_SCHEMA) and not pc.any(pc.equal(batch["split"], "train")).as_py():
         return batch
-    return stage_table(augment_rows(batch.to_pylist(), cfg, validation))
+    return stage_table(augment_rows(batch.to_pylist(), cfg, validation, render))
 
 
 def augment(
@@ -148,8 +217,63 @@ def augment(
     cfg: AugmentConfig,
     validation: ValidationConfig,
     ray_cfg: RayConfig,
+    render: bool | None = None,
 ) -> ray.data.Dataset:
-    """Every row of `ds` plus the copies of its kept original train rows (lazy)."""
+    """Every row of `ds` plus the copies of its kept original train rows (lazy); `render` as
+    in `augment_row` (True with recipes when a later stage needs the copies' pixels)."""
     if not cfg.enabled:
         return ds
-    return map_rows(ds, _augment_batch, ray_cfg, cfg=cfg, validation=validation)
+    return map_rows(ds, _augment_batch, ray_cfg, cfg=cfg, validation=validation, render=render)
+
+
+def _rebuild_batch(
+    batch: pa.Table, recipes: dict, cfg: AugmentConfig, validation: ValidationConfig
+) -> pa.Table:
+    """map_batches fn of `rebuild_copies`: the batch's originals, each followed by its copies
+    (its recipe rows with their images applied); the batch's own recipe rows are dropped."""
+    out: list[dict[str, Any]] = []
+    for row in batch.to_pylist():
+        if row["parent_id"] is not None:
+            continue
+        out.append(row)
+        mine = recipes.get(row["id"], [])
+        if mine:
+            pairs = [(r["id"], r["aug_ops"]) for r in mine]
+            for rec, images in zip(mine, apply_recipes(row, pairs, cfg, validation), strict=True):
+                out.append({**rec, "images": images})
+    return pa.Table.from_pylist(out, schema=batch.schema)
+
+
+def rebuild_copies(
+    ds: ray.data.Dataset, cfg: AugmentConfig, validation: ValidationConfig
+) -> ray.data.Dataset:
+    """A split written with `augment.store: recipes` (`ds`: its shards), with every recipe row
+    rebuilt from its parent's bytes (lazy): the same rows, the copies' images applied.
+
+    The recipe rows' columns other than `images` (small) are collected on the driver,
+    {parent id: [recipe rows]}; one map over the originals emits each followed by its copies,
+    so no shuffle or join of the image bytes is needed and rows out = rows in. `cfg` and
+    `validation` are the data job's (lineage.json's config). RecipeError when a recipe row's
+    parent is not in `ds` or its re-planned ops differ from its `aug_ops`."""
+    light = [n for n in ds.schema().names if n != "images"]
+    recipes: dict[str, list[dict[str, Any]]] = {}
+    originals: set[str] = set()
+    for batch in ds.select_columns(light).iter_batches(batch_format="pyarrow", batch_size=None):
+        for row in batch.to_pylist():
+            if row["parent_id"] is None:
+                originals.add(row["id"])
+            else:
+                recipes.setdefault(row["parent_id"], []).append(row)
+    orphans = sorted(set(recipes) - originals)
+    if orphans:
+        raise RecipeError(
+            f"{len(orphans)} parent(s) of recipe rows are not in the split, e.g. {orphans[:3]}"
+        )
+    for rows in recipes.values():
+        rows.sort(key=lambda r: copy_index(r["id"], r["parent_id"]))
+    return ds.map_batches(
+        _rebuild_batch,
+        batch_format="pyarrow",
+        batch_size=None,
+        fn_kwargs={"recipes": recipes, "cfg": cfg, "validation": validation},
+    )

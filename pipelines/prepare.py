@@ -65,7 +65,10 @@ def prepare(config: DataConfig) -> dict[str, Any]:
     t = time.perf_counter()
     clear_outputs(config)
     decoded = decode_stage(rows, config)
-    augmented = augment(decoded, config.augment, config.validation, config.ray)
+    # recipe rows are rendered only when the consistency filter scores their pixels (the write
+    # stage then stores them without); else they carry aug_ops only
+    render = config.augment.store == "images" or config.consistency.enabled
+    augmented = augment(decoded, config.augment, config.validation, config.ray, render)
     filtered = consistency_filter(augmented, config.consistency, task, config.ray)
     light = write_shards(filtered, config).materialize()
     timings["decode_augment_filter_write"] = time.perf_counter() - t

@@ -5,7 +5,8 @@ Needs: the in-flight rows after the last stage, kept and rejected alike. Writes 
 - `{split}/{split}-<first source row of the batch>-<k>.parquet` for split in train/val/test,
   exactly SAMPLE_SCHEMA, at most `shards.rows_per_file` rows each: every map task writes the kept
   rows of its batch itself (`write_shards`), so the images never travel back to the driver and
-  no extra pass over the data is needed; an empty split gets one empty shard;
+  no extra pass over the data is needed; an empty split gets one empty shard; with
+  `augment.store: recipes` the augmented rows are written without image bytes;
 - `quarantine.parquet`: QUARANTINE_SCHEMA, one row per rejected row, in source order;
 - `lineage.json`: the counts below, the config, timings and the invariants checked.
 
@@ -57,12 +58,25 @@ def clear_outputs(config: DataConfig) -> None:
         storage.delete_dir(storage.join_uri(config.output_dir, split), config.storage)
 
 
+def strip_copy_images(table: pa.Table) -> pa.Table:
+    """`table` with empty `images` on its augmented rows (`augment.store: recipes`)."""
+    empty = pa.array([[]] * table.num_rows, type=table.schema.field("images").type)
+    images = pc.if_else(pc.is_null(table["parent_id"]), table["images"], empty)
+    return table.set_column(table.schema.get_field_index("images"), "images", images)
+
+
 def write_batch(
-    batch: pa.Table, output_dir: str, rows_per_file: int, filesystem: pafs.FileSystem
+    batch: pa.Table,
+    output_dir: str,
+    rows_per_file: int,
+    filesystem: pafs.FileSystem,
+    recipes: bool = False,
 ) -> pa.Table:
-    """Write the batch's kept rows as shards; return every row's light columns (the map
-    function of `write_shards`, usable without Ray)."""
+    """Write the batch's kept rows as shards (copies without images when `recipes`); return
+    every row's light columns (the map function of `write_shards`, usable without Ray)."""
     kept = batch.filter(pc.is_null(batch[REJECT_REASON]))
+    if recipes and kept.num_rows:
+        kept = strip_copy_images(kept)
     if kept.num_rows:
         first = pc.min(batch[ORDER]).as_py()
         for split in SPLITS:
@@ -87,6 +101,7 @@ def write_shards(ds: ray.data.Dataset, config: DataConfig) -> ray.data.Dataset:
             "output_dir": config.output_dir,
             "rows_per_file": config.shards.rows_per_file,
             "filesystem": fs,
+            "recipes": config.augment.store == "recipes",
         },
         num_cpus=config.ray.num_cpus,
     )

@@ -54,6 +54,8 @@ def resolve_model_uri(path: str) -> str:
 def build_datasets(cfg: TrainConfig):
     """The training Ray Dataset and its rows per label (one pass of the data).
 
+    Augmented copies the data job stored as recipes (`augment.store: recipes` in its
+    lineage.json) are rebuilt from their parents first (`pipelines.augment.rebuild_copies`).
     `high_risk_oversample` copies of high-risk rows are added; the result is materialized once
     and then laid end to end for as many passes (epochs) as `max_steps` needs, each pass in its
     own seeded block order, so every worker streams one dataset from start to finish instead of
@@ -68,6 +70,11 @@ def build_datasets(cfg: TrainConfig):
         raise ConfigError(f"no training data at {train_uri}: run the data job first")
     io = ray_io(train_uri, cfg.storage)
     train = ray.data.read_parquet(io.path, filesystem=io.filesystem)
+    recipe_cfg = recipe_configs(cfg)
+    if recipe_cfg is not None:  # copies stored as recipes: applied here, from the parents
+        from pipelines.augment import rebuild_copies
+
+        train = rebuild_copies(train, *recipe_cfg)
     if cfg.optim.high_risk_oversample > 1:
         high = train.filter(lambda row: row["answer"] == HIGH_RISK)
         train = train.union(*[high] * (cfg.optim.high_risk_oversample - 1))
@@ -80,6 +87,24 @@ def build_datasets(cfg: TrainConfig):
     passes = max(1, math.ceil(needed / max(rows, 1)) + 1)
     shuffled = [train.randomize_block_order(seed=o.seed + k) for k in range(passes)]
     return shuffled[0].union(*shuffled[1:]) if passes > 1 else shuffled[0], counts
+
+
+def recipe_configs(cfg: TrainConfig):
+    """(AugmentConfig, ValidationConfig) of the data job when it stored its augmented copies
+    as recipes (lineage.json's config), else None."""
+    from hazard.config.data import AugmentConfig, ValidationConfig
+
+    uri = join_uri(cfg.data_dir, "lineage.json")
+    if not exists(uri, cfg.storage):
+        return None
+    data_cfg = json.loads(read_bytes(uri, cfg.storage)).get("config", {})
+    augment = data_cfg.get("augment", {})
+    if augment.get("store", "images") != "recipes":
+        return None
+    return (
+        AugmentConfig.model_validate(augment),
+        ValidationConfig.model_validate(data_cfg.get("validation", {})),
+    )
 
 
 def data_lineage_id(cfg: TrainConfig) -> str | None:

@@ -203,6 +203,14 @@ class AugmentConfig(_Strict):
         "position), resized back to the full size. After a scale-up s > 1 the crop's lower "
         "bound is min(1, this * s^2): together they keep at least min(this, 1 / s^2).",
     )
+    store: Literal["images", "recipes"] = Field(
+        "images",
+        description="What the data job writes for a copy. 'images': its encoded pixels. "
+        "'recipes': no image bytes (empty `images`), only `parent_id` and `aug_ops`; the "
+        "training ingest re-plans the copy from this config (recorded in lineage.json) and "
+        "applies it to the parent's bytes (pipelines.augment.apply_recipe), the same "
+        "function that makes the stored copies, so the pixels are the same.",
+    )
     resample: Literal["bilinear", "bicubic"] = Field(
         "bilinear", description="Interpolation of the geometric resample (bicubic is ~3x slower)."
     )
