@@ -185,3 +185,42 @@ def test_stage1_trains_on_the_rebuilt_copies_like_on_the_stored_ones(ray_local, 
         options.preserve_order = preserve
     assert rows["recipes"] == rows["data"] and len(losses["data"]) == 2
     assert losses["recipes"] == pytest.approx(losses["data"], rel=1e-6)
+
+
+def test_the_consistency_filter_scores_the_recipes_pixels(ray_local, tiny_model_path, tmp_path):
+    """With the filter on, recipe copies are rendered for scoring and written without images:
+    the same scores, the same copies dropped, as the stored copies; the ingest's rebuilt
+    copies are the stored ones."""
+    from pipelines.prepare import prepare
+    from ray_jobs.train import build_datasets
+    from tests.integration.serve_fixtures import make_bundle
+
+    bundle = make_bundle(tiny_model_path, tmp_path / "model", "m", "1", "base")
+    write_folder_dataset(tmp_path / "raw", n_per_label=4, seed=2, corrupt=0)
+    reports = {}
+    for store in ("images", "recipes"):
+        cfg = load_config(
+            REPO / "configs/tiny/data.yaml",
+            DataConfig,
+            [
+                f"source.uri={tmp_path / 'raw'}",
+                f"output_dir={tmp_path / store}",
+                f"augment.store={store}",
+                "consistency.enabled=true",
+                f"consistency.model_uri={bundle}",
+                "consistency.margin=0.01",
+            ],
+        )
+        reports[store] = prepare(cfg)
+    assert 0 < reports["recipes"]["filtered"] < reports["recipes"]["augmented"]  # 6 of 20 here
+    for key in ("augmented", "filtered", "written"):
+        assert reports["recipes"][key] == reports["images"][key], key
+    stored = _train_rows(tmp_path / "images")
+    written = _train_rows(tmp_path / "recipes")
+    assert written.keys() == stored.keys()
+    for rid, row in written.items():
+        assert row["consistency_score"] == stored[rid]["consistency_score"], rid
+        assert (row["images"] == []) == (row["parent_id"] is not None)
+    ds, _ = build_datasets(stage_config(tmp_path / "recipes", tmp_path / "out", 1))
+    for row in ds.iter_rows():
+        assert [bytes(b) for b in row["images"]] == stored[row["id"]]["images"], row["id"]
