@@ -20,6 +20,12 @@ def encode_batch(processor, batch: dict, prompt: str, max_length: int):
     encoded, answers, skipped = [], [], []
     ids = batch["id"] if "id" in batch else [str(i) for i in range(len(batch["answer"]))]
     for sample_id, images, answer in zip(ids, batch["images"], batch["answer"], strict=True):
+        if len(images) == 0:
+            raise ValueError(
+                f"sample {sample_id} has no image bytes: an augmented copy stored as a recipe "
+                "(augment.store: recipes) is rebuilt from its parent by "
+                "ray_jobs.train.build_datasets, from the data job's lineage.json"
+            )
         pics = [open_stored_image(bytes(b)) for b in images]
         try:
             encoded.append(encode(processor, pics, prompt, str(answer), max_length))

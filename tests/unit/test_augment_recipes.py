@@ -139,3 +139,17 @@ def test_the_write_stage_strips_the_copies_images_only(both):
     for before, after in zip(stored, out, strict=True):
         expect = [] if before["parent_id"] else before["images"]
         assert after["images"] == expect and after["id"] == before["id"]
+
+
+def test_a_recipe_row_that_reaches_the_encoder_is_a_clear_error(tiny_model_path):
+    from hazard.tasks import CORRIDOR_RISK_PROMPT
+    from hazard.training.step import encode_batch
+    from hazard.vlm import load_processor
+
+    batch = {
+        "id": ["a.jpg", "a.jpg#aug0"],
+        "images": [[_bytes(_photo(1), "JPEG")], []],
+        "answer": ["no_risk", "no_risk"],
+    }
+    with pytest.raises(ValueError, match=r"a.jpg#aug0 has no image bytes.*augment.store"):
+        encode_batch(load_processor(tiny_model_path), batch, CORRIDOR_RISK_PROMPT, 512)
