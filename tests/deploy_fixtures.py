@@ -9,8 +9,9 @@
   HELM_DRIVER to a JSON-lines file and keeps releases in a JSON state file: `history`,
   `get manifest`, `template`, `upgrade --install`, `rollback`, `uninstall`, as Helm 4 prints
   them; unknown commands or flags fail like helm does.
-- `ServeStandIn`: GET /readyz (status codes scripted, last one stays) and POST /v1/score
-  (API key checked, the upload kept) on loopback.
+- `ServeStandIn`: GET /readyz (status codes scripted, last one stays), GET /v1/models (the
+  served versions scripted, last one stays) and POST /v1/score (API key checked, the upload
+  kept) on loopback.
 
 Imports only the standard library and yaml: the helm stand-in runs it at every call.
 """
@@ -33,6 +34,15 @@ NAMESPACE = "hazard-cascade"
 RELEASE = "hazard-cascade"
 APP = "hazard-cascade"
 IMAGE_REPO = "ghcr.io/hazard-cascade/hazard-cascade"
+# The models the stand-in chart renders by default (`serve.app.args.<role>.version` overrides).
+MODEL_NAMES = {"base": "hazard-base", "specialist": "hazard-specialist"}
+DEFAULT_VERSION = "1.0.0"
+
+
+def served(base: str = DEFAULT_VERSION, specialist: str = DEFAULT_VERSION) -> list[dict]:
+    """A /v1/models `models` list serving these versions."""
+    versions = {"base": base, "specialist": specialist}
+    return [{"role": r, "name": n, "version": versions[r]} for r, n in MODEL_NAMES.items()]
 
 
 # ------------------------------------------------------------------------- HTTP servers
@@ -240,6 +250,7 @@ class ServeStandIn(_Server):
     def __init__(self, api_key: str, readyz: list[int], answer: dict | None = None):
         self.api_key = api_key
         self.readyz = list(readyz)
+        self.models = [served()]  # each GET /v1/models takes the next; the last one stays
         self.answer = answer or valid_answer()
         super().__init__()
 
@@ -247,9 +258,12 @@ class ServeStandIn(_Server):
         if method == "GET" and path == "/readyz":
             code = self.readyz.pop(0) if len(self.readyz) > 1 else self.readyz[0]
             return code, {"status": "ready" if code == 200 else "not ready", "ready": code == 200}
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return 401, {"detail": "missing or wrong API key"}
+        if method == "GET" and path == "/v1/models":
+            models = self.models.pop(0) if len(self.models) > 1 else self.models[0]
+            return 200, {"models": models, "labels": [], "fusion": {}}
         if method == "POST" and path == "/v1/score":
-            if request.headers.get("Authorization") != f"Bearer {self.api_key}":
-                return 401, {"detail": "missing or wrong API key"}
             return 200, self.answer
         return 404, {"detail": "Not Found"}
 
@@ -271,7 +285,7 @@ def valid_answer() -> dict:
         "probabilities": probs,
         "hazard_score": 0.3,
         "escalated": False,
-        "models": [{"role": "base", "name": "b", "version": "1"}],
+        "models": served()[:1],  # the base alone: not escalated
         "latency_ms": 12.0,
     }
 
@@ -300,13 +314,19 @@ def install_helm(bin_dir: Path, state: Path, log: Path) -> dict[str, str]:
 def render(release: str, values: str | None, sets: list[str]) -> str:
     """What the stand-in's chart renders: a RayService whose image tag follows the values."""
     tag = "0.1.0"
+    versions = dict.fromkeys(MODEL_NAMES, DEFAULT_VERSION)
     if values:
         tag = str((yaml.safe_load(Path(values).read_text()) or {}).get("image", {}).get("tag", tag))
     for item in sets:
         key, _, value = item.partition("=")
         if key == "image.tag":
             tag = value
-    serve = yaml.safe_dump({"applications": [{"name": APP, "import_path": "serve.app:build_app"}]})
+        for role in MODEL_NAMES:
+            if key == f"serve.app.args.{role}.version":
+                versions[role] = value
+    args = {r: {"name": n, "version": versions[r]} for r, n in MODEL_NAMES.items()}
+    app = {"name": APP, "import_path": "serve.app:build_app", "args": args}
+    serve = yaml.safe_dump({"applications": [app]})
     head = {"containers": [{"name": "ray-head", "image": f"{IMAGE_REPO}:{tag}"}]}
     doc = {
         "apiVersion": "ray.io/v1",

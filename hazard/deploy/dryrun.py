@@ -14,7 +14,7 @@ from hazard.deploy.gates import Say
 from hazard.deploy.helm import HelmError
 from hazard.deploy.plan import Plan
 from hazard.deploy.rollout import Exit
-from hazard.deploy.target import ClusterTarget, rayservices
+from hazard.deploy.target import ClusterTarget, rayservices, served_models
 
 
 def manifest_diff(deployed: str, rendered: str, release: str, revision: int | None) -> str:
@@ -50,14 +50,19 @@ def dry_run(plan: Plan, targets: Sequence[ClusterTarget], sets: list[str], say: 
             code = Exit.NOT_STARTED
             continue
         services = ", ".join(rayservices(rendered)) or "none rendered"
+        models = ", ".join(
+            f"{role} {m['name']} {m['version']}"
+            for role, m in sorted(served_models(rendered).items())
+        )
         fallback = "uninstall" if revision is None else f"helm rollback {plan.release} {revision}"
         say(f"[{c.name}] deployed revision: {revision if revision is not None else 'none'}")
         say(f"[{c.name}] would run: {shlex.join(t.upgrade_argv(sets))}")
         say(
             f"[{c.name}] then: RayService {services} RUNNING within {running.timeout_seconds:g}s; "
             f"{c.service_url}/readyz 200 x{gate.successes_required} in a row within "
-            f"{gate.timeout_seconds:g}s; POST {c.service_url}/v1/score valid; on failure: "
-            f"{fallback}"
+            f"{gate.timeout_seconds:g}s; GET {c.service_url}/v1/models serving "
+            f"{models or 'no rendered model version'} x{gate.successes_required} in a row; "
+            f"POST {c.service_url}/v1/score valid, from those versions; on failure: {fallback}"
         )
         diff = manifest_diff(deployed, rendered, plan.release, revision)
         say(diff.rstrip("\n") if diff else f"[{c.name}] no change to the manifest")

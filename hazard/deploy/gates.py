@@ -2,7 +2,11 @@
 
 1. `wait_running`: every RayService of the release reports its Serve apps RUNNING for the new spec;
 2. `health_gate`: `GET /readyz` answers 200 N times in a row within a timeout;
-3. `smoke`: `POST /v1/score` of the bundled image with the API key answers a valid score.
+3. `version_gate`: `GET /v1/models` (through the Service the users call) names the rendered
+   models' names and versions N times in a row: KubeRay can report the new generation while the
+   old Serve app still reads RUNNING, and then the old replicas answer `/readyz`;
+4. `smoke`: `POST /v1/score` of the bundled image with the API key answers a valid score from
+   the rendered models.
 Progress goes through `say` (one line when the state changes, at least every PROGRESS_EVERY_S).
 """
 
@@ -119,6 +123,59 @@ def health_gate(service_url: str, gate: HealthGate, say: Say) -> GateResult:
             progress.sleep(gate.interval_seconds)
 
 
+Models = dict[str, dict[str, str]]  # role -> {"name", "version"}
+
+
+def model_mismatch(answered: object, want: Models, all_roles: bool) -> str | None:
+    """Why a `models` list ([{"role", "name", "version", ...}]) is not `want` (None: it is).
+    `all_roles`: every role of `want` must be listed (/v1/models); else the listed ones must
+    match and the base must be there (a score lists the models it used)."""
+    if not isinstance(answered, list) or not all(isinstance(m, dict) for m in answered):
+        return f"models is not a list of objects: {answered!r}"
+    got = {m.get("role"): {"name": m.get("name"), "version": m.get("version")} for m in answered}
+    need = want if all_roles else {r: w for r, w in want.items() if r in got or r == "base"}
+    wrong = [
+        f"{role} {got.get(role, {}).get('name')} {got.get(role, {}).get('version')} "
+        f"(expected {w['name']} {w['version']})"
+        for role, w in need.items()
+        if got.get(role) != w
+    ]
+    return "; ".join(wrong) or None
+
+
+def version_gate(
+    service_url: str, want: Models, gate: HealthGate, api_key: str, say: Say
+) -> GateResult:
+    """`GET /v1/models` until it named `want`'s names and versions `successes_required` times
+    in a row (the same streak and timeout as the health gate)."""
+    url, need = f"{service_url}/v1/models", gate.successes_required
+    progress = _Progress(say, f"version gate {url}", gate.timeout_seconds)
+    if not want:
+        return progress.result(False, "the release renders no model name and version to check")
+    expected = ", ".join(f"{r} {w['name']} {w['version']}" for r, w in sorted(want.items()))
+    streak, last = 0, "no answer yet"
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(timeout=min(10.0, gate.timeout_seconds)) as http:
+        while True:
+            try:
+                resp = http.get(url, headers=headers)
+                if resp.status_code == 200:
+                    wrong = model_mismatch(resp.json().get("models"), want, all_roles=True)
+                    last = f"serving {wrong}" if wrong else "serving the rendered versions"
+                else:
+                    wrong, last = "error", f"HTTP {resp.status_code} {resp.text[:120]}"
+            except (httpx.HTTPError, ValueError, AttributeError) as exc:
+                wrong, last = "error", f"{type(exc).__name__}: {exc}"
+            streak = 0 if wrong else streak + 1
+            if streak >= need:
+                return progress.result(True, f"{expected}, {need}/{need} in a row")
+            if progress.elapsed >= gate.timeout_seconds:
+                detail = f"{streak}/{need} in a row after {progress.elapsed:.0f}s; last: {last}"
+                return progress.result(False, detail)
+            progress(f"{streak}/{need} in a row; last: {last}")
+            progress.sleep(gate.interval_seconds)
+
+
 def score_problems(answer: object) -> list[str]:
     """What makes a /v1/score answer invalid (empty: valid)."""
     if not isinstance(answer, dict):
@@ -147,8 +204,11 @@ def score_problems(answer: object) -> list[str]:
     return problems
 
 
-def smoke(service_url: str, image: Path, api_key: str, timeout: float) -> GateResult:
-    """Score `image` through `POST /v1/score` with the API key; the answer must be valid."""
+def smoke(
+    service_url: str, image: Path, api_key: str, timeout: float, want: Models | None = None
+) -> GateResult:
+    """Score `image` through `POST /v1/score` with the API key; the answer must be valid and,
+    given `want`, come from those models' versions."""
     start = time.monotonic()
     try:
         with httpx.Client(timeout=timeout) as http:
@@ -158,5 +218,7 @@ def smoke(service_url: str, image: Path, api_key: str, timeout: float) -> GateRe
     elapsed = time.monotonic() - start
     if problems := score_problems(answer):
         return GateResult(False, "invalid score: " + "; ".join(problems), elapsed)
+    if want and (wrong := model_mismatch(answer["models"], want, all_roles=False)):
+        return GateResult(False, f"scored by {wrong}", elapsed)
     detail = f"{answer['risk_level']} (hazard_score {answer['hazard_score']:.2f})"
     return GateResult(True, detail, elapsed)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from hazard.deploy.rollout import EXIT_HELP, ClusterReport, Exit
 
-COLUMNS = ("cluster", "before", "after", "upgrade", "running", "health", "smoke", "pods", "time")
+STEPS = ("upgrade", "running", "health", "version", "smoke")
+COLUMNS = ("cluster", "before", "after", *STEPS, "pods", "time")
 
 
 def _rev(n: int | None) -> str:
@@ -14,7 +15,7 @@ def _rev(n: int | None) -> str:
 def _row(r: ClusterReport) -> list[str]:
     steps = [
         "-" if (g := r.steps.get(s)) is None else f"{'ok' if g.ok else 'FAIL'} {g.seconds:.0f}s"
-        for s in ("upgrade", "running", "health", "smoke")
+        for s in STEPS
     ]
     time_s = f"{r.seconds:.0f}s" if r.steps else "-"
     return [r.name, _rev(r.before), _rev(r.after), *steps, r.pods or "-", time_s, r.outcome]

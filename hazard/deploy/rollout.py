@@ -1,7 +1,8 @@
 """The rollout: cluster by cluster in file order, upgrade, gate, and roll back what fails.
 
 For each cluster: record the deployed revision, `helm upgrade --install`, wait until the
-release's RayService runs the new spec, pass the health gate, pass the smoke request. The first
+release's RayService runs the new spec, pass the health gate, check that the rendered model
+versions are the ones served (`/v1/models`), pass the smoke request. The first
 failure rolls that cluster back to the revision recorded before (uninstalls the release when
 there was none), stops the rollout and leaves the later clusters untouched.
 """
@@ -117,18 +118,23 @@ def deploy_cluster(
         return report, Exit.NOT_STARTED
     say(f"deployed revision: {'none' if report.before is None else report.before}; upgrading")
     services: dict[str, list[str]] = {}
+    models: gates.Models = {}
     url = target.cluster.service_url
 
     def upgrade() -> GateResult:
-        report.after, applied = target.upgrade(sets)
+        report.after, applied, rendered = target.upgrade(sets)
         services.update(applied)
+        models.update(rendered)
         return GateResult(True, f"revision {report.after}", 0.0)
 
     steps: dict[str, Callable[[], GateResult]] = {
         "upgrade": upgrade,
         "running": lambda: gates.wait_running(target, services, plan.serve_running, say),
         "health": lambda: gates.health_gate(url, plan.health_gate, say),
-        "smoke": lambda: gates.smoke(url, plan.smoke_image, api_key, plan.smoke.timeout_seconds),
+        "version": lambda: gates.version_gate(url, models, plan.health_gate, api_key, say),
+        "smoke": lambda: gates.smoke(
+            url, plan.smoke_image, api_key, plan.smoke.timeout_seconds, models
+        ),
     }
     passed = all(_step(report, name, run) for name, run in steps.items())  # stops at a failure
     report.pods = _pods(target, services)

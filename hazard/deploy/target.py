@@ -25,6 +25,31 @@ def rayservices(manifest: str) -> dict[str, list[str]]:
     return found
 
 
+ROLES = ("base", "specialist")
+
+
+def served_models(manifest: str) -> dict[str, dict[str, str]]:
+    """role -> {"name", "version"} that the rendered Serve apps must answer with (their
+    `args.base` / `args.specialist`, a ServeConfig's), from a rendered manifest. Two apps that
+    name different versions for one role are an error."""
+    found: dict[str, dict[str, str]] = {}
+    for doc in yaml.safe_load_all(manifest):
+        if not (isinstance(doc, dict) and doc.get("kind") == "RayService"):
+            continue
+        serve = yaml.safe_load(doc.get("spec", {}).get("serveConfigV2") or "") or {}
+        for app in serve.get("applications", []):
+            args = app.get("args") or {}
+            for role in ROLES:
+                model = args.get(role) or {}
+                if "name" in model and "version" in model:
+                    want = {"name": str(model["name"]), "version": str(model["version"])}
+                    if found.setdefault(role, want) != want:
+                        raise ValueError(
+                            f"the release renders two {role} models: {found[role]} and {want}"
+                        )
+    return found
+
+
 class ClusterTarget:
     """The release of the plan on one cluster."""
 
@@ -48,11 +73,14 @@ class ClusterTarget:
             *self.helm.upgrade_args(p.chart, p.chart_version, self.cluster.values, sets)
         )
 
-    def upgrade(self, sets: list[str]) -> tuple[int, dict[str, list[str]]]:
-        """Upgrade; returns the new revision and the RayServices (with their apps) it applied."""
+    def upgrade(
+        self, sets: list[str]
+    ) -> tuple[int, dict[str, list[str]], dict[str, dict[str, str]]]:
+        """Upgrade; returns the new revision, the RayServices (with their apps) it applied and
+        the models (role -> name, version) those apps must serve (`served_models`)."""
         p = self.plan
         revision, manifest = self.helm.upgrade(p.chart, p.chart_version, self.cluster.values, sets)
-        return revision, rayservices(manifest)
+        return revision, rayservices(manifest), served_models(manifest)
 
     def render(self, sets: list[str], upgrade: bool) -> str:
         p = self.plan

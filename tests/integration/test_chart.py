@@ -1647,3 +1647,17 @@ def test_checkov_acceptances_are_justified_and_narrow() -> None:
             assert re.fullmatch(r"[A-Z][A-Za-z]+/.+", glob), (entry["check"], glob)
     finding = {"check": "CKV_K8S_38", "resource": "Pod/hazard-cascade-serve-workers"}
     assert not any(_is_accepted(finding, e) for e in entries)  # the token only on heads
+
+
+def test_the_deploy_version_gate_reads_the_rendered_model_versions(helm: str) -> None:
+    """`hazard deploy` compares /v1/models with what the chart renders: the ServeConfig args'
+    base and specialist names and versions (values.yaml), a --set included."""
+    from hazard.deploy.target import served_models
+
+    args = yaml.safe_load((CHART / "values.yaml").read_text())["serve"]["app"]["args"]
+    want = {r: {"name": args[r]["name"], "version": str(args[r]["version"])} for r in args
+            if r in ("base", "specialist")}  # fmt: skip
+    assert set(want) == {"base", "specialist"}
+    assert served_models(_render_cached(helm, None, ())) == want
+    bumped = served_models(_render_cached(helm, None, ("serve.app.args.base.version=2.0.0",)))
+    assert bumped == {**want, "base": {**want["base"], "version": "2.0.0"}}

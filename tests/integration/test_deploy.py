@@ -28,6 +28,7 @@ from tests.deploy_fixtures import (
     releases,
     render,
     seed_release,
+    served,
     write_kubeconfig,
 )
 
@@ -174,8 +175,10 @@ def test_rollout_over_two_clusters_upgrades_both_in_order(rig: Rig, capsys):
     assert state[rig.key("staging")][-1]["manifest"] == render(
         RELEASE, str(rig.values["staging"]), ["image.tag=0.2.0"]
     )
-    assert len(rig.serve["staging"].paths("GET")) == 5
-    assert len(rig.serve["prod-eu"].paths("GET")) == 3
+    assert rig.serve["staging"].paths("GET").count("/readyz") == 5
+    assert rig.serve["prod-eu"].paths("GET").count("/readyz") == 3
+    for cluster in CONTEXTS:  # the version gate: 3 answers in a row naming the rendered versions
+        assert rig.serve[cluster].paths("GET").count("/v1/models") == 3
     for cluster in CONTEXTS:  # one smoke request each, the bundled image, with the key
         (upload,) = rig.serve[cluster].uploads()
         assert SMOKE_PNG in upload
@@ -250,6 +253,55 @@ def test_rayservice_never_running_rolls_back_and_leaves_later_clusters_untouched
     )
     assert "app hazard-cascade DEPLOYING" in out
     assert re.search(r"^prod-eu\s+-\s+-\s.*not started$", row(out, "prod-eu"))
+
+
+def test_new_generation_running_but_old_versions_served_fails_the_version_gate(rig, capsys):
+    """KubeRay reports the new generation with the old app still RUNNING, and the old replicas
+    answer /readyz and /v1/models: the version gate fails and the cluster is rolled back."""
+    seed_release(rig.state, CONTEXTS["staging"], revisions=4)
+    rig.kube["staging"].script(RELEASE, rayservice(generation=5, observed=5))
+    rig.serve["staging"].models = [served(base="1.0.0")]  # the old version, throughout
+    rig.timeouts(health=0.5)  # the version gate shares the health gate's streak and timeout
+
+    code = deploy(rig, "--set", "serve.app.args.base.version=2.0.0")
+    out = capsys.readouterr().out
+
+    assert code == 3, out
+    assert rig.calls("staging")[-2:] == [
+        helm("staging", "rollback", RELEASE, "4"),
+        helm("staging", "history", RELEASE, "--output", "json"),
+    ]
+    assert re.search(
+        r"^staging version: 0/3 in a row after \d+s; last: serving base hazard-base 1\.0\.0 "
+        r"\(expected hazard-base 2\.0\.0\)$",
+        out,
+        re.M,
+    )
+    assert rig.serve["staging"].uploads() == []  # no smoke request from the old replicas
+    assert rig.calls("prod-eu") == []
+
+
+def test_the_version_gate_waits_for_the_new_versions_then_smoke_checks_them(rig, capsys):
+    """Old versions for two reads, then the new ones: 3 new answers in a row pass; a smoke
+    answer scored by the old base fails."""
+    seed_release(rig.state, CONTEXTS["staging"], revisions=4)
+    rig.kube["staging"].script(RELEASE, rayservice(generation=5, observed=5))
+    new = served(base="2.0.0")
+    rig.serve["staging"].models = [served(), served(), new]
+    old_answer = dict(rig.serve["staging"].answer)  # scored by base 1.0.0
+    rig.serve["staging"].answer = {**old_answer, "models": new[:1]}
+
+    code = deploy(rig, "--only", "staging", "--set", "serve.app.args.base.version=2.0.0")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert rig.serve["staging"].paths("GET").count("/v1/models") == 5  # 2 old + 3 in a row
+    assert re.search(r"^staging\s+4\s+5\s+ok .*upgraded$", row(out, "staging"))
+
+    rig.serve["staging"].answer = old_answer
+    code = deploy(rig, "--only", "staging", "--set", "serve.app.args.base.version=2.0.0")
+    out = capsys.readouterr().out
+    assert code == 3, out
+    assert "staging smoke: scored by base hazard-base 1.0.0 (expected hazard-base 2.0.0)" in out
 
 
 def test_first_install_that_fails_is_uninstalled(rig: Rig, capsys):
@@ -329,6 +381,7 @@ def test_dry_run_prints_the_diff_and_changes_nothing(rig: Rig, capsys, monkeypat
     assert re.search(rf"^\+\s+image: {image}:0\.2\.0$", out, re.M)
     assert "--- hazard-cascade (not installed)" in out
     assert "would run: helm upgrade --install hazard-cascade" in out
+    assert "/v1/models serving base hazard-base 1.0.0, specialist hazard-specialist 1.0.0 x3" in out
 
 
 def test_bad_clusters_file_is_a_clear_usage_error(rig: Rig, capsys):
