@@ -100,27 +100,45 @@ def wait_running(
         progress.sleep(poll.interval_seconds)
 
 
-def health_gate(service_url: str, gate: HealthGate, say: Say) -> GateResult:
-    """`GET /readyz` until it answered 200 `successes_required` times in a row."""
-    url, need = f"{service_url}/readyz", gate.successes_required
-    progress = _Progress(say, f"health gate {url}", gate.timeout_seconds)
+def _streak_gate(
+    url: str,
+    gate: HealthGate,
+    say: Say,
+    what: str,
+    check: Callable[[httpx.Response], tuple[bool, str]],
+    headers: dict[str, str] | None = None,
+    passed: str = "",
+) -> GateResult:
+    """`GET url` until `check(response)` -> (ok, what was seen) held `successes_required` times
+    in a row within the gate's timeout; an answer that fails it, or a connection error, resets
+    the count."""
+    need = gate.successes_required
+    progress = _Progress(say, f"{what} {url}", gate.timeout_seconds)
     streak, last = 0, "no answer yet"
     with httpx.Client(timeout=min(10.0, gate.timeout_seconds)) as http:
         while True:
             try:
-                resp = http.get(url)
-                ok = resp.status_code == 200
-                last = f"HTTP {resp.status_code}" + ("" if ok else f" {resp.text[:120]}")
+                ok, last = check(http.get(url, headers=headers))
             except httpx.HTTPError as exc:
                 ok, last = False, f"{type(exc).__name__}: {exc}"
             streak = streak + 1 if ok else 0
             if streak >= need:
-                return progress.result(True, f"{need}/{need} in a row")
+                return progress.result(True, f"{passed}{need}/{need} in a row")
             if progress.elapsed >= gate.timeout_seconds:
                 detail = f"{streak}/{need} in a row after {progress.elapsed:.0f}s; last: {last}"
                 return progress.result(False, detail)
             progress(f"{streak}/{need} in a row; last: {last}")
             progress.sleep(gate.interval_seconds)
+
+
+def health_gate(service_url: str, gate: HealthGate, say: Say) -> GateResult:
+    """`GET /readyz` until it answered 200 `successes_required` times in a row."""
+
+    def ready(resp: httpx.Response) -> tuple[bool, str]:
+        ok = resp.status_code == 200
+        return ok, f"HTTP {resp.status_code}" + ("" if ok else f" {resp.text[:120]}")
+
+    return _streak_gate(f"{service_url}/readyz", gate, say, "health gate", ready)
 
 
 Models = dict[str, dict[str, str]]  # role -> {"name", "version"}
@@ -148,32 +166,22 @@ def version_gate(
 ) -> GateResult:
     """`GET /v1/models` until it named `want`'s names and versions `successes_required` times
     in a row (the same streak and timeout as the health gate)."""
-    url, need = f"{service_url}/v1/models", gate.successes_required
-    progress = _Progress(say, f"version gate {url}", gate.timeout_seconds)
     if not want:
-        return progress.result(False, "the release renders no model name and version to check")
+        return GateResult(False, "the release renders no model name and version to check", 0.0)
+
+    def serving(resp: httpx.Response) -> tuple[bool, str]:
+        if resp.status_code != 200:
+            return False, f"HTTP {resp.status_code} {resp.text[:120]}"
+        try:
+            wrong = model_mismatch(resp.json().get("models"), want, all_roles=True)
+        except (ValueError, AttributeError) as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        return not wrong, f"serving {wrong}" if wrong else "serving the rendered versions"
+
     expected = ", ".join(f"{r} {w['name']} {w['version']}" for r, w in sorted(want.items()))
-    streak, last = 0, "no answer yet"
     headers = {"Authorization": f"Bearer {api_key}"}
-    with httpx.Client(timeout=min(10.0, gate.timeout_seconds)) as http:
-        while True:
-            try:
-                resp = http.get(url, headers=headers)
-                if resp.status_code == 200:
-                    wrong = model_mismatch(resp.json().get("models"), want, all_roles=True)
-                    last = f"serving {wrong}" if wrong else "serving the rendered versions"
-                else:
-                    wrong, last = "error", f"HTTP {resp.status_code} {resp.text[:120]}"
-            except (httpx.HTTPError, ValueError, AttributeError) as exc:
-                wrong, last = "error", f"{type(exc).__name__}: {exc}"
-            streak = 0 if wrong else streak + 1
-            if streak >= need:
-                return progress.result(True, f"{expected}, {need}/{need} in a row")
-            if progress.elapsed >= gate.timeout_seconds:
-                detail = f"{streak}/{need} in a row after {progress.elapsed:.0f}s; last: {last}"
-                return progress.result(False, detail)
-            progress(f"{streak}/{need} in a row; last: {last}")
-            progress.sleep(gate.interval_seconds)
+    url = f"{service_url}/v1/models"
+    return _streak_gate(url, gate, say, "version gate", serving, headers, f"{expected}, ")
 
 
 def score_problems(answer: object) -> list[str]:
