@@ -346,10 +346,12 @@ def test_metrics_count_requests_stages_escalations_and_refusals(cluster):
         in_flight = _metric(now, "ray_hazard_queue_depth", "metered", state="in_flight")
         return counts, forwarded, in_flight
 
-    deadline = time.monotonic() + 60  # Ray exports every few seconds, each process its own
+    # Ray exports every few seconds, each process its own; the ingress samples its queue gauge
+    # once a second, so a scrape may still show the last request in flight: wait for all three.
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         got, forwarded, in_flight = current()
-        if got == expected and forwarded >= 3:
+        if got == expected and forwarded >= 3 and in_flight == 0:
             break
         time.sleep(1)
     assert got == expected
