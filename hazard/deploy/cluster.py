@@ -9,7 +9,7 @@ the clusters file, the kubeconfig from `$KUBECONFIG` (default `~/.kube/config`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from kubernetes import client, config
@@ -20,6 +20,17 @@ RAY_GROUP, RAY_VERSION, RAYSERVICES = "ray.io", "v1", "rayservices"
 RAY_CLUSTER_LABEL = "ray.io/cluster"  # set by KubeRay on every pod of a RayCluster
 # Ready=False for these reasons stays so until the spec changes (KubeRay 1.7).
 TERMINAL_REASONS = {"InitializingTimeout", "ValidationFailed"}
+# Serve application states that only a config change or a replica recovery ends.
+FAILING_APP_STATES = {"DEPLOY_FAILED", "UNHEALTHY"}
+# Kubelet Warning events of a pod that cannot start: (reason, words one of which the message has).
+POD_FAILURE_EVENTS = {
+    "BackOff": ("restarting failed container", "back-off restarting", "pulling image"),
+    "Failed": ("pull", "image", "CrashLoopBackOff", "CreateContainerConfigError"),
+    "ErrImagePull": ("",),
+    "ImagePullBackOff": ("",),
+    "InspectFailed": ("",),
+    "ErrImageNeverPull": ("",),
+}
 REQUEST_TIMEOUT_S = 15
 
 
@@ -69,6 +80,7 @@ class ServiceState:
     active_cluster: str
     pending_cluster: str
     endpoints: int
+    pending_apps: dict[str, tuple[str, str]] = field(default_factory=dict)  # on the pending one
 
     @classmethod
     def from_object(cls, obj: dict) -> ServiceState:
@@ -90,6 +102,10 @@ class ServiceState:
             active_cluster=active.get("rayClusterName", ""),
             pending_cluster=pending.get("rayClusterName", ""),
             endpoints=int(status.get("numServeEndpoints") or 0),
+            pending_apps={
+                name: (a.get("status", ""), a.get("message", ""))
+                for name, a in (pending.get("applicationStatuses") or {}).items()
+            },
         )
 
     def _is(self, kind: str) -> bool:
@@ -102,6 +118,27 @@ class ServiceState:
         if ready and ready.status == "False" and ready.reason in TERMINAL_REASONS:
             return f"Ready=False ({ready.reason}): {ready.message}"
         return None
+
+    def failing_apps(self, apps: list[str]) -> str | None:
+        """The new spec's apps in a failing state (DEPLOY_FAILED, UNHEALTHY), or None: those of
+        the pending cluster during a blue/green upgrade, else those of the active cluster once
+        the operator has reconciled the new generation."""
+        if self.pending_cluster:
+            statuses, where = self.pending_apps, f"pending cluster {self.pending_cluster}"
+        elif self.observed_generation >= self.generation:
+            statuses, where = self.apps, f"cluster {self.active_cluster or '-'}"
+        else:
+            return None
+        bad = []
+        for app in apps:
+            status, message = statuses.get(app, ("", ""))
+            if status in FAILING_APP_STATES:
+                bad.append(f"app {app} {status}" + (f": {message}" if message else ""))
+        return f"{'; '.join(bad)} ({where})" if bad else None
+
+    def clusters(self) -> list[str]:
+        """The RayClusters this RayService runs now (active, then pending)."""
+        return [c for c in (self.active_cluster, self.pending_cluster) if c]
 
     def blocker(self, apps: list[str]) -> str | None:
         """What the RayService still waits for before `apps` serve the new spec; None: running."""
@@ -144,6 +181,15 @@ class EventInfo:
     object: str
     reason: str
     message: str
+
+    def pod_cannot_start(self, ray_clusters: list[str]) -> bool:
+        """A kubelet event saying a pod of one of `ray_clusters` crash-loops or cannot pull
+        its image (KubeRay names a RayCluster's pods `<cluster>-...`)."""
+        kind, _, name = self.object.partition("/")
+        if kind != "Pod" or not any(name.startswith(f"{c}-") for c in ray_clusters):
+            return False
+        words = POD_FAILURE_EVENTS.get(self.reason, ())
+        return any(w.lower() in self.message.lower() for w in words)
 
 
 def _api_error(exc: Exception, what: str) -> KubeError:
@@ -208,8 +254,9 @@ class KubeReader:
             pods.append(PodInfo(p.metadata.name, p.status.phase, ready, restarts))
         return pods
 
-    def warnings(self, since: datetime, limit: int = 8) -> list[EventInfo]:
-        """The namespace's latest Warning events at or after `since`, oldest first."""
+    def warnings(self, since: datetime, limit: int | None = 8) -> list[EventInfo]:
+        """The namespace's latest `limit` (None: all) Warning events at or after `since`,
+        oldest first."""
         api = client.CoreV1Api(self._client())
         try:
             items = api.list_namespaced_event(
@@ -224,4 +271,5 @@ class KubeReader:
             if when >= since:
                 obj = f"{e.involved_object.kind}/{e.involved_object.name}"
                 events.append(EventInfo(when, obj, e.reason or "", e.message or ""))
-        return sorted(events, key=lambda e: e.time)[-limit:]
+        events.sort(key=lambda e: e.time)
+        return events if limit is None else events[-limit:]

@@ -1,7 +1,8 @@
-"""`hazard deploy`: roll the chart out across the clusters of a clusters file, one at a time.
+"""`hazard deploy`: roll the chart out across the clusters of a clusters file, wave by wave.
 
-hazard deploy --clusters k8s/clusters.yaml --set image.tag=0.2.0
+hazard deploy --clusters k8s/clusters.yaml --set image.tag=0.2.0 --report rollout.json
 hazard deploy --clusters k8s/clusters.yaml --only staging --dry-run
+hazard deploy --clusters k8s/clusters.yaml --set image.tag=0.2.0 --resume rollout.json
 """
 
 from __future__ import annotations
@@ -9,19 +10,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from hazard.config import ConfigError
 from hazard.deploy.cluster import contexts, kubeconfig
 from hazard.deploy.dryrun import dry_run
-from hazard.deploy.plan import load_plan
-from hazard.deploy.report import summary
-from hazard.deploy.rollout import EXIT_HELP, Exit, rollout
+from hazard.deploy.plan import load_plan, set_conflicts
+from hazard.deploy.report import as_json, resumable, summary, write
+from hazard.deploy.rollout import EXIT_HELP, Exit, Hooks, Rollout
 from hazard.deploy.target import ClusterTarget
 
-EPILOG = f"""For each cluster in file order: helm upgrade --install (no --atomic), wait for the
-RayService's Serve apps to run, GET /readyz N times in a row, POST one bundled image to
-/v1/score; the first failure rolls that cluster back to its previous revision (uninstalls a
-first install) and stops, leaving later clusters untouched.
+EPILOG = f"""Wave by wave (the file's `waves`, default one cluster at a time in file order), for
+each cluster: helm upgrade --install (no --atomic), wait for the RayService's Serve apps to
+run (failing fast on failing apps or pods), GET /readyz and /v1/models N times in a row (the
+rendered model versions), POST one bundled image to /v1/score, then soak for the wave's soak
+time; the first failure rolls that cluster back to its previous revision (uninstalls a first
+install), checks the rollback with the same gates, and stops the rollout.
 
 environment: KUBECONFIG (default ~/.kube/config) holds the contexts the file names; the
 clusters file's smoke.apiKeyEnv (default HAZARD_API_KEY) holds the serving API key; helm
@@ -64,11 +68,27 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print the plan and the diff of deployed vs rendered manifests; change nothing",
     )
+    parser.add_argument(
+        "--report",
+        metavar="FILE",
+        type=Path,
+        help="write a JSON report of every cluster, step, revision and time (kept up to date)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="FILE",
+        type=Path,
+        help="continue the stopped rollout whose report this is (same clusters file and --set): "
+        "clusters it upgraded, still at that revision, are skipped; the report is updated",
+    )
     args = parser.parse_args(argv)
     try:
         plan = load_plan(args.clusters, args.only)
         if bad := [s for s in args.sets if "=" not in s or s.startswith("=")]:
             raise ConfigError(f"--set takes KEY=VALUE, got {', '.join(bad)}")
+        if conflicts := [x for c in plan.clusters for x in set_conflicts(c, args.sets)]:
+            raise ConfigError("; ".join(conflicts))
+        done = resumable(args.resume, plan.source, args.sets) if args.resume else {}
         known = contexts()
         if missing := sorted({c.context for c in plan.clusters} - known):
             raise ConfigError(
@@ -85,8 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     targets = [ClusterTarget(plan, c) for c in plan.clusters]
     if args.dry_run:
         return int(dry_run(plan, targets, args.sets, _say))
-    reports, code = rollout(plan, targets, args.sets, api_key, _say)
-    _say(summary(reports, code))
+    report_path = args.report or args.resume
+    hooks = Hooks()
+    run = Rollout(plan, targets, args.sets, api_key, _say, hooks, done)
+    if report_path:
+        hooks.saved = lambda: write(report_path, as_json(run, None))
+    try:
+        code = run.run()
+    except KeyboardInterrupt:
+        run.stop.set()
+        code = Exit.INTERRUPTED
+    if report_path:
+        write(report_path, as_json(run, code))
+    _say(summary(list(run.reports.values()), code))
     return int(code)
 
 

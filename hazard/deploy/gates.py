@@ -1,12 +1,16 @@
 """The gates a cluster passes after `helm upgrade`, each returning a `GateResult`.
 
 1. `wait_running`: every RayService of the release reports its Serve apps RUNNING for the new spec;
+   a failing sign (an app DEPLOY_FAILED or UNHEALTHY, a new pod's crash loop or image pull)
+   that lasts `failFast.seconds` ends the wait early;
 2. `health_gate`: `GET /readyz` answers 200 N times in a row within a timeout;
 3. `version_gate`: `GET /v1/models` (through the Service the users call) names the rendered
    models' names and versions N times in a row: KubeRay can report the new generation while the
    old Serve app still reads RUNNING, and then the old replicas answer `/readyz`;
 4. `smoke`: `POST /v1/score` of the bundled image with the API key answers a valid score from
-   the rendered models.
+   the rendered models;
+5. `soak`: for the wave's soak time, /readyz and /v1/models keep answering as in 2 and 3.
+`wait_gone` checks an uninstall: the release's RayServices are gone.
 Progress goes through `say` (one line when the state changes, at least every PROGRESS_EVERY_S).
 """
 
@@ -16,13 +20,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
 from hazard.client import score_file
 from hazard.deploy.cluster import KubeError
-from hazard.deploy.plan import HealthGate, Poll
+from hazard.deploy.plan import FailFast, HealthGate, Poll
 from hazard.deploy.target import ClusterTarget
 from hazard.labels import RISK_LABELS
 
@@ -62,18 +67,64 @@ class _Progress:
         time.sleep(max(0.0, min(interval, self.timeout - self.elapsed)))
 
 
+class _FailFast:
+    """Ends a wait once failing signs have lasted `fail_fast.seconds` without a break."""
+
+    def __init__(self, target: ClusterTarget, fail_fast: FailFast | None, since: datetime | None):
+        self.target, self.fail_fast, self.since = target, fail_fast, since
+        self.first_seen: float | None = None
+
+    def pod_signs(self, ray_clusters: list[str]) -> list[str]:
+        """Warning events since the upgrade of pods of `ray_clusters` that cannot start."""
+        if self.fail_fast is None or self.since is None or not ray_clusters:
+            return []
+        try:
+            events = self.target.warnings(self.since, limit=None)
+        except KubeError:
+            return []  # events are a hint; the status is the gate
+        return sorted(
+            {
+                f"{e.object} {e.reason}: {e.message}"
+                for e in events
+                if e.pod_cannot_start(ray_clusters)
+            }
+        )
+
+    def verdict(self, signs: list[str]) -> str | None:
+        """The failure once `signs` lasted long enough (None: keep waiting)."""
+        if self.fail_fast is None or not signs:
+            self.first_seen = None
+            return None
+        now = time.monotonic()
+        self.first_seen = self.first_seen if self.first_seen is not None else now
+        lasted = now - self.first_seen
+        if lasted < self.fail_fast.seconds:
+            return None
+        return f"failing for {lasted:.0f}s (failFast {self.fail_fast.seconds:g}s): " + "; ".join(
+            signs
+        )
+
+
 def wait_running(
-    target: ClusterTarget, services: dict[str, list[str]], poll: Poll, say: Say
+    target: ClusterTarget,
+    services: dict[str, list[str]],
+    poll: Poll,
+    say: Say,
+    fail_fast: FailFast | None = None,
+    since: datetime | None = None,
 ) -> GateResult:
     """Wait until each RayService has reconciled its spec, is Ready, not upgrading or rolling
-    back, and reports each of its apps RUNNING on the active cluster."""
+    back, and reports each of its apps RUNNING on the active cluster. With `fail_fast`, apps
+    DEPLOY_FAILED/UNHEALTHY or Warning events (after `since`) of the RayServices' pods crash
+    looping or failing to pull their image end the wait once they lasted `fail_fast.seconds`."""
     names = ", ".join(services)
     progress = _Progress(say, f"waiting for RayService {names}", poll.timeout_seconds)
     if not services:
         return progress.result(False, "the release renders no RayService")
     seen: dict[str, str] = {}  # the last full status of each RayService, for the failure detail
+    early = _FailFast(target, fail_fast, since)
     while True:
-        blockers = []
+        blockers, signs, ray_clusters = [], [], []
         for name, apps in services.items():
             try:
                 state = target.service_state(name)
@@ -90,8 +141,13 @@ def wait_running(
                 return progress.result(False, f"{name}: {failure}")
             if blocker := state.blocker(apps):
                 blockers.append(f"{name}: {blocker}" if len(services) > 1 else blocker)
+            if failing := state.failing_apps(apps):
+                signs.append(f"{name}: {failing}")
+            ray_clusters += state.clusters()
         if not blockers:
             return progress.result(True, f"{names}: apps RUNNING")
+        if verdict := early.verdict(signs + early.pod_signs(ray_clusters)):
+            return progress.result(False, verdict)
         if progress.elapsed >= poll.timeout_seconds:
             detail = f"not running after {progress.elapsed:.0f}s: " + "; ".join(blockers)
             last = "; ".join(f"{n}: {d}" for n, d in seen.items())
@@ -182,6 +238,64 @@ def version_gate(
     headers = {"Authorization": f"Bearer {api_key}"}
     url = f"{service_url}/v1/models"
     return _streak_gate(url, gate, say, "version gate", serving, headers, f"{expected}, ")
+
+
+def wait_gone(target: ClusterTarget, services: list[str], poll: Poll, say: Say) -> GateResult:
+    """Wait until none of `services` (RayService names) exists any more (after an uninstall)."""
+    progress = _Progress(
+        say, f"waiting for RayService {', '.join(services)} to go", poll.timeout_seconds
+    )
+    while True:
+        try:
+            left = [n for n in services if target.service_state(n) is not None]
+        except KubeError as exc:
+            left = [str(exc)]
+        if not left:
+            return progress.result(True, "RayService gone" if services else "nothing to remove")
+        if progress.elapsed >= poll.timeout_seconds:
+            return progress.result(
+                False, f"still there after {progress.elapsed:.0f}s: {', '.join(left)}"
+            )
+        progress(f"still there: {', '.join(left)}")
+        progress.sleep(poll.interval_seconds)
+
+
+def soak(
+    service_url: str, want: Models, gate: HealthGate, api_key: str, seconds: float, say: Say
+) -> GateResult:
+    """For `seconds`, every `gate.interval_seconds`: /readyz must answer 200 and /v1/models
+    the rendered versions; `successes_required` failed rounds in a row fail the soak."""
+    progress = _Progress(say, f"soak {service_url}", seconds)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    rounds = failures = 0
+    last = ""
+    with httpx.Client(timeout=min(10.0, gate.timeout_seconds)) as http:
+        while True:
+            try:
+                ready = http.get(f"{service_url}/readyz")
+                answer = http.get(f"{service_url}/v1/models", headers=headers)
+                if ready.status_code != 200:
+                    problem = f"/readyz HTTP {ready.status_code}"
+                elif answer.status_code != 200:
+                    problem = f"/v1/models HTTP {answer.status_code}"
+                else:
+                    wrong = model_mismatch(answer.json().get("models"), want, all_roles=True)
+                    problem = f"serving {wrong}" if wrong else ""
+            except (httpx.HTTPError, ValueError, AttributeError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            rounds += 1
+            failures = failures + 1 if problem else 0
+            last = problem or last
+            if failures >= gate.successes_required:
+                return progress.result(
+                    False,
+                    f"{failures} failed checks in a row after {progress.elapsed:.0f}s: {problem}",
+                )
+            if progress.elapsed >= seconds:
+                extra = f"; last failure: {last}" if last else ""
+                return progress.result(True, f"{rounds} checks over {seconds:g}s{extra}")
+            progress(f"{rounds} checks" + (f"; {problem}" if problem else ""))
+            progress.sleep(gate.interval_seconds)
 
 
 def score_problems(answer: object) -> list[str]:

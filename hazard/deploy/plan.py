@@ -2,7 +2,8 @@
 
 Keys are camelCase like the chart's values; unknown keys are errors. Relative paths resolve
 against `baseDir`, itself relative to the clusters file (`k8s/clusters.yaml` says `..`: the
-repository root). `load_plan` returns a `Plan` whose paths are absolute and checked.
+repository root). `load_plan` returns a `Plan` whose paths are absolute and checked, its
+clusters grouped in waves (a file without `waves` is one wave per cluster, in file order).
 """
 
 from __future__ import annotations
@@ -51,6 +52,25 @@ class Smoke(_Model):
     )
 
 
+class FailFast(_Model):
+    """Signs that the new version cannot come up end the wait early."""
+
+    seconds: float = Field(
+        300,
+        ge=0,
+        description="A failing sign (an app DEPLOY_FAILED or UNHEALTHY, a Warning event of a "
+        "new pod's crash loop or image pull) that lasts this long ends the wait and rolls back.",
+    )
+
+
+class Lock(_Model):
+    """One rollout at a time per cluster: a Lease `<release>-rollout` in the namespace."""
+
+    lease_seconds: float = Field(
+        120, ge=10, description="Lease duration; renewed every third of it while rolling out."
+    )
+
+
 class Cluster(_Model):
     """One cluster of the rollout."""
 
@@ -60,6 +80,29 @@ class Cluster(_Model):
     values: str | None = Field(None, description="Values overlay passed as `helm -f`.")
     service_url: str = Field(
         pattern=r"^https?://[^\s/]+", description="Base URL of the serving app (no /readyz)."
+    )
+    sets: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        alias="set",
+        description="`--set KEY=VALUE` for this cluster only; a global --set of the same key "
+        "is an error, not a silent override.",
+    )
+    prometheus_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/]+",
+        description="Prometheus that scrapes this cluster's app (metric analysis during soak).",
+    )
+
+
+class Wave(_Model):
+    """Clusters upgraded together; the next wave starts when every cluster of this one passed
+    its gates and its soak."""
+
+    name: str = Field(pattern=DNS_LABEL, description="Name used in progress and the report.")
+    clusters: list[str] = Field(min_length=1, description="Names of `clusters` entries.")
+    max_parallel: int = Field(1, ge=1, description="Clusters of this wave upgraded at once.")
+    soak_seconds: float = Field(
+        0, ge=0, description="After its gates, each cluster keeps being checked this long."
     )
 
 
@@ -76,7 +119,12 @@ class ClustersFile(_Model):
     serve_running: Poll = Field(description="Wait for the RayService's Serve apps to run.")
     health_gate: HealthGate
     smoke: Smoke = Smoke()
+    fail_fast: FailFast = FailFast()
+    lock: Lock = Lock()
     clusters: list[Cluster] = Field(min_length=1)
+    waves: list[Wave] | None = Field(
+        None, description="Ordered waves; default: one wave per cluster in file order."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> ClustersFile:
@@ -86,7 +134,23 @@ class ClustersFile(_Model):
             raise ValueError(f"cluster names must be unique; repeated: {', '.join(dupes)}")
         if self.chart_version and not self.chart.startswith("oci://"):
             raise ValueError("chartVersion applies to an oci:// chart only")
+        if self.waves is not None:
+            _check_waves(self.waves, names)
         return self
+
+
+def _check_waves(waves: list[Wave], clusters: list[str]) -> None:
+    """Each cluster in exactly one wave, each wave name once, no unknown cluster."""
+    wave_names = [w.name for w in waves]
+    if dupes := sorted({n for n in wave_names if wave_names.count(n) > 1}):
+        raise ValueError(f"wave names must be unique; repeated: {', '.join(dupes)}")
+    placed = [c for w in waves for c in w.clusters]
+    if unknown := [c for c in placed if c not in clusters]:
+        raise ValueError(f"waves name unknown clusters: {', '.join(unknown)}")
+    if twice := sorted({c for c in placed if placed.count(c) > 1}):
+        raise ValueError(f"clusters in more than one wave: {', '.join(twice)}")
+    if missing := [c for c in clusters if c not in placed]:
+        raise ValueError(f"clusters in no wave: {', '.join(missing)}")
 
 
 @dataclass(frozen=True)
@@ -98,6 +162,19 @@ class ClusterPlan:
     namespace: str
     values: Path | None
     service_url: str
+    sets: tuple[str, ...] = ()  # the cluster's own `set:`, as KEY=VALUE
+    prometheus_url: str | None = None
+    wave: str = ""
+
+
+@dataclass(frozen=True)
+class WavePlan:
+    """One wave of the plan: its selected clusters in wave order."""
+
+    name: str
+    clusters: tuple[ClusterPlan, ...]
+    max_parallel: int
+    soak_seconds: float
 
 
 @dataclass(frozen=True)
@@ -113,7 +190,14 @@ class Plan:
     health_gate: HealthGate
     smoke: Smoke
     smoke_image: Path
-    clusters: tuple[ClusterPlan, ...]
+    fail_fast: FailFast
+    lock: Lock
+    waves: tuple[WavePlan, ...]
+
+    @property
+    def clusters(self) -> tuple[ClusterPlan, ...]:
+        """Every selected cluster, wave by wave."""
+        return tuple(c for w in self.waves for c in w.clusters)
 
 
 def _where(loc: tuple) -> str:
@@ -163,8 +247,10 @@ def load_plan(path: str | Path, only: list[str] | None = None) -> Plan:
         raise ConfigError(
             f"{source}: no cluster named {', '.join(unknown)} (clusters: {', '.join(names)})"
         )
-    targets = tuple(
-        ClusterPlan(
+    waves = spec.waves or [Wave(name=c.name, clusters=[c.name]) for c in spec.clusters]
+    wave_of = {name: w.name for w in waves for name in w.clusters}
+    by_name = {
+        c.name: ClusterPlan(
             name=c.name,
             context=c.context,
             namespace=c.namespace,
@@ -172,9 +258,16 @@ def load_plan(path: str | Path, only: list[str] | None = None) -> Plan:
             if c.values
             else None,
             service_url=c.service_url.rstrip("/"),
+            sets=tuple(f"{k}={_set_value(v)}" for k, v in c.sets.items()),
+            prometheus_url=c.prometheus_url.rstrip("/") if c.prometheus_url else None,
+            wave=wave_of[c.name],
         )
         for c in spec.clusters
-        if not only or c.name in only
+    }
+    planned = tuple(
+        WavePlan(w.name, chosen, w.max_parallel, w.soak_seconds)
+        for w in waves
+        if (chosen := tuple(by_name[n] for n in w.clusters if not only or n in only))
     )
     if spec.smoke.image:
         image = _existing(base, spec.smoke.image, "smoke.image", source)
@@ -190,5 +283,22 @@ def load_plan(path: str | Path, only: list[str] | None = None) -> Plan:
         health_gate=spec.health_gate,
         smoke=spec.smoke,
         smoke_image=image,
-        clusters=targets,
+        fail_fast=spec.fail_fast,
+        lock=spec.lock,
+        waves=planned,
     )
+
+
+def _set_value(value: str | int | float | bool) -> str:
+    """A `set:` value as helm's --set spells it (YAML's true is `true`, not `True`)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def set_conflicts(cluster: ClusterPlan, sets: list[str]) -> list[str]:
+    """Global `--set`s that would silently replace a key of the cluster's own `set:`."""
+    own = dict(s.split("=", 1) for s in cluster.sets)
+    return [
+        f"--set {item} conflicts with clusters.{cluster.name}.set {key}={own[key]}"
+        for item in sets
+        if (key := item.split("=", 1)[0]) in own
+    ]

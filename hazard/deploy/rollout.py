@@ -1,16 +1,22 @@
-"""The rollout: cluster by cluster in file order, upgrade, gate, and roll back what fails.
+"""The rollout: wave by wave, upgrade, gate, soak, and roll back what fails.
 
-For each cluster: record the deployed revision, `helm upgrade --install`, wait until the
-release's RayService runs the new spec, pass the health gate, check that the rendered model
-versions are the ones served (`/v1/models`), pass the smoke request. The first
-failure rolls that cluster back to the revision recorded before (uninstalls the release when
-there was none), stops the rollout and leaves the later clusters untouched.
+For each cluster: run the checks that change nothing (`before` steps, e.g. the operator's
+version and a server-side dry run), record the deployed revision, `helm upgrade --install`,
+wait until the release's RayService runs the new spec (failing fast on failing apps and pods),
+pass the health gate, check that the rendered model versions are the ones served
+(`/v1/models`), pass the smoke request, then soak: keep checking health and versions for the
+wave's soak time and run the metric analysis. The first failure rolls that cluster back to the
+revision recorded before (uninstalls the release when there was none) and checks the rollback
+with the same gates against the previous versions. A wave's clusters run up to `maxParallel`
+at once; a failure lets the clusters in flight finish, starts no other and stops the rollout.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -19,8 +25,8 @@ from hazard.deploy import gates
 from hazard.deploy.cluster import EventInfo, KubeError
 from hazard.deploy.gates import GateResult, Say
 from hazard.deploy.helm import HelmError
-from hazard.deploy.plan import Plan
-from hazard.deploy.target import ClusterTarget
+from hazard.deploy.plan import Plan, WavePlan
+from hazard.deploy.target import ClusterTarget, rayservices, served_models
 
 
 class Exit(IntEnum):
@@ -28,17 +34,31 @@ class Exit(IntEnum):
 
     OK = 0  # every selected cluster upgraded and passed its gates (or the dry run rendered)
     USAGE = 2  # bad clusters file, option, missing API key env var or kube context
-    ROLLED_BACK = 3  # a cluster failed a gate and was rolled back; later clusters untouched
-    ROLLBACK_FAILED = 4  # ...and its rollback (or uninstall) failed too: act by hand
-    NOT_STARTED = 5  # a cluster's release could not be read or rendered; nothing changed there
+    ROLLED_BACK = 3  # a cluster failed and was rolled back; the rollback passed its gates
+    ROLLBACK_FAILED = 4  # ...and its rollback (or uninstall) command failed: act by hand
+    NOT_STARTED = 5  # a cluster's release could not be read, rendered or dry-run: unchanged
+    ROLLBACK_UNHEALTHY = 6  # rolled back, but the previous version does not pass its gates
+    LOCKED = 7  # another rollout holds a cluster's lock (or this one lost it): nothing changed
+    UNSUPPORTED = 8  # a cluster's KubeRay operator is outside the chart's supported versions
+    INTERRUPTED = 130  # stopped by a signal after the clusters in flight: resume from the report
 
 
 EXIT_HELP = """exit codes:
   0  every selected cluster upgraded and passed its gates (--dry-run: all rendered)
-  2  bad clusters file or usage (unknown --only, missing API key variable or kube context)
-  3  a cluster failed a gate and was rolled back (or uninstalled); later clusters untouched
-  4  a cluster failed a gate and its rollback failed too: it needs an operator
-  5  a cluster's release could not be read or rendered; nothing was changed there"""
+  2  bad clusters file or usage (unknown --only, missing API key variable or kube context,
+     a global --set that conflicts with a cluster's own set:, a report --resume cannot use)
+  3  a cluster failed and was rolled back (or uninstalled), and the rollback passed its gates
+  4  a cluster failed and its rollback (or uninstall) command failed: it needs an operator
+  5  a cluster's release could not be read, rendered or dry-run: nothing changed there
+  6  a cluster was rolled back but the previous version did not pass its gates (or they could
+     not be checked): act now
+  7  another rollout holds a cluster's lock (its holder is named), or this one lost it
+  8  a cluster's KubeRay operator version is not one the chart supports: nothing changed
+130  interrupted: the clusters in flight finished; --resume REPORT continues"""
+
+ROLLBACK_STEPS = ("rollback", "rollback-running", "rollback-health", "rollback-version")
+
+Check = Callable[[ClusterTarget, list[str]], GateResult]  # a step that changes nothing
 
 
 @dataclass
@@ -46,27 +66,55 @@ class ClusterReport:
     """What happened on one cluster."""
 
     name: str
+    wave: str = ""
     before: int | None = None
     after: int | None = None
     steps: dict[str, GateResult] = field(default_factory=dict)
     outcome: str = "not started"
+    code: Exit | None = None
+    started_at: str | None = None
     seconds: float = 0.0
     pods: str = ""
     warnings: list[EventInfo] = field(default_factory=list)
+    extra: dict[str, object] = field(default_factory=dict)  # e.g. the metric analysis rows
 
     @property
     def failed_step(self) -> str | None:
-        return next((s for s, r in self.steps.items() if not r.ok), None)
+        return next(
+            (s for s, r in self.steps.items() if not r.ok and s not in ROLLBACK_STEPS), None
+        )
 
 
-def _step(report: ClusterReport, name: str, run: Callable[[], GateResult]) -> bool:
+@dataclass
+class Hooks:
+    """What a rollout runs besides helm and the gates, each optional.
+
+    before: checks that change nothing, run before the upgrade (name -> check); a failure
+    leaves the cluster unchanged with `Exit.NOT_STARTED`, or the code `codes` gives its name.
+    analysis: `(target) -> (GateResult, rows)` at the end of the soak, for clusters it covers.
+    baseline: `(target) -> None` before the upgrade (e.g. the metrics of the old version).
+    saved: called after every step, e.g. to write the JSON report.
+    """
+
+    before: dict[str, Check] = field(default_factory=dict)
+    codes: dict[str, Exit] = field(default_factory=dict)
+    baseline: Callable[[ClusterTarget], GateResult] | None = None
+    analysis: Callable[[ClusterTarget], tuple[GateResult, object]] | None = None
+    saved: Callable[[], None] = lambda: None
+
+
+def _step(
+    report: ClusterReport, name: str, run: Callable[[], GateResult], hooks: Hooks | None = None
+) -> bool:
     """Run one step, record its result (a helm or API error is a failed step)."""
     start = time.monotonic()
     try:
         ok, detail = (r := run()).ok, r.detail
-    except (HelmError, KubeError) as exc:
+    except (HelmError, KubeError, ValueError) as exc:
         ok, detail = False, str(exc)
     report.steps[name] = GateResult(ok, detail, time.monotonic() - start)
+    if hooks:
+        hooks.saved()
     return ok
 
 
@@ -80,42 +128,93 @@ def _pods(target: ClusterTarget, services: dict[str, list[str]]) -> str:
     return f"{sum(p.ready for p in pods)}/{len(pods)}" if pods else ""
 
 
-def _roll_back(target: ClusterTarget, report: ClusterReport, say: Say) -> Exit:
-    """Return the cluster to `report.before`, or uninstall the release when there was none."""
+def _roll_back(
+    plan: Plan, target: ClusterTarget, report: ClusterReport, api_key: str, say: Say, hooks: Hooks
+) -> Exit:
+    """Return the cluster to `report.before` (or uninstall the release when there was none),
+    then check it: the previous revision's RayServices run and serve the previous versions
+    (health and version gates), or the RayServices are gone after an uninstall."""
     before = report.before
+    what = "uninstalling the release" if before is None else f"rolling back to revision {before}"
+    say(f"{report.failed_step} failed: {what}")
+    previous: dict[str, list[str]] = {}
+    models: gates.Models = {}
 
     def undo() -> GateResult:
         if before is None:
+            previous.update(dict.fromkeys(rayservices(target.deployed_manifest())))
             target.uninstall()
             return GateResult(True, "uninstalled (there was no previous revision)", 0.0)
         target.rollback(before)
+        manifest = target.deployed_manifest()
+        previous.update(rayservices(manifest))
+        models.update(served_models(manifest))
         return GateResult(True, f"rolled back to revision {before}", 0.0)
 
-    what = "uninstalling the release" if before is None else f"rolling back to revision {before}"
-    say(f"{report.failed_step} failed: {what}")
-    if not _step(report, "rollback", undo):
+    if not _step(report, "rollback", undo, hooks):
         report.outcome = "rollback FAILED" if before is not None else "uninstall FAILED"
         return Exit.ROLLBACK_FAILED
-    report.outcome = report.steps["rollback"].detail
+    done = report.steps["rollback"].detail
     try:
         report.after = target.deployed_revision()
     except HelmError:
         report.after = None
-    return Exit.ROLLED_BACK
+    url, health = target.cluster.service_url, plan.health_gate
+    if before is None:
+        checks = {
+            "rollback-running": lambda: gates.wait_gone(
+                target, list(previous), plan.serve_running, say
+            )
+        }
+    else:
+        checks = {
+            "rollback-running": lambda: gates.wait_running(
+                target, previous, plan.serve_running, say
+            ),
+            "rollback-health": lambda: gates.health_gate(url, health, say),
+            "rollback-version": lambda: gates.version_gate(url, models, health, api_key, say),
+        }
+    if all(_step(report, name, run, hooks) for name, run in checks.items()):
+        report.outcome = f"{done}, healthy" if before is not None else done
+        return Exit.ROLLED_BACK
+    failed = next(s for s in checks if not report.steps[s].ok)
+    report.outcome = f"{done}, NOT healthy ({failed})"
+    return Exit.ROLLBACK_UNHEALTHY
 
 
 def deploy_cluster(
-    plan: Plan, target: ClusterTarget, sets: list[str], api_key: str, say: Say
+    plan: Plan,
+    target: ClusterTarget,
+    sets: list[str],
+    api_key: str,
+    say: Say,
+    hooks: Hooks | None = None,
+    soak_seconds: float = 0.0,
+    report: ClusterReport | None = None,
 ) -> tuple[ClusterReport, Exit]:
-    """Upgrade and gate one cluster, rolling it back on the first failed step."""
-    report = ClusterReport(target.name)
+    """Upgrade, gate and soak one cluster, rolling it back on the first failed step."""
+    hooks = hooks or Hooks()
+    report = report or ClusterReport(target.name, target.cluster.wave)
     start, started_at = time.monotonic(), datetime.now(UTC).replace(microsecond=0)
+    report.started_at = started_at.isoformat()
+    sets = [*sets, *target.cluster.sets]
+
+    def finish(outcome: str | None, code: Exit) -> tuple[ClusterReport, Exit]:
+        report.outcome = outcome or report.outcome
+        report.code, report.seconds = code, time.monotonic() - start
+        hooks.saved()
+        return report, code
+
     try:
         report.before = target.deployed_revision()
     except HelmError as exc:
-        report.outcome = "not started: release unreadable"
         report.steps["history"] = GateResult(False, str(exc), 0.0)
-        return report, Exit.NOT_STARTED
+        return finish("not started: release unreadable", Exit.NOT_STARTED)
+    for name, check in hooks.before.items():
+        if not _step(report, name, lambda c=check: c(target, sets), hooks):
+            return finish(f"not started: {name} failed", hooks.codes.get(name, Exit.NOT_STARTED))
+    if hooks.baseline and not _step(report, "baseline", lambda: hooks.baseline(target), hooks):
+        return finish("not started: baseline failed", Exit.NOT_STARTED)
     say(f"deployed revision: {'none' if report.before is None else report.before}; upgrading")
     services: dict[str, list[str]] = {}
     models: gates.Models = {}
@@ -127,40 +226,125 @@ def deploy_cluster(
         models.update(rendered)
         return GateResult(True, f"revision {report.after}", 0.0)
 
+    def analysis() -> GateResult:
+        result, rows = hooks.analysis(target)
+        report.extra["analysis"] = rows
+        return result
+
     steps: dict[str, Callable[[], GateResult]] = {
         "upgrade": upgrade,
-        "running": lambda: gates.wait_running(target, services, plan.serve_running, say),
+        "running": lambda: gates.wait_running(
+            target, services, plan.serve_running, say, plan.fail_fast, started_at
+        ),
         "health": lambda: gates.health_gate(url, plan.health_gate, say),
         "version": lambda: gates.version_gate(url, models, plan.health_gate, api_key, say),
         "smoke": lambda: gates.smoke(
             url, plan.smoke_image, api_key, plan.smoke.timeout_seconds, models
         ),
     }
-    passed = all(_step(report, name, run) for name, run in steps.items())  # stops at a failure
+    if soak_seconds > 0:
+        steps["soak"] = lambda: gates.soak(
+            url, models, plan.health_gate, api_key, soak_seconds, say
+        )
+    if hooks.analysis:
+        steps["analysis"] = analysis
+    passed = all(_step(report, name, run, hooks) for name, run in steps.items())
     report.pods = _pods(target, services)
     if passed:
-        report.outcome, code = "upgraded", Exit.OK
-    else:
-        try:
-            report.warnings = target.warnings(started_at)
-        except KubeError:
-            report.warnings = []
-        code = _roll_back(target, report, say)
-    report.seconds = time.monotonic() - start
-    return report, code
+        return finish("upgraded", Exit.OK)
+    try:
+        report.warnings = target.warnings(started_at)
+    except KubeError:
+        report.warnings = []
+    return finish(None, _roll_back(plan, target, report, api_key, say, hooks))
 
 
-def rollout(
-    plan: Plan, targets: Sequence[ClusterTarget], sets: list[str], api_key: str, say: Say
-) -> tuple[list[ClusterReport], Exit]:
-    """Deploy cluster by cluster; stop at the first that does not end upgraded."""
-    reports = [ClusterReport(t.name) for t in targets]
-    for i, target in enumerate(targets):
-        c = target.cluster
-        say(f"== {c.name} (context {c.context}, namespace {c.namespace})")
-        reports[i], code = deploy_cluster(
-            plan, target, sets, api_key, lambda line, n=c.name: say(f"[{n}] {line}")
+@dataclass
+class Rollout:
+    """The state of one rollout: a report per selected cluster, and what stops it."""
+
+    plan: Plan
+    targets: Sequence[ClusterTarget]
+    sets: list[str]
+    api_key: str
+    say: Say
+    hooks: Hooks = field(default_factory=Hooks)
+    done: dict[str, int] = field(default_factory=dict)  # resumed: cluster -> revision it left
+    reports: dict[str, ClusterReport] = field(init=False)
+    stop: threading.Event = field(default_factory=threading.Event)
+    interrupted: bool = False
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def __post_init__(self) -> None:
+        self.reports = {t.name: ClusterReport(t.name, t.cluster.wave) for t in self.targets}
+
+    def _cluster(self, target: ClusterTarget, soak: float) -> Exit:
+        c, report = target.cluster, self.reports[target.name]
+        say = lambda line, n=c.name: self.say(f"[{n}] {line}")  # noqa: E731
+        if self.stop.is_set():
+            report.outcome = "not started: the rollout stopped"
+            return Exit.OK
+        if (revision := self.done.get(c.name)) is not None:
+            try:
+                now = target.deployed_revision()
+            except HelmError:
+                now = None
+            if now == revision:
+                report.before = report.after = revision
+                report.outcome, report.code = (
+                    f"upgraded (earlier run, revision {revision})",
+                    Exit.OK,
+                )
+                say(f"upgraded by the resumed rollout (revision {revision} still there); skipping")
+                return Exit.OK
+            say(f"deployed revision is {now}, not {revision} as the report says: upgrading again")
+        self.say(f"== {c.name} (wave {c.wave}, context {c.context}, namespace {c.namespace})")
+        _, code = deploy_cluster(
+            self.plan, target, self.sets, self.api_key, say, self.hooks, soak, report
         )
         if code != Exit.OK:
-            return reports, code
-    return reports, Exit.OK
+            self.stop.set()
+        return code
+
+    def _wave(self, wave: WavePlan) -> Exit:
+        chosen = [t for t in self.targets if t.cluster.wave == wave.name]
+        if not chosen:
+            return Exit.OK
+        self.say(
+            f"== wave {wave.name}: {', '.join(t.name for t in chosen)} "
+            f"(up to {wave.max_parallel} at once, soak {wave.soak_seconds:g}s)"
+        )
+        if wave.max_parallel == 1 or len(chosen) == 1:
+            codes = [self._cluster(t, wave.soak_seconds) for t in chosen]
+        else:
+            with ThreadPoolExecutor(
+                wave.max_parallel, thread_name_prefix=f"wave-{wave.name}"
+            ) as pool:
+                codes = list(pool.map(lambda t: self._cluster(t, wave.soak_seconds), chosen))
+        return _worst(codes)
+
+    def run(self) -> Exit:
+        """Every wave in order; stops after the first wave with a failure (or a stop request)."""
+        for wave in self.plan.waves:
+            if self.stop.is_set():
+                break
+            if (code := self._wave(wave)) != Exit.OK:
+                return code
+        return Exit.INTERRUPTED if self.interrupted else Exit.OK
+
+
+# The worse of two outcomes first: what an operator must act on before what was handled.
+SEVERITY = [
+    Exit.ROLLBACK_FAILED,
+    Exit.ROLLBACK_UNHEALTHY,
+    Exit.ROLLED_BACK,
+    Exit.LOCKED,
+    Exit.UNSUPPORTED,
+    Exit.NOT_STARTED,
+    Exit.INTERRUPTED,
+    Exit.OK,
+]
+
+
+def _worst(codes: list[Exit]) -> Exit:
+    return min(codes, key=SEVERITY.index, default=Exit.OK)

@@ -101,5 +101,5 @@ class ClusterTarget:
     def pods(self, ray_cluster: str) -> list[PodInfo]:
         return self.kube.pods(ray_cluster)
 
-    def warnings(self, since: datetime) -> list[EventInfo]:
-        return self.kube.warnings(since)
+    def warnings(self, since: datetime, limit: int | None = 8) -> list[EventInfo]:
+        return self.kube.warnings(since, limit)

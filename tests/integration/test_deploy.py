@@ -122,6 +122,8 @@ def rig(tmp_path: Path, monkeypatch):
     state, log = tmp_path / "helm-state.json", tmp_path / "helm-calls.jsonl"
     for var, value in install_helm(tmp_path / "bin", state, log).items():
         monkeypatch.setenv(var, value)
+    for name, ctx in CONTEXTS.items():  # both follow the helm stand-in's rollbacks
+        kube[name].helm = serve[name].helm = (state, ctx)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv(KEY_ENV, KEY)
     yield Rig(tmp_path, clusters_file, state, log, kube, serve, values)
@@ -134,9 +136,10 @@ def deploy(rig: Rig, *args: str) -> int:
 
 
 def row(out: str, cluster: str) -> str:
-    """The summary table's row of `cluster`."""
-    (line,) = [ln for ln in out.splitlines() if re.match(rf"{cluster}\s+(\d+|-)\s", ln)]
-    return line
+    """The summary table's row of `cluster`, without its wave and checks columns."""
+    (line,) = [ln for ln in out.splitlines() if re.match(rf"{cluster}\s+\S+\s+(\d+|-)\s", ln)]
+    name, _wave, before, after, _checks, rest = line.split(maxsplit=5)
+    return f"{name}  {before}  {after}  {rest}"
 
 
 def test_rollout_over_two_clusters_upgrades_both_in_order(rig: Rig, capsys):
@@ -200,8 +203,9 @@ def test_failed_gate_on_second_cluster_rolls_it_back_and_keeps_the_first(rig: Ri
     out = capsys.readouterr().out
 
     assert code == 3, out
-    assert rig.calls("prod-eu")[-2:] == [
+    assert rig.calls("prod-eu")[-3:] == [
         helm("prod-eu", "rollback", RELEASE, "7"),
+        helm("prod-eu", "get", "manifest", RELEASE),
         helm("prod-eu", "history", RELEASE, "--output", "json"),
     ]
     assert rig.calls("staging")[1] == upgrade(rig, "staging", "image.tag=0.2.0")
@@ -218,7 +222,9 @@ def test_failed_gate_on_second_cluster_rolls_it_back_and_keeps_the_first(rig: Ri
     assert prod[-1]["manifest"] == prod[6]["manifest"]  # revision 9 is revision 7 again
     assert re.search(r"^staging\s+4\s+5\s.*upgraded$", row(out, "staging"))
     prod_row = row(out, "prod-eu")
-    assert re.search(r"^prod-eu\s+7\s+9\s+ok .*FAIL .*rolled back to revision 7$", prod_row)
+    assert re.search(
+        r"^prod-eu\s+7\s+9\s+ok .*FAIL .*rolled back to revision 7, healthy$", prod_row
+    )
     assert re.search(r"^prod-eu health: 0/3 in a row after \d+s; last: HTTP 503", out, re.M)
     assert "Pod/hc-worker-0 BackOff: Back-off restarting container" in out
     assert rig.serve["prod-eu"].uploads() == []  # no smoke request after a failed health gate
@@ -240,11 +246,13 @@ def test_rayservice_never_running_rolls_back_and_leaves_later_clusters_untouched
         helm("staging", "history", RELEASE, "--output", "json"),
         upgrade(rig, "staging", "image.tag=0.2.0"),
         helm("staging", "rollback", RELEASE, "2"),
+        helm("staging", "get", "manifest", RELEASE),
         helm("staging", "history", RELEASE, "--output", "json"),
     ]
     assert rig.calls("prod-eu") == []
     assert rig.kube["prod-eu"].requests == [] and rig.serve["prod-eu"].requests == []
-    assert rig.serve["staging"].requests == []  # no health check before the apps run
+    # no health check before the apps run; after the rollback, the previous version's gates
+    assert rig.serve["staging"].paths() == ["/readyz"] * 3 + ["/v1/models"] * 3
     assert re.search(
         r"^staging running: not running after \d+s: app hazard-cascade DEPLOYING \(last status: "
         r"hazard-cascade: generation 3/3 Ready=True\(NonZeroServeEndpoints\) ",
@@ -267,8 +275,9 @@ def test_new_generation_running_but_old_versions_served_fails_the_version_gate(r
     out = capsys.readouterr().out
 
     assert code == 3, out
-    assert rig.calls("staging")[-2:] == [
+    assert rig.calls("staging")[-3:] == [
         helm("staging", "rollback", RELEASE, "4"),
+        helm("staging", "get", "manifest", RELEASE),
         helm("staging", "history", RELEASE, "--output", "json"),
     ]
     assert re.search(
@@ -298,6 +307,7 @@ def test_the_version_gate_waits_for_the_new_versions_then_smoke_checks_them(rig,
     assert re.search(r"^staging\s+4\s+5\s+ok .*upgraded$", row(out, "staging"))
 
     rig.serve["staging"].answer = old_answer
+    rig.serve["staging"].after_rollback["models"] = [new]  # revision 5 served base 2.0.0
     code = deploy(rig, "--only", "staging", "--set", "serve.app.args.base.version=2.0.0")
     out = capsys.readouterr().out
     assert code == 3, out
@@ -312,13 +322,15 @@ def test_first_install_that_fails_is_uninstalled(rig: Rig, capsys):
     out = capsys.readouterr().out
 
     assert code == 3, out
-    assert rig.calls("staging")[-2:] == [
+    assert rig.calls("staging")[-3:] == [
+        helm("staging", "get", "manifest", RELEASE),  # the RayServices the uninstall removes
         helm("staging", "uninstall", RELEASE),
         helm("staging", "history", RELEASE, "--output", "json"),
     ]
     assert rig.key("staging") not in releases(rig.state)
     assert "Ready=False (ValidationFailed)" in out  # terminal: no wait for the timeout
-    assert rig.kube["staging"].rayservice_gets() == 2  # the gate's one read, then the pods'
+    # the gate's one read, the pods', then the check that the uninstall removed it (404)
+    assert rig.kube["staging"].rayservice_gets() == 3
     assert re.search(r"^staging\s+-\s+-\s.*uninstalled \(there was no previous revision\)$",
                      row(out, "staging"))  # fmt: skip
 
@@ -341,15 +353,18 @@ def test_failed_rollback_exits_4(rig: Rig, capsys):
 
 
 def test_api_server_refusing_the_deployer_fails_fast(rig: Rig, capsys):
+    """A 401 ends the status gate at once; the rollback runs but cannot be checked: exit 6."""
     seed_release(rig.state, CONTEXTS["staging"], revisions=1)
     rig.kube["staging"].token = "someone-else"  # the kubeconfig's token is now refused
 
     code = deploy(rig, "--only", "staging")
     out = capsys.readouterr().out
 
-    assert code == 3, out
+    assert code == 6, out
     assert "HTTP 401" in out and "k8s/rbac.yaml" in out
-    assert rig.calls("staging")[-2][1:4] == ["rollback", RELEASE, "1"]
+    assert rig.calls("staging")[-3][1:4] == ["rollback", RELEASE, "1"]
+    assert "staging rollback-running: get rayservice hazard-cascade: HTTP 401" in out
+    assert "rolled back to revision 1, NOT healthy (rollback-running)" in out
 
 
 def test_dry_run_prints_the_diff_and_changes_nothing(rig: Rig, capsys, monkeypatch):
