@@ -3,7 +3,8 @@
 - `KubeStandIn`: a threaded HTTP server on loopback that answers what the `kubernetes` client
   asks a real API server for: GET of a RayService (status scripted: each GET takes the next
   object of its script, the last one stays), pods of a namespace by label selector and events
-  by field selector. It requires the bearer token of its kube context.
+  by field selector; Leases (`LeaseStore`: get, create, update, delete with resourceVersion
+  checks). It requires the bearer token of its kube context.
 - `write_kubeconfig`: one context per stand-in, each with its own token.
 - `install_helm`: a `helm` on PATH (this module run as a script) that logs its argv and
   HELM_DRIVER to a JSON-lines file and keeps releases in a JSON state file: `history`,
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -59,6 +61,7 @@ class _Server:
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                self.body = body
                 with owner.lock:
                     owner.requests.append((method, url.path, dict(self.headers), body))
                     status, payload = owner.handle(method, url.path, parse_qs(url.query), self)
@@ -74,6 +77,12 @@ class _Server:
 
             def do_POST(self):  # noqa: N802
                 self._serve("POST")
+
+            def do_PUT(self):  # noqa: N802
+                self._serve("PUT")
+
+            def do_DELETE(self):  # noqa: N802
+                self._serve("DELETE")
 
             def log_message(self, *args):
                 pass
@@ -175,6 +184,142 @@ def _pod(name: str, cluster: str, ready: bool) -> dict:
     }
 
 
+LEASES = "leases.coordination.k8s.io"
+# metav1.MicroTime as the API server parses it (Go layout 2006-01-02T15:04:05.000000Z07:00).
+_MICRO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)")
+
+
+def micro_time(when: datetime) -> str:
+    """`when` as the API server writes a MicroTime."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaseStore:
+    """`coordination.k8s.io/v1` Leases as the API server keeps them: every write bumps one
+    resourceVersion counter; create of an existing name is 409 AlreadyExists; an update or a
+    delete precondition naming another resourceVersion is 409 Conflict; MicroTimes are parsed
+    strictly. `forbidden` makes every lease call 403 (the deployer's Role lacks leases)."""
+
+    def __init__(self):
+        self.items: dict[tuple[str, str], dict] = {}
+        self.forbidden = False
+        self.conflicts = 0  # 409s answered
+        self._version = 0
+        self._racer: str | None = None
+        self._lock = threading.RLock()
+
+    def _stored(self, namespace: str, obj: dict) -> dict:
+        self._version += 1
+        meta = obj.setdefault("metadata", {})
+        meta.update(namespace=namespace, resourceVersion=str(self._version))
+        meta.setdefault("uid", f"lease-{self._version}")
+        meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        obj.update(apiVersion="coordination.k8s.io/v1", kind="Lease")
+        self.items[(namespace, meta["name"])] = obj
+        return obj
+
+    def seed(
+        self,
+        holder: str,
+        renewed_ago_s: float = 0.0,
+        duration_s: int = 120,
+        name: str = f"{RELEASE}-rollout",
+        namespace: str = NAMESPACE,
+    ) -> dict:
+        """Store a Lease held by `holder` (acquired then, renewed `renewed_ago_s` ago)."""
+        renewed = datetime.now(UTC) - timedelta(seconds=renewed_ago_s)
+        spec = {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": duration_s,
+            "acquireTime": micro_time(renewed - timedelta(seconds=duration_s / 3)),
+            "renewTime": micro_time(renewed),
+            "leaseTransitions": 0,
+        }
+        with self._lock:
+            old = self.items.get((namespace, name))
+            if old:  # a new holder over the current one
+                spec["leaseTransitions"] = old["spec"].get("leaseTransitions", 0) + 1
+            return self._stored(namespace, {"metadata": {"name": name}, "spec": spec})
+
+    def get(self, name: str = f"{RELEASE}-rollout", namespace: str = NAMESPACE) -> dict | None:
+        with self._lock:
+            obj = self.items.get((namespace, name))
+            return json.loads(json.dumps(obj)) if obj else None
+
+    def delete(self, name: str = f"{RELEASE}-rollout", namespace: str = NAMESPACE) -> None:
+        with self._lock:
+            del self.items[(namespace, name)]
+
+    def race_next_write(self, holder: str) -> None:
+        """Another deployer's write lands just before the next create or update: as if it had
+        read the Lease at the same moment and written first."""
+        self._racer = holder
+
+    def handle(self, method: str, namespace: str, name: str | None, body: bytes):
+        with self._lock:
+            return self._handle(method, namespace, name, json.loads(body) if body else {})
+
+    def _handle(self, method: str, namespace: str, name: str | None, body: dict):
+        verb = {"GET": "get", "POST": "create", "PUT": "update", "DELETE": "delete"}[method]
+        if self.forbidden:
+            return _status(
+                403,
+                "Forbidden",
+                f'{LEASES} "{name or ""}" is forbidden: User "system:serviceaccount:{namespace}:'
+                f'hazard-deployer" cannot {verb} resource "leases" in API group '
+                f'"coordination.k8s.io" in the namespace "{namespace}"',
+            )
+        if method == "POST":
+            name = (body.get("metadata") or {}).get("name")
+        if not name:
+            return _status(405, "MethodNotAllowed", "list and collections are not served")
+        if method in ("POST", "PUT"):
+            for field in ("acquireTime", "renewTime"):
+                value = (body.get("spec") or {}).get(field)
+                if value is not None and not _MICRO_TIME.fullmatch(value):
+                    return _status(400, "BadRequest", f"spec.{field}: cannot parse {value!r}")
+            if self._racer:
+                holder, self._racer = self._racer, None
+                self.seed(holder, name=name, namespace=namespace)
+        current = self.items.get((namespace, name))
+        if method == "POST":
+            if current:
+                self.conflicts += 1
+                return _status(409, "AlreadyExists", f'{LEASES} "{name}" already exists')
+            return 201, self._stored(namespace, body)
+        if current is None:
+            return _status(404, "NotFound", f'{LEASES} "{name}" not found')
+        if method == "GET":
+            return 200, current
+        version = current["metadata"]["resourceVersion"]
+        if method == "PUT":
+            if (body.get("metadata") or {}).get("name") != name:
+                return _status(400, "BadRequest", "the name of the object does not match the URL")
+            sent = body["metadata"].get("resourceVersion")
+            if not sent:
+                return _status(422, "Invalid", "metadata.resourceVersion: must be specified")
+            if sent != version:
+                self.conflicts += 1
+                return _status(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {LEASES} "{name}": the object has been '
+                    "modified; please apply your changes to the latest version and try again",
+                )
+            return 200, self._stored(namespace, body)
+        sent = ((body.get("preconditions") or {}).get("resourceVersion")) or version
+        if sent != version:
+            self.conflicts += 1
+            return _status(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {LEASES} "{name}": the ResourceVersion in the '
+                f"precondition ({sent}) does not match the ResourceVersion in record ({version})",
+            )
+        del self.items[(namespace, name)]
+        return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}
+
+
 class KubeStandIn(_Server):
     """The parts of a Kubernetes API server a rollout reads, for one cluster."""
 
@@ -183,11 +328,29 @@ class KubeStandIn(_Server):
         self.scripts: dict[str, list[dict]] = {}
         self.pods: list[dict] = []
         self.warnings: list[tuple[str, str, str]] = []  # (object name, reason, message)
+        self.leases = LeaseStore()
+        self.helm: tuple[Path, str] | None = None  # (helm stand-in state, this context)
+        self.after_rollback: dict[str, list[dict]] = {}
         super().__init__()
 
     def script(self, name: str, *objects: dict) -> None:
         """The RayService objects successive GETs of `name` return (the last one stays)."""
         self.scripts[name] = list(objects)
+
+    def _rayservice(self, name: str) -> dict | None:
+        """The next scripted object of `name`; once the helm stand-in rolled the release back,
+        the `after_rollback` script (default: running the previous spec); after an uninstall,
+        none."""
+        state = release_state(*self.helm) if self.helm else "live"
+        if state == "gone":
+            return None
+        if state == "rolled back":
+            script = self.after_rollback.setdefault(name, [rayservice(name, 99, 99)])
+        else:
+            script = self.scripts.get(name, [])
+        if not script:
+            return None
+        return script.pop(0) if len(script) > 1 else script[0]
 
     def add_pods(self, cluster: str, ready: int, not_ready: int = 0) -> None:
         for i in range(ready + not_ready):
@@ -200,11 +363,15 @@ class KubeStandIn(_Server):
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return _status(401, "Unauthorized", "Unauthorized")
         parts = path.strip("/").split("/")
+        lease_api = ["apis", "coordination.k8s.io", "v1", "namespaces"]
+        if parts[:4] == lease_api and len(parts) in (6, 7) and parts[5] == "leases":
+            name = parts[6] if len(parts) == 7 else None
+            return self.leases.handle(method, parts[4], name, request.body)
         if parts[:3] == ["apis", "ray.io", "v1"] and len(parts) == 7 and parts[5] == "rayservices":
-            script = self.scripts.get(parts[6], [])
-            if parts[4] != NAMESPACE or not script:
+            obj = self._rayservice(parts[6]) if parts[4] == NAMESPACE else None
+            if obj is None:
                 return _status(404, "NotFound", f'rayservices.ray.io "{parts[6]}" not found')
-            return 200, script.pop(0) if len(script) > 1 else script[0]
+            return 200, obj
         if parts[:2] == ["api", "v1"] and parts[4:] == ["pods"]:
             key, _, value = query.get("labelSelector", ["="])[0].partition("=")
             items = [p for p in self.pods if p["metadata"]["labels"].get(key) == value]
@@ -252,16 +419,24 @@ class ServeStandIn(_Server):
         self.readyz = list(readyz)
         self.models = [served()]  # each GET /v1/models takes the next; the last one stays
         self.answer = answer or valid_answer()
+        self.helm: tuple[Path, str] | None = None  # (helm stand-in state, this context)
+        # once the helm stand-in rolled the release back: the previous version's answers
+        self.after_rollback = {"readyz": [200], "models": [served()]}
         super().__init__()
+
+    def _next(self, what: str) -> object:
+        rolled_back = self.helm and release_state(*self.helm) == "rolled back"
+        script = self.after_rollback[what] if rolled_back else getattr(self, what)
+        return script.pop(0) if len(script) > 1 else script[0]
 
     def handle(self, method, path, query, request):
         if method == "GET" and path == "/readyz":
-            code = self.readyz.pop(0) if len(self.readyz) > 1 else self.readyz[0]
+            code = self._next("readyz")
             return code, {"status": "ready" if code == 200 else "not ready", "ready": code == 200}
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return 401, {"detail": "missing or wrong API key"}
         if method == "GET" and path == "/v1/models":
-            models = self.models.pop(0) if len(self.models) > 1 else self.models[0]
+            models = self._next("models")
             return 200, {"models": models, "labels": [], "fusion": {}}
         if method == "POST" and path == "/v1/score":
             return 200, self.answer
@@ -348,6 +523,17 @@ def render(release: str, values: str | None, sets: list[str]) -> str:
 
 def release_key(context: str, namespace: str, release: str) -> str:
     return f"{context}/{namespace}/{release}"
+
+
+def release_state(state: Path, context: str) -> str:
+    """"live", "rolled back" (the deployed revision is a `helm rollback`) or "gone" (uninstalled
+    after the stand-in saw it) for the release on `context`, from the helm stand-in's state."""
+    data = json.loads(state.read_text())
+    if context in data.get("uninstalled", []):
+        return "gone"
+    revisions = data["releases"].get(release_key(context, NAMESPACE, RELEASE), [])
+    deployed = [r for r in revisions if r["status"] == "deployed"]
+    return "rolled back" if deployed and deployed[-1]["description"].startswith("Rollback") else "live"
 
 
 def seed_release(state: Path, context: str, revisions: int, tag: str = "0.1.0") -> None:
@@ -471,6 +657,8 @@ def helm_main(args: list[str]) -> int:
             return _fail("stand-in needs --install and a chart folder")
         assert values.get("--output") == ["json"]
         manifest = render(release, vals, sets)
+        if context in state.get("uninstalled", []):
+            state["uninstalled"].remove(context)
         number = add("deployed", manifest, "Upgrade complete")
         save()
         info = {"status": "deployed", "description": "Upgrade complete", "notes": "..."}
@@ -487,6 +675,7 @@ def helm_main(args: list[str]) -> int:
         if not revisions:
             return _fail(f"uninstall: Release not loaded: {release}: release: not found")
         del state["releases"][key]
+        state.setdefault("uninstalled", []).append(context)
         state_path.write_text(json.dumps(state))
         print(f'release "{release}" uninstalled')
     else:
