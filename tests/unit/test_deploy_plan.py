@@ -16,6 +16,7 @@ from hazard.config.serve import ServeConfig
 from hazard.deploy.cluster import ServiceState
 from hazard.deploy.dryrun import manifest_diff
 from hazard.deploy.gates import score_problems
+from hazard.deploy.lock import lease_name
 from hazard.deploy.plan import load_plan
 from hazard.deploy.target import rayservices
 from hazard.images import decode_image
@@ -341,3 +342,14 @@ def test_the_deployer_may_do_what_the_rollout_does_and_read_no_secret():
     assert used <= granted, used - granted
     assert not [g for g in granted if g[1].startswith("secrets")]
     assert load_plan(REPO / "k8s" / "clusters.yaml").helm_driver == "configmap"
+
+
+def test_the_deployer_may_hold_the_rollout_lease_and_no_other():
+    """get/update/delete of the one Lease the lock uses (by name); create cannot be limited
+    by name in Kubernetes RBAC; no list or watch."""
+    docs = {d["kind"]: d for d in yaml.safe_load_all((REPO / "k8s" / "rbac.yaml").read_text())}
+    rules = [r for r in docs["Role"]["rules"] if "leases" in r["resources"]]
+    assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in rules)
+    name = lease_name(load_plan(REPO / "k8s" / "clusters.yaml").release)
+    by_verb = {v: r.get("resourceNames") for r in rules for v in r["verbs"]}
+    assert by_verb == {"get": [name], "update": [name], "delete": [name], "create": None}
