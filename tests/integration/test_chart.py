@@ -2,15 +2,16 @@
 
 What runs here: `helm lint` and `helm template` for the default values and every scenario in
 charts/hazard-cascade/ci/ and k8s/values/; every rendered RayService/RayJob/RayCluster is
-validated against the `openAPIV3Schema` of KubeRay's CRDs (vendored in tests/fixtures/kuberay-crds),
-with fields the API server would silently prune reported as errors; every core object, and the
-Pods KubeRay derives from the Ray objects' templates, against the Kubernetes schemas
-(`kubernetes-validate`, strict); checkov over all of them, with accepted findings listed in
-charts/hazard-cascade/checkov-accepted.yaml; every pod template is held to the `restricted` Pod
-Security Standard; values files are scanned for secret-looking literals; the chart's own guards
-are exercised. The Serve args are the values' ServeConfig unchanged and are validated by it; each
-RayJob's entrypoint is parsed and its config loaded as the job loads it, and its cluster must
-hold what the config asks of Ray.
+validated against the `openAPIV3Schema` of KubeRay's CRDs of every operator version the chart
+supports (vendored in tests/fixtures/kuberay-crds, one folder per version, by
+scripts/vendor_kuberay_crds.py), with fields the API server would silently prune reported as
+errors; every core object, and the Pods KubeRay derives from the Ray objects' templates, against
+the Kubernetes schemas (`kubernetes-validate`, strict); checkov over all of them, with accepted
+findings listed in charts/hazard-cascade/checkov-accepted.yaml; every pod template is held to
+the `restricted` Pod Security Standard; values files are scanned for secret-looking literals;
+the chart's own guards are exercised. The Serve args are the values' ServeConfig unchanged and
+are validated by it; each RayJob's entrypoint is parsed and its config loaded as the job loads
+it, and its cluster must hold what the config asks of Ray.
 
 Helm comes from `scripts/install_helm.py` and checkov from `scripts/install_checkov.py` (both
 run by `make setup`); without them these tests fail.
@@ -34,6 +35,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from hazard.config.serve import ServeConfig
 
@@ -43,11 +46,17 @@ CI_DIR = CHART / "ci"
 K8S = REPO / "k8s"
 CRD_DIR = REPO / "tests" / "fixtures" / "kuberay-crds"
 CRD_FILES = {
-    "RayCluster": "ray.io_rayclusters.yaml",
-    "RayJob": "ray.io_rayjobs.yaml",
-    "RayService": "ray.io_rayservices.yaml",
+    "RayCluster": "ray.io_rayclusters.json",
+    "RayJob": "ray.io_rayjobs.json",
+    "RayService": "ray.io_rayservices.json",
 }
 RAY_KINDS = set(CRD_FILES)
+# KubeRay operator version -> the folder of CRD_DIR holding its CRDs.
+KUBERAY_CRDS = {
+    str(k): str(v) for k, v in yaml.safe_load((CRD_DIR / "versions.yaml").read_text()).items()
+}
+KUBERAY_VERSIONS = sorted(KUBERAY_CRDS, key=lambda v: tuple(map(int, v.split("."))))
+NEWEST_KUBERAY = KUBERAY_VERSIONS[-1]
 
 CI_FILES = sorted(CI_DIR.glob("*.yaml"))
 OVERLAYS = sorted((K8S / "values").glob("*.yaml"))
@@ -172,10 +181,10 @@ def _strict(schema: Any) -> Any:
 
 
 @functools.cache
-def crd_validator(kind: str) -> jsonschema.protocols.Validator:
-    path = (CRD_DIR / CRD_FILES[kind]).resolve()
+def _crd_validator(kind: str, folder: str) -> jsonschema.protocols.Validator:
+    path = (CRD_DIR / folder / CRD_FILES[kind]).resolve()
     assert path.is_file(), f"missing CRD reference file {path}"
-    crd = yaml.safe_load(path.read_text())
+    crd = json.loads(path.read_text())
     versions = {v["name"]: v for v in crd["spec"]["versions"]}
     schema = _strict(versions["v1"]["schema"]["openAPIV3Schema"])
     # OpenAPI v3 subset, read as Draft 7; x-kubernetes-* keywords are unknown and ignored,
@@ -187,8 +196,13 @@ def crd_validator(kind: str) -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
-def crd_errors(doc: dict[str, Any]) -> list[str]:
-    validator = crd_validator(doc["kind"])
+def crd_validator(kind: str, kuberay: str = NEWEST_KUBERAY) -> jsonschema.protocols.Validator:
+    """The strict validator of `kind` for KubeRay operator version `kuberay`."""
+    return _crd_validator(kind, KUBERAY_CRDS[kuberay])
+
+
+def crd_errors(doc: dict[str, Any], kuberay: str = NEWEST_KUBERAY) -> list[str]:
+    validator = crd_validator(doc["kind"], kuberay)
     return [
         f"{doc['kind']}/{doc['metadata']['name']}: "
         f"{'/'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
@@ -504,17 +518,132 @@ def test_render_is_well_formed(helm: str, values_file: Path | None) -> None:
     assert kinds & RAY_KINDS, f"no Ray resource rendered: {sorted(kinds)}"
 
 
+def kuberay_sets(version: str) -> tuple[str, ...]:
+    """The --set a release for KubeRay `version` needs: `kuberay.version`, and Ray token auth
+    off below 1.5.1 (no `authOptions` there; the chart refuses token mode)."""
+    sets = (f"kuberay.version={version}",)
+    if Version(version) < Version("1.5.1"):
+        sets += ("rayAuth.mode=disabled",)
+    return sets
+
+
+def supported_kuberay() -> SpecifierSet:
+    """The chart's declared operator range (Chart.yaml annotation)."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    return SpecifierSet(chart["annotations"]["hazard-cascade/kuberay-versions"])
+
+
+@pytest.mark.parametrize("kuberay", KUBERAY_VERSIONS)
 @pytest.mark.parametrize("values_file", SCENARIOS, ids=SCENARIO_IDS)
-def test_ray_resources_match_kuberay_crds(helm: str, values_file: Path | None) -> None:
-    docs = [d for d in render(helm, values_file) if d["kind"] in RAY_KINDS]
+def test_ray_resources_match_kuberay_crds(
+    helm: str, values_file: Path | None, kuberay: str
+) -> None:
+    """Every Ray object of every scenario, rendered for each supported operator version,
+    validates strictly against that version's CRDs (the jobs scenario's RayJobs included)."""
+    docs = [d for d in render(helm, values_file, *kuberay_sets(kuberay)) if d["kind"] in RAY_KINDS]
     assert docs
-    errors = [e for d in docs for e in crd_errors(d)]
+    errors = [e for d in docs for e in crd_errors(d, kuberay)]
     assert not errors, "\n".join(errors)
     for doc in docs:
         assert doc["apiVersion"] == "ray.io/v1"
         name = doc["metadata"]["name"]
         # KubeRay appends 6 characters for the RayCluster name (limit 53) and wants DNS-1035.
         assert len(name) <= 47 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
+
+
+def test_vendored_crds_cover_the_supported_kuberay_range() -> None:
+    """The chart's declared range, the vendored CRDs, the values' default and the operator
+    pinned in k8s/ agree: every vendored version is supported, the range's lowest version and
+    every minor line in it is vendored, the default and the pin are vendored versions."""
+    supported = supported_kuberay()
+    assert all(v in supported for v in KUBERAY_VERSIONS), (str(supported), KUBERAY_VERSIONS)
+    lower = [Version(s.version) for s in supported if s.operator == ">="]
+    upper = [Version(s.version) for s in supported if s.operator == "<"]
+    assert len(lower) == 1 and len(upper) == 1, str(supported)
+    assert str(lower[0]) in KUBERAY_CRDS
+    minors = {Version(v).release[:2] for v in KUBERAY_VERSIONS}
+    wanted = {(lower[0].major, m) for m in range(lower[0].minor, upper[0].minor)}
+    assert lower[0].major == upper[0].major and wanted <= minors, (wanted, minors)
+    assert "1.4.2" not in supported and "1.8.0" not in supported
+    default = yaml.safe_load((CHART / "values.yaml").read_text())["kuberay"]["version"]
+    assert default == NEWEST_KUBERAY
+    pinned = yaml.safe_load((K8S / "kuberay-operator-values.yaml").read_text())["image"]["tag"]
+    assert pinned.removeprefix("v") in KUBERAY_CRDS
+    for folder in set(KUBERAY_CRDS.values()):
+        assert (
+            (CRD_DIR / folder / "SOURCE").read_text().startswith(f"ray-project/kuberay v{folder} ")
+        )
+
+
+def _auth_options(docs: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"{d['kind']}/{d['metadata']['name']}"
+        for d in docs
+        if d["kind"] in RAY_KINDS and "authOptions" in _cluster_spec(d)
+    ]
+
+
+def test_older_kuberay_setting_leaves_out_fields_its_crds_lack(helm: str) -> None:
+    """KubeRay 1.5.0's CRDs lack `rayClusterConfig.authOptions`: the chart rendered for the
+    newest operator fails them (the check can fail), `kuberay.version=1.5.0` leaves the field
+    out of the RayService and every RayJob and then passes; 1.5.1 keeps it."""
+    jobs = CI_DIR / "jobs-values.yaml"
+    sets = ("serve.enabled=true",)
+    newest = [d for d in render(helm, jobs, *sets) if d["kind"] in RAY_KINDS]
+    assert {d["kind"] for d in newest} == {"RayService", "RayJob"}
+    assert len(_auth_options(newest)) == len(newest)
+    errors = [e for d in newest for e in crd_errors(d, "1.5.0")]
+    assert len(errors) == len(newest) and all("'authOptions' was unexpected" in e for e in errors)
+    old = [d for d in render(helm, jobs, *sets, *kuberay_sets("1.5.0")) if d["kind"] in RAY_KINDS]
+    assert [d["metadata"]["name"] for d in old] == [d["metadata"]["name"] for d in newest]
+    assert not _auth_options(old)
+    assert not [e for d in old for e in crd_errors(d, "1.5.0")]
+    kept = render(helm, jobs, *sets, *kuberay_sets("1.5.1"))
+    assert len(_auth_options(kept)) == len(newest)
+
+
+def go_duration_ok(text: str) -> bool:
+    """KubeRay's check of `ray.io/initializing-timeout` (utils.validateInitializingTimeout):
+    a positive Go `time.ParseDuration` value, else a positive integer of seconds."""
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    body = text[1:] if text[:1] in "+-" else text
+    parts = re.findall(r"(\d*\.?\d*)(ns|us|µs|μs|ms|s|m|h)", body)
+    if (
+        body
+        and "".join(n + u for n, u in parts) == body
+        and all(n not in ("", ".") for n, _ in parts)
+    ):
+        total = sum(float(n) * units[u] for n, u in parts)
+        return total > 0 and not text.startswith("-")
+    if body == "0":  # ParseDuration("0") is 0: not positive
+        return False
+    return bool(re.fullmatch(r"[+-]?\d+", text)) and int(text) > 0
+
+
+def test_initializing_timeout_annotation(helm: str) -> None:
+    """serve.initializingTimeout becomes KubeRay's `ray.io/initializing-timeout` annotation (empty
+    leaves it out); every value the chart accepts is one KubeRay accepts."""
+
+    def annotation(*sets: str) -> str | None:
+        (svc,) = [d for d in render(helm, None, *sets) if d["kind"] == "RayService"]
+        return (svc["metadata"].get("annotations") or {}).get("ray.io/initializing-timeout")
+
+    default = yaml.safe_load((CHART / "values.yaml").read_text())["serve"]["initializingTimeout"]
+    assert annotation() == default and go_duration_ok(default)
+    assert annotation("serve.initializingTimeout=1h30m") == "1h30m"
+    assert annotation("serve.initializingTimeout=") is None
+    for value in ["15m", "1h30m", "1.5h", "900", "90s", "0", "0s", "0m0s", "-5m", "5x", "m",
+                  "15 m", "1d"]:  # fmt: skip
+        proc = _run_helm(helm, "template", "t", str(CHART), "--set-string",
+                         f"serve.initializingTimeout={value}")  # fmt: skip
+        if proc.returncode == 0:
+            assert go_duration_ok(value), f"the chart accepts {value!r}, KubeRay would not"
+        else:
+            assert "initializingTimeout" in proc.stderr, proc.stderr
+    for good in ["15m", "1h30m", "900"]:
+        assert go_duration_ok(good)
+    for bad in ["0", "0s", "-5m", "5x", "15 m", "1d"]:
+        assert not go_duration_ok(bad), bad
 
 
 def test_crd_check_catches_typos() -> None:
@@ -935,6 +1064,19 @@ def test_unknown_values_key_fails_schema_validation(helm: str, setting: str, whe
         ),
         (["metrics.podMonitor.enabled=true"], "set networkPolicy.metricsFrom.enabled"),
         (["jobs.dataPrep.overrides[0]=seed='3'"], "/jobs/dataPrep/overrides/0"),
+        (
+            ["kuberay.version=1.4.2"],
+            "kuberay.version 1.4.2 is outside the KubeRay versions this chart supports (>=1.5.0",
+        ),
+        (["kuberay.version=1.8.0"], "kuberay.version 1.8.0 is outside the KubeRay versions"),
+        (["kuberay.version=1.7"], "/kuberay/version"),
+        (["kuberay.version=1.5.0"], "rayAuth.mode token needs KubeRay >= 1.5.1"),
+        (
+            ["serve.enabled=false", "jobs.stage1.enabled=true", "kuberay.version=1.5.0"],
+            "rayAuth.mode token needs KubeRay >= 1.5.1",
+        ),
+        (["serve.initializingTimeout=0m"], 'serve.initializingTimeout "0m" is zero'),
+        (["serve.initializingTimeout=5x"], "/serve/initializingTimeout"),
         (["volumes[0].name=m", "volumes[0].mountPath=/tmp/x"], "/volumes/0"),
     ],
 )
@@ -1414,6 +1556,66 @@ def test_k8s_operator_values_pin_kuberay_1_7() -> None:
     values = yaml.safe_load((K8S / "kuberay-operator-values.yaml").read_text())
     assert re.fullmatch(r"v1\.7\.\d+", values["image"]["tag"])
     assert "hazard-cascade" in values["watchNamespace"]
+
+
+# Values (dotted, fnmatch globs) in which the staging overlay, the first wave's canary, may differ
+# from prod-eu's: where the cluster is, and scale. Everything else (image, engine, dtype, upgrade
+# strategy, Serve and Ray settings) must be production's.
+STAGING_MAY_DIFFER = (
+    "s3.region",
+    "s3.endpointUrl",
+    "scratch.shmSizeLimit",
+    "serve.worker.replicas",
+    "serve.worker.minReplicas",
+    "serve.worker.maxReplicas",
+    "serve.worker.gpus",
+    "serve.worker.objectStoreMemory",
+    "serve.worker.resources.*",
+    "serve.app.args.ingress.num_replicas",
+    "serve.app.args.base_replicas.min_replicas",
+    "serve.app.args.base_replicas.max_replicas",
+    "serve.app.args.specialist_replicas.min_replicas",
+    "serve.app.args.specialist_replicas.max_replicas",
+)
+SCALE_DOWN = ("replicas", "minReplicas", "maxReplicas", "gpus", "num_replicas", "min_replicas",
+              "max_replicas")  # fmt: skip
+
+
+def test_staging_canary_runs_production_scaled_down(helm: str) -> None:
+    """The first wave runs what production runs: staging and prod-eu render the same images,
+    engine, dtype and upgrade strategy and differ only in STAGING_MAY_DIFFER, replica and GPU
+    counts no higher than prod's; neither overlay pins the image, so a release-wide
+    `--set image.tag` moves both."""
+    import fnmatch
+
+    staging, prod = K8S / "values" / "staging.yaml", K8S / "values" / "prod-eu.yaml"
+    for overlay in (staging, prod):
+        assert "image" not in (yaml.safe_load(overlay.read_text()) or {}), overlay
+    want, got = dict(leaves(merged_values(prod))), dict(leaves(merged_values(staging)))
+    differ = sorted(".".join(k) for k in set(want) | set(got) if want.get(k) != got.get(k))
+    allowed = [d for d in differ if any(fnmatch.fnmatchcase(d, g) for g in STAGING_MAY_DIFFER)]
+    assert differ == allowed, (
+        f"staging differs from prod-eu beyond scale: {set(differ) - set(allowed)}"
+    )
+    for path in differ:
+        key = tuple(path.split("."))
+        if key[-1] in SCALE_DOWN:
+            assert int(got[key]) <= int(want[key]), f"staging scales {path} up: {got[key]}"
+
+    def served(overlay: Path, *sets: str) -> tuple:
+        (svc,) = [d for d in render(helm, overlay, *sets) if d["kind"] == "RayService"]
+        args = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]["args"]
+        images = {c["image"] for _, t in pod_templates(svc) for c in t["spec"]["containers"]}
+        workers = _cluster_spec(svc)["workerGroupSpecs"][0]
+        gpus = int(workers["replicas"]) * ray_resources(workers)["GPU"]
+        return images, args["engine"], args["dtype"], svc["spec"]["upgradeStrategy"], gpus
+
+    *canary, canary_gpus = served(staging)
+    *production, production_gpus = served(prod)
+    assert canary == production and canary[1:] == ["vllm", "bfloat16", {"type": "NewCluster"}]
+    assert 0 < canary_gpus < production_gpus
+    moved = [served(o, "image.tag=0.2.0")[0] for o in (staging, prod)]
+    assert moved[0] == moved[1] == {"ghcr.io/hazard-cascade/hazard-cascade:0.2.0"}
 
 
 def test_k8s_clusters_list(helm: str) -> None:

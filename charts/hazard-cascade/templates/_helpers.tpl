@@ -401,8 +401,10 @@ template:
     {{- include "hazard-cascade.rayPodTemplate" . | nindent 4 }}
 {{- end }}
 
-{{/* authOptions of a RayCluster spec. */}}
+{{/* authOptions of a RayCluster spec; KubeRay's CRDs know it from 1.5.1 (kuberay.version). */}}
 {{- define "hazard-cascade.authOptions" -}}
+{{- if semverCompare ">=1.5.1" .Values.kuberay.version -}}
 authOptions:
   mode: {{ .Values.rayAuth.mode }}
+{{- end }}
 {{- end }}

@@ -42,6 +42,9 @@ Cross-field checks the JSON schema cannot express. Each failure names the values
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if and $s.initializingTimeout (regexMatch "^([0.]+(ns|us|µs|ms|s|m|h)?)+$" $s.initializingTimeout) }}
+{{- fail (printf "serve.initializingTimeout %q is zero: KubeRay rejects it; give a positive duration (e.g. 15m) or \"\" to disable" $s.initializingTimeout) }}
+{{- end }}
 {{- $upgrade := $s.upgradeStrategy }}
 {{- if eq $upgrade.type "NewClusterWithIncrementalUpgrade" }}
 {{- if not (default dict $upgrade.clusterUpgradeOptions).gatewayClassName }}
@@ -57,5 +60,16 @@ Cross-field checks the JSON schema cannot express. Each failure names the values
 {{- $v := .Values }}
 {{- if and $v.metrics.podMonitor.enabled $v.networkPolicy.enabled (not $v.networkPolicy.metricsFrom.enabled) }}
 {{- fail "metrics.podMonitor.enabled, but the NetworkPolicy blocks Ray's metrics port 8080: set networkPolicy.metricsFrom.enabled (and its selectors to your Prometheus)" }}
+{{- end }}
+{{- end }}
+
+{{- define "hazard-cascade.validate.kuberay" -}}
+{{- $v := .Values }}
+{{- $supported := index .Chart.Annotations "hazard-cascade/kuberay-versions" }}
+{{- if not (semverCompare $supported $v.kuberay.version) }}
+{{- fail (printf "kuberay.version %s is outside the KubeRay versions this chart supports (%s, Chart.yaml annotation hazard-cascade/kuberay-versions): upgrade the operator or use a chart release that supports it" $v.kuberay.version $supported) }}
+{{- end }}
+{{- if and (eq $v.rayAuth.mode "token") (semverCompare "<1.5.1" $v.kuberay.version) }}
+{{- fail (printf "rayAuth.mode token needs KubeRay >= 1.5.1 (authOptions), but kuberay.version is %s: upgrade the operator, or set rayAuth.mode disabled (Ray's dashboard and Jobs API then run without token auth)" $v.kuberay.version) }}
 {{- end }}
 {{- end }}
