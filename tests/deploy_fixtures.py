@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -64,6 +65,7 @@ class _Server:
                 self.body = body
                 with owner.lock:
                     owner.requests.append((method, url.path, dict(self.headers), body))
+                    owner.times.append(time.monotonic())
                     status, payload = owner.handle(method, url.path, parse_qs(url.query), self)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -89,6 +91,7 @@ class _Server:
 
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str, dict, bytes]] = []
+        self.times: list[float] = []  # time.monotonic() of each request
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
@@ -126,8 +129,10 @@ def rayservice(
     app_status: str = "RUNNING",
     cluster: str = f"{RELEASE}-abcde",
     pending: str = "",
+    pending_app_status: str = "DEPLOYING",
 ) -> dict:
-    """A RayService object as KubeRay 1.7 writes its status."""
+    """A RayService object as KubeRay 1.7 writes its status (`pending`: the new cluster of a
+    blue/green upgrade, its app in `pending_app_status`)."""
     upgrade_reason = "BothActivePendingClustersExist" if upgrading == "True" else "NoPendingCluster"
     return {
         "apiVersion": "ray.io/v1",
@@ -157,7 +162,12 @@ def rayservice(
                 "rayClusterName": cluster,
                 "applicationStatuses": {APP: {"status": app_status, "message": ""}},
             },
-            "pendingServiceStatus": {"rayClusterName": pending} if pending else {},
+            "pendingServiceStatus": {
+                "rayClusterName": pending,
+                "applicationStatuses": {APP: {"status": pending_app_status, "message": ""}},
+            }
+            if pending
+            else {},
         },
     }
 
@@ -526,14 +536,16 @@ def release_key(context: str, namespace: str, release: str) -> str:
 
 
 def release_state(state: Path, context: str) -> str:
-    """"live", "rolled back" (the deployed revision is a `helm rollback`) or "gone" (uninstalled
+    """ "live", "rolled back" (the deployed revision is a `helm rollback`) or "gone" (uninstalled
     after the stand-in saw it) for the release on `context`, from the helm stand-in's state."""
     data = json.loads(state.read_text())
     if context in data.get("uninstalled", []):
         return "gone"
     revisions = data["releases"].get(release_key(context, NAMESPACE, RELEASE), [])
     deployed = [r for r in revisions if r["status"] == "deployed"]
-    return "rolled back" if deployed and deployed[-1]["description"].startswith("Rollback") else "live"
+    return (
+        "rolled back" if deployed and deployed[-1]["description"].startswith("Rollback") else "live"
+    )
 
 
 def seed_release(state: Path, context: str, revisions: int, tag: str = "0.1.0") -> None:

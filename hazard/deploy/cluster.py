@@ -206,6 +206,10 @@ class KubeReader:
         self.namespace = namespace
         self._api: client.ApiClient | None = None
 
+    def api(self) -> client.ApiClient:
+        """The API client of this kube context (for the writers: the rollout's Lease)."""
+        return self._client()
+
     def _client(self) -> client.ApiClient:
         if self._api is None:
             try:
@@ -273,3 +277,27 @@ class KubeReader:
                 events.append(EventInfo(when, obj, e.reason or "", e.message or ""))
         events.sort(key=lambda e: e.time)
         return events if limit is None else events[-limit:]
+
+    def deployment(self, namespace: str, name: str) -> DeploymentInfo:
+        """A Deployment's container images and labels (its own, then its pod template's), in
+        any namespace (the KubeRay operator's); KubeError with the HTTP status on failure."""
+        api = client.AppsV1Api(self._client())
+        try:
+            dep = api.read_namespaced_deployment(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT_S
+            )
+        except (ApiException, HTTPError, ValueError) as exc:
+            raise _api_error(exc, f"get deployment {namespace}/{name}") from exc
+        template = dep.spec.template
+        return DeploymentInfo(
+            images={c.name: c.image for c in template.spec.containers},
+            labels={**(template.metadata.labels or {}), **(dep.metadata.labels or {})},
+        )
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """What `KubeReader.deployment` reads: container name -> image, and labels."""
+
+    images: dict[str, str]
+    labels: dict[str, str]

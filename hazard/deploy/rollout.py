@@ -197,7 +197,6 @@ def deploy_cluster(
     report = report or ClusterReport(target.name, target.cluster.wave)
     start, started_at = time.monotonic(), datetime.now(UTC).replace(microsecond=0)
     report.started_at = started_at.isoformat()
-    sets = [*sets, *target.cluster.sets]
 
     def finish(outcome: str | None, code: Exit) -> tuple[ClusterReport, Exit]:
         report.outcome = outcome or report.outcome

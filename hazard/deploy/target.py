@@ -66,11 +66,15 @@ class ClusterTarget:
     def deployed_revision(self) -> int | None:
         return self.helm.deployed_revision()
 
+    def sets(self, sets: list[str]) -> list[str]:
+        """The global `--set`s, then the cluster's own `set:` (conflicts are refused earlier)."""
+        return [*sets, *self.cluster.sets]
+
     def upgrade_argv(self, sets: list[str]) -> list[str]:
         """The `helm upgrade --install` command line `upgrade` runs (for the dry run's plan)."""
         p = self.plan
         return self.helm.argv(
-            *self.helm.upgrade_args(p.chart, p.chart_version, self.cluster.values, sets)
+            *self.helm.upgrade_args(p.chart, p.chart_version, self.cluster.values, self.sets(sets))
         )
 
     def upgrade(
@@ -79,12 +83,15 @@ class ClusterTarget:
         """Upgrade; returns the new revision, the RayServices (with their apps) it applied and
         the models (role -> name, version) those apps must serve (`served_models`)."""
         p = self.plan
-        revision, manifest = self.helm.upgrade(p.chart, p.chart_version, self.cluster.values, sets)
+        revision, manifest = self.helm.upgrade(
+            p.chart, p.chart_version, self.cluster.values, self.sets(sets)
+        )
         return revision, rayservices(manifest), served_models(manifest)
 
     def render(self, sets: list[str], upgrade: bool) -> str:
         p = self.plan
-        return self.helm.template(p.chart, p.chart_version, self.cluster.values, sets, upgrade)
+        values = self.cluster.values
+        return self.helm.template(p.chart, p.chart_version, values, self.sets(sets), upgrade)
 
     def deployed_manifest(self) -> str:
         return self.helm.manifest()

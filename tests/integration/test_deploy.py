@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = str(REPO / "charts" / "hazard-cascade")
 SMOKE_PNG = (REPO / "hazard" / "deploy" / "smoke.png").read_bytes()
 KEY_ENV, KEY = "HC_DEPLOY_TEST_KEY", "test-key-123"
-CONTEXTS = {"staging": "hazard-staging", "prod-eu": "hazard-prod-eu"}
+CONTEXTS = {"staging": "hazard-staging", "prod-eu": "hazard-prod-eu", "prod-us": "hazard-prod-us"}
 
 
 @dataclass
@@ -55,6 +55,16 @@ class Rig:
 
     def key(self, cluster: str) -> str:
         return f"{CONTEXTS[cluster]}/{NAMESPACE}/{RELEASE}"
+
+    def close(self) -> None:
+        for server in [*self.kube.values(), *self.serve.values()]:
+            server.close()
+
+    def edit(self, **changes) -> None:
+        """Set top-level keys of the clusters file."""
+        raw = yaml.safe_load(self.clusters_file.read_text())
+        raw.update(changes)
+        self.clusters_file.write_text(yaml.safe_dump(raw, sort_keys=False))
 
     def timeouts(self, running: float | None = None, health: float | None = None) -> None:
         """Shorten the gate a test expects to time out (passing gates return at once anyway)."""
@@ -77,58 +87,57 @@ def upgrade(rig: Rig, cluster: str, *sets: str) -> list[str]:
     )  # fmt: skip
 
 
-@pytest.fixture
-def rig(tmp_path: Path, monkeypatch):
-    """Two clusters (staging, prod-eu), each with an API server and a serving app; a helm on
-    PATH; a clusters file with 20 ms poll intervals. Scripts are set by each test."""
-    kube = {name: KubeStandIn(token=f"token-{name}") for name in CONTEXTS}
-    serve = {name: ServeStandIn(KEY, readyz=[200]) for name in CONTEXTS}
+def make_rig(tmp_path: Path, monkeypatch, names: list[str], waves: list[dict] | None = None) -> Rig:
+    """Clusters `names`, each with an API server and a serving app; a helm on PATH; a clusters
+    file with 20 ms poll intervals (and `waves` when given). Scripts are set by each test."""
+    kube = {name: KubeStandIn(token=f"token-{name}") for name in names}
+    serve = {name: ServeStandIn(KEY, readyz=[200]) for name in names}
     values = {}
-    for name in CONTEXTS:
+    for name in names:
         values[name] = tmp_path / "values" / f"{name}.yaml"
         values[name].parent.mkdir(exist_ok=True)
         values[name].write_text(yaml.safe_dump({"s3": {"region": f"region-{name}"}}))
-    clusters_file = tmp_path / "clusters.yaml"
-    clusters_file.write_text(
-        yaml.safe_dump(
+    spec = {
+        "chart": CHART,
+        "release": RELEASE,
+        "helmDriver": "configmap",
+        "serveRunning": {"timeoutSeconds": 30, "intervalSeconds": 0.02},
+        "healthGate": {"timeoutSeconds": 30, "intervalSeconds": 0.02, "successesRequired": 3},
+        "smoke": {"apiKeyEnv": KEY_ENV, "timeoutSeconds": 5},
+        "clusters": [
             {
-                "chart": CHART,
-                "release": RELEASE,
-                "helmDriver": "configmap",
-                "serveRunning": {"timeoutSeconds": 30, "intervalSeconds": 0.02},
-                "healthGate": {
-                    "timeoutSeconds": 30,
-                    "intervalSeconds": 0.02,
-                    "successesRequired": 3,
-                },
-                "smoke": {"apiKeyEnv": KEY_ENV, "timeoutSeconds": 5},
-                "clusters": [
-                    {
-                        "name": name,
-                        "context": ctx,
-                        "namespace": NAMESPACE,
-                        "values": f"values/{name}.yaml",
-                        "serviceUrl": serve[name].url,
-                    }
-                    for name, ctx in CONTEXTS.items()
-                ],
-            },
-            sort_keys=False,
-        )
-    )
+                "name": name,
+                "context": CONTEXTS[name],
+                "namespace": NAMESPACE,
+                "values": f"values/{name}.yaml",
+                "serviceUrl": serve[name].url,
+            }
+            for name in names
+        ],
+    }
+    if waves:
+        spec["waves"] = waves
+    clusters_file = tmp_path / "clusters.yaml"
+    clusters_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     kubeconfig = write_kubeconfig(
         tmp_path / "kubeconfig", {CONTEXTS[n]: s for n, s in kube.items()}
     )
     state, log = tmp_path / "helm-state.json", tmp_path / "helm-calls.jsonl"
     for var, value in install_helm(tmp_path / "bin", state, log).items():
         monkeypatch.setenv(var, value)
-    for name, ctx in CONTEXTS.items():  # both follow the helm stand-in's rollbacks
-        kube[name].helm = serve[name].helm = (state, ctx)
+    for name in names:  # both follow the helm stand-in's rollbacks
+        kube[name].helm = serve[name].helm = (state, CONTEXTS[name])
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv(KEY_ENV, KEY)
-    yield Rig(tmp_path, clusters_file, state, log, kube, serve, values)
-    for server in [*kube.values(), *serve.values()]:
-        server.close()
+    return Rig(tmp_path, clusters_file, state, log, kube, serve, values)
+
+
+@pytest.fixture
+def rig(tmp_path: Path, monkeypatch):
+    """Two clusters (staging, prod-eu), one wave each."""
+    rig = make_rig(tmp_path, monkeypatch, ["staging", "prod-eu"])
+    yield rig
+    rig.close()
 
 
 def deploy(rig: Rig, *args: str) -> int:
@@ -165,7 +174,7 @@ def test_rollout_over_two_clusters_upgrades_both_in_order(rig: Rig, capsys):
     out = capsys.readouterr().out
 
     assert code == 0, out
-    for cluster in CONTEXTS:
+    for cluster in rig.kube:
         assert rig.calls(cluster) == [
             helm(cluster, "history", RELEASE, "--output", "json"),
             upgrade(rig, cluster, "image.tag=0.2.0"),
@@ -180,9 +189,9 @@ def test_rollout_over_two_clusters_upgrades_both_in_order(rig: Rig, capsys):
     )
     assert rig.serve["staging"].paths("GET").count("/readyz") == 5
     assert rig.serve["prod-eu"].paths("GET").count("/readyz") == 3
-    for cluster in CONTEXTS:  # the version gate: 3 answers in a row naming the rendered versions
+    for cluster in rig.kube:  # the version gate: 3 answers in a row naming the rendered versions
         assert rig.serve[cluster].paths("GET").count("/v1/models") == 3
-    for cluster in CONTEXTS:  # one smoke request each, the bundled image, with the key
+    for cluster in rig.kube:  # one smoke request each, the bundled image, with the key
         (upload,) = rig.serve[cluster].uploads()
         assert SMOKE_PNG in upload
     assert rig.kube["staging"].rayservice_gets() >= 3

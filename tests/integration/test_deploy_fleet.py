@@ -1,0 +1,251 @@
+"""`hazard deploy` fleet policy against the stand-ins: waves with parallel clusters and soak,
+failing fast, verified rollback, per-cluster `set:`, the JSON report and `--resume`.
+
+The same rig as test_deploy.py (real `kubernetes` client and HTTP, helm stand-in on PATH);
+timeouts and intervals are fractions of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy_fixtures import (
+    RELEASE,
+    rayservice,
+    releases,
+    seed_release,
+)
+from tests.integration.test_deploy import CONTEXTS, Rig, deploy, helm, make_rig, row, upgrade
+
+FLEET = ["staging", "prod-eu", "prod-us"]
+WAVES = [
+    {"name": "canary", "clusters": ["staging"], "soakSeconds": 0.4},
+    {"name": "prod", "clusters": ["prod-eu", "prod-us"], "maxParallel": 2},
+]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, monkeypatch):
+    """Three clusters in two waves: staging (soak 0.4 s), then prod-eu and prod-us together."""
+    rig = make_rig(tmp_path, monkeypatch, FLEET, WAVES)
+    for n, name in enumerate(FLEET):
+        seed_release(rig.state, CONTEXTS[name], revisions=3 + n)
+        rig.kube[name].script(RELEASE, rayservice(generation=9, observed=9))
+    yield rig
+    rig.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, monkeypatch):
+    rig = make_rig(tmp_path, monkeypatch, ["staging"])
+    seed_release(rig.state, CONTEXTS["staging"], revisions=4)
+    yield rig
+    rig.close()
+
+
+def upgraded_at(rig: Rig, cluster: str) -> int:
+    """Index of `cluster`'s `helm upgrade` among all helm calls."""
+    calls = rig.calls()
+    return next(i for i, c in enumerate(calls) if c[1] == "upgrade" and CONTEXTS[cluster] in c)
+
+
+def test_two_waves_the_second_in_parallel_after_the_canary_soaked(fleet: Rig, capsys):
+    # each prod cluster needs 12 readiness answers (9 x 503 first): long enough to overlap
+    for name in ("prod-eu", "prod-us"):
+        fleet.serve[name].readyz = [503] * 9 + [200]
+    report = fleet.dir / "out" / "rollout.json"
+
+    code = deploy(fleet, "--set", "image.tag=0.2.0", "--report", str(report))
+    out = capsys.readouterr().out
+
+    assert code == 0, out
+    # the canary's upgrade, gates and soak all came before either prod cluster started
+    soak_end = max(fleet.serve["staging"].times)
+    first_prod = min(fleet.kube[n].times[0] for n in ("prod-eu", "prod-us"))
+    assert soak_end < first_prod
+    assert upgraded_at(fleet, "staging") < min(
+        upgraded_at(fleet, "prod-eu"), upgraded_at(fleet, "prod-us")
+    )
+    # the soak kept checking both /readyz and /v1/models after the gates (3 + 3 + >= 2 rounds)
+    staging = fleet.serve["staging"].paths("GET")
+    assert staging.count("/readyz") >= 5 and staging.count("/v1/models") >= 5
+    # prod-eu and prod-us ran at the same time: each one's requests span the other's start
+    eu, us = fleet.serve["prod-eu"].times, fleet.serve["prod-us"].times
+    assert eu[0] < us[-1] and us[0] < eu[-1]
+    doc = json.loads(report.read_text())
+    assert doc["exit"] == {"code": 0, "name": "OK"}
+    assert doc["sets"] == ["image.tag=0.2.0"]
+    assert [w["clusters"] for w in doc["waves"]] == [["staging"], ["prod-eu", "prod-us"]]
+    expected_revisions = {"staging": (3, 4), "prod-eu": (4, 5), "prod-us": (5, 6)}
+    for name, (before, after) in expected_revisions.items():
+        c = doc["clusters"][name]
+        assert (c["before"], c["after"], c["outcome"]) == (before, after, "upgraded")
+        steps = ["upgrade", "running", "health", "version", "smoke"]
+        assert list(c["steps"]) == steps + (["soak"] if name == "staging" else [])
+        assert all(s["ok"] for s in c["steps"].values())
+    assert doc["clusters"]["staging"]["steps"]["soak"]["seconds"] >= 0.4
+    assert "== wave prod: prod-eu, prod-us (up to 2 at once, soak 0s)" in out
+    for name in FLEET:
+        assert releases(fleet.state)[fleet.key(name)][-1]["status"] == "deployed"
+
+
+def test_deploy_failed_rolls_back_within_the_fail_fast_bound(rig: Rig, capsys):
+    """The new cluster's app is DEPLOY_FAILED: no waiting out the 30 s status timeout."""
+    failing = rayservice(
+        generation=5, observed=5, upgrading="True", pending="hc-new",
+        pending_app_status="DEPLOY_FAILED",
+    )  # fmt: skip
+    rig.kube["staging"].script(RELEASE, failing)
+    rig.edit(failFast={"seconds": 0.5})
+
+    start = time.monotonic()
+    code = deploy(rig, "--set", "image.tag=0.2.0")
+    elapsed = time.monotonic() - start
+    out = capsys.readouterr().out
+
+    assert code == 3, out
+    assert elapsed < 10  # the status gate's timeout is 30 s
+    assert re.search(
+        r"^staging running: failing for [01]s \(failFast 0\.5s\): hazard-cascade: app "
+        r"hazard-cascade DEPLOY_FAILED \(pending cluster hc-new\)$",
+        out,
+        re.M,
+    )
+    assert rig.calls("staging")[-3][1:4] == ["rollback", RELEASE, "4"]
+    assert row(out, "staging").endswith("rolled back to revision 4, healthy")
+
+
+def test_a_brief_failing_state_shorter_than_the_bound_does_not_roll_back(rig: Rig, capsys):
+    blip = rayservice(generation=5, observed=5, app_status="UNHEALTHY")
+    rig.kube["staging"].script(RELEASE, blip, blip, blip, rayservice(generation=5, observed=5))
+    rig.edit(failFast={"seconds": 5})
+
+    code = deploy(rig)
+    out = capsys.readouterr().out
+
+    assert code == 0, out
+    assert "app hazard-cascade UNHEALTHY" in out
+
+
+def test_a_new_pods_crash_loop_fails_fast_and_other_pods_are_ignored(rig: Rig, capsys):
+    upgrading = rayservice(generation=5, observed=5, upgrading="True", pending="hc-new")
+    rig.kube["staging"].script(RELEASE, upgrading)
+    rig.kube["staging"].warnings = [
+        ("batch-job-x", "BackOff", "Back-off restarting failed container main"),
+        ("hc-new-head-8x2kq", "BackOff", "Back-off restarting failed container ray-head"),
+        ("hc-new-gpu-worker-q1", "Failed", "Error: ImagePullBackOff"),
+    ]
+    rig.edit(failFast={"seconds": 0})
+
+    code = deploy(rig)
+    out = capsys.readouterr().out
+
+    assert code == 3, out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("staging running: ")]
+    assert line == (
+        "staging running: failing for 0s (failFast 0s): "
+        "Pod/hc-new-gpu-worker-q1 Failed: Error: ImagePullBackOff; "
+        "Pod/hc-new-head-8x2kq BackOff: Back-off restarting failed container ray-head"
+    )
+
+
+def test_a_rollback_whose_gates_fail_exits_6(rig: Rig, capsys):
+    rig.kube["staging"].script(RELEASE, rayservice(generation=5, observed=5))
+    rig.serve["staging"].answer = {"risk_level": "low_risk"}  # the smoke fails
+    rig.serve["staging"].after_rollback["readyz"] = [503]  # and the old version is down too
+    rig.timeouts(health=0.5)
+
+    code = deploy(rig)
+    out = capsys.readouterr().out
+
+    assert code == 6, out
+    assert row(out, "staging").endswith("rolled back to revision 4, NOT healthy (rollback-health)")
+    assert "staging rollback-health: 0/3 in a row after" in out
+    assert "exit 6  a cluster was rolled back but the previous version did not pass" in out
+
+
+def test_a_global_set_conflicting_with_a_cluster_set_is_refused(rig: Rig, capsys):
+    raw = yaml.safe_load(rig.clusters_file.read_text())
+    raw["clusters"][0]["set"] = {"image.tag": "0.2.0-canary", "serve.app.args.dtype": "bfloat16"}
+    rig.clusters_file.write_text(yaml.safe_dump(raw))
+
+    assert deploy(rig, "--set", "image.tag=0.2.0") == 2
+    err = capsys.readouterr().err
+    assert "--set image.tag=0.2.0 conflicts with clusters.staging.set image.tag=0.2.0-canary" in err
+    assert rig.calls("staging") == []
+
+    rig.kube["staging"].script(RELEASE, rayservice(generation=5, observed=5))
+    assert deploy(rig, "--set", "s3.region=eu-west-1") == 0, capsys.readouterr().out
+    sets = ["s3.region=eu-west-1", "image.tag=0.2.0-canary", "serve.app.args.dtype=bfloat16"]
+    assert rig.calls("staging")[1] == upgrade(rig, "staging", *sets)
+
+
+def test_resume_continues_a_stopped_rollout_from_its_report(fleet: Rig, capsys):
+    fleet.edit(waves=[{**w, "maxParallel": 1} for w in WAVES])
+    fleet.serve["prod-eu"].readyz = [503]  # prod-eu fails its health gate
+    fleet.timeouts(health=0.5)
+    report = fleet.dir / "rollout.json"
+
+    code = deploy(fleet, "--set", "image.tag=0.2.0", "--report", str(report))
+    out = capsys.readouterr().out
+
+    assert code == 3, out
+    doc = json.loads(report.read_text())
+    outcomes = {n: (c["outcome"], c["after"]) for n, c in doc["clusters"].items()}
+    assert outcomes == {
+        "staging": ("upgraded", 4),
+        "prod-eu": ("rolled back to revision 4, healthy", 6),
+        "prod-us": ("not started: the rollout stopped", None),
+    }
+    assert "left upgraded by this stopped rollout: staging (revision 4)" in out
+
+    assert deploy(fleet, "--set", "image.tag=0.3.0", "--resume", str(report)) == 2
+    assert "a resumed rollout must deploy the same values" in capsys.readouterr().err
+
+    fleet.serve["prod-eu"].readyz = [200]  # fixed
+    calls_before = len(fleet.calls())
+    code = deploy(fleet, "--set", "image.tag=0.2.0", "--resume", str(report))
+    out = capsys.readouterr().out
+
+    assert code == 0, out
+    resumed = fleet.calls()[calls_before:]
+    assert helm("staging", "history", RELEASE, "--output", "json") in resumed
+    assert not [c for c in resumed if c[1] == "upgrade" and CONTEXTS["staging"] in c]
+    assert [c[-1] for c in resumed if c[1] == "upgrade"] == ["hazard-prod-eu", "hazard-prod-us"]
+    doc = json.loads(report.read_text())
+    assert doc["clusters"]["staging"]["outcome"] == "upgraded (earlier run, revision 4)"
+    assert {n: c["after"] for n, c in doc["clusters"].items()} == {
+        "staging": 4, "prod-eu": 7, "prod-us": 6,
+    }  # fmt: skip
+    assert doc["exit"]["code"] == 0
+
+
+def test_dry_run_prints_each_value_that_differs_from_the_last_wave(fleet: Rig, capsys):
+    fleet.values["staging"].write_text(
+        yaml.safe_dump({"s3": {"region": "eu-west-1"}, "serve": {"worker": {"replicas": 1}}})
+    )
+    fleet.values["prod-eu"].write_text(
+        yaml.safe_dump({"s3": {"region": "eu-west-1"}, "serve": {"worker": {"replicas": 4}}})
+    )
+    raw = yaml.safe_load(fleet.clusters_file.read_text())
+    raw["clusters"][0]["set"] = {"serve.app.args.engine": "vllm"}
+    fleet.clusters_file.write_text(yaml.safe_dump(raw))
+
+    code = deploy(fleet, "--dry-run", "--set", "image.tag=0.2.0")
+    out = capsys.readouterr().out
+
+    assert code == 0, out
+    lines = out.splitlines()
+    start = lines.index("[staging] values that differ from prod-eu (last wave prod):")
+    assert lines[start + 1 : start + 3] == [
+        "  serve.app.args.engine: vllm (prod-eu: (chart default))",
+        "  serve.worker.replicas: 1 (prod-eu: 4)",
+    ]
+    assert "[prod-eu] values that differ" not in out  # the last wave is the reference
+    assert "  canary: staging (up to 1 at once, soak 0.4s;" in out
