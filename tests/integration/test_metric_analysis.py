@@ -1,0 +1,370 @@
+"""Metric analysis against a real Prometheus (Debian's `prometheus`) scraping a real local
+`hazard serve`, upgraded in place version after version as KubeRay upgrades a RayService's
+Serve config: the baseline is read on version 1, then a good version passes, a version whose
+base bundle lets a photo overflow the sequence budget (500s) breaches the error ratio, and a
+version that holds each batch 0.6 s breaches the p99 latency.
+
+Every value is checked against what the test sent. Each version's series exist before its
+window opens and every request of it lands inside, so `increase()` scales each counter's true
+count by an extrapolation factor in [1, W_ext / W_sampled] (`rate_tolerance`), and ratios and
+quantiles stay within that factor of the exact figures.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import ray
+import yaml
+from serve_fixtures import b64, free_port, fusion, image_bytes, make_bundle
+
+from hazard.demo.local_ray import stop_process_group
+from hazard.deploy.analysis import (
+    MetricAnalysis,
+    PrometheusError,
+    analyse,
+    baseline,
+    query,
+)
+from hazard.serve_file import APP_NAME
+from serve.metrics import LATENCY_BOUNDS_S
+from tests.prometheus_fixtures import (
+    SCRAPE_INTERVAL_S,
+    prometheus_binary,
+    prometheus_server,
+    wait_for_value,
+)
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "analysis-key-" + os.urandom(8).hex()
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+BUDGET = 112 * 112
+SMALL = image_bytes((64, 48), (200, 30, 30))
+# 2240 x 1680 needs 80 x 60 = 4,800 image tokens at full size: over the engine's 4,096-token
+# sequence budget unless the bundle's max_pixels downscales it (the good bundles: to BUDGET).
+BIG = image_bytes((2240, 1680), (30, 30, 200))
+LABELS = {"application": APP_NAME}
+MIN_WINDOW_S = 20
+SCORE_ROUTE = f'application="{APP_NAME}",route="/v1/score"'
+HAZARD = str(Path(sys.executable).with_name("hazard"))
+
+
+@dataclass
+class Sent:
+    """What one version's measured traffic got back, and the window that holds it."""
+
+    statuses: list[int]
+    latencies_s: list[float]  # each 200's latency_ms: the `total` stage value it observed
+    start: float
+    at: float
+
+    @property
+    def window(self) -> int:
+        return math.ceil(self.at - self.start)
+
+
+class Stack:
+    """Ray with its metrics exported, Prometheus scraping them, and `hazard serve` processes
+    each deploying one version of the app (the latest replaces the one before)."""
+
+    def __init__(self, tmp: Path, root: str, port: int, prom: str, bundles: dict[str, Path]):
+        self.tmp, self.root, self.port, self.prom, self.bundles = tmp, root, port, prom, bundles
+        self.procs: list[subprocess.Popen] = []
+
+    def deploy(self, version: str, base: str = "good", **overrides) -> None:
+        """`hazard serve` of a config naming `version`; returns when /v1/models serves it."""
+        cfg = {
+            "base": {"name": "b", "version": version, "model_uri": str(self.bundles[base])},
+            "specialist": {"name": "s", "version": "1", "model_uri": str(self.bundles["spec"])},
+            "auth": "api_key",
+            "ingress": {"num_cpus": 0.05},
+            "base_replicas": {"num_cpus": 0.1},
+            "specialist_replicas": {"num_cpus": 0.1},
+            "health_check_period_s": 60,  # its probes' forwards do not join measured batches
+            **overrides,
+        }
+        path = self.tmp / f"serve-{version}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        env = dict(
+            os.environ,
+            HAZARD_API_KEY=API_KEY,
+            RAY_ADDRESS=ray.get_runtime_context().gcs_address,
+        )
+        log = (self.tmp / f"serve-{version}.log").open("w")
+        self.procs.append(
+            subprocess.Popen(
+                [HAZARD, "serve", "--config", str(path), "--port", str(self.port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.procs[-1].poll() is not None:
+                pytest.fail(
+                    f"hazard serve exited: {(self.tmp / f'serve-{version}.log').read_text()}"
+                )
+            try:
+                models = httpx.get(f"{self.root}/v1/models", headers=AUTH, timeout=5).json()
+                if {m.get("role"): m.get("version") for m in models["models"]}.get(
+                    "base"
+                ) == version:
+                    return
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                pass
+            time.sleep(1)
+        pytest.fail(f"version {version} not served within 180 s")
+
+    def ingress_replicas(self) -> set[str]:
+        """`replica` label values of the app's /v1/score request counters in Prometheus."""
+        resp = httpx.get(
+            f"{self.prom}/api/v1/series",
+            params={"match[]": f"ray_hazard_requests_total{{{SCORE_ROUTE}}}"},
+            timeout=10,
+        )
+        return {s["replica"] for s in resp.json()["data"] if "replica" in s}
+
+    def requests_seen(self, replica: str) -> str:
+        """PromQL of the /v1/score requests counted by one ingress replica."""
+        return f'sum(ray_hazard_requests_total{{{SCORE_ROUTE},replica="{replica}"}})'
+
+    def measure(self, images: list[bytes], concurrent: bool = False) -> Sent:
+        """Prime the new version's series (one SMALL, one BIG), open the window once Prometheus
+        holds them, send `images` (sequentially, or all at once), close the window once it
+        holds every request."""
+        before = self.ingress_replicas()
+        primed = [self._score(SMALL), self._score(BIG)]
+        # the new ingress replica's series: the one Prometheus did not hold before priming
+        deadline = time.monotonic() + 60
+        while not (new := self.ingress_replicas() - before) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(new) == 1, (before, new)
+        seen = self.requests_seen(new.pop())
+        wait_for_value(self.prom, seen, lambda v: v == len(primed))
+        time.sleep(1.2 * SCRAPE_INTERVAL_S)  # no sample of the window predates the priming
+        start = time.time()
+        time.sleep(1.5 * SCRAPE_INTERVAL_S)  # a sample inside the window before the traffic
+        if concurrent:
+            with ThreadPoolExecutor(len(images)) as pool:
+                responses = list(pool.map(self._score, images))
+        else:
+            responses = [self._score(png) for png in images]
+        wait_for_value(self.prom, seen, lambda v: v == len(primed) + len(images))
+        time.sleep(1.5 * SCRAPE_INTERVAL_S)  # a sample inside the window after the traffic
+        time.sleep(max(0.0, start + MIN_WINDOW_S - time.time()))  # a tolerance of <= 12%
+        ok = [r.json()["latency_ms"] / 1000 for r in responses if r.status_code == 200]
+        return Sent([r.status_code for r in responses], ok, start, time.time())
+
+    def _score(self, png: bytes) -> httpx.Response:
+        return httpx.post(
+            f"{self.root}/v1/score", json={"image": b64(png)}, headers=AUTH, timeout=120
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_model_path):
+    prometheus_binary()  # skip before starting anything when it is not installed
+    tmp = tmp_path_factory.mktemp("analysis")
+    spec = fusion(0.0)  # always consult the specialist: escalation rate 1
+    bundles = {
+        "good": make_bundle(tiny_model_path, tmp / "good", "b", "1", "base", max_pixels=BUDGET),
+        # no downscale worth the name: BIG needs more tokens than the sequence budget
+        "overflow": make_bundle(
+            tiny_model_path, tmp / "overflow", "b", "3", "base", max_pixels=4_000_000
+        ),
+        "spec": make_bundle(
+            tiny_model_path, tmp / "spec", "s", "1", "specialist", fusion=spec, max_pixels=BUDGET
+        ),
+    }
+    metrics_port = free_port()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
+    try:
+        with prometheus_server(tmp / "prometheus", [f"127.0.0.1:{metrics_port}"]) as prom:
+            port = free_port()
+            s = Stack(tmp, f"http://127.0.0.1:{port}", port, prom, bundles)
+            try:
+                s.deploy("1")
+                yield s
+            finally:
+                for proc in s.procs:
+                    stop_process_group(proc, term_wait_s=10, kill_wait_s=5)
+    finally:
+        ray.shutdown()
+
+
+def policy(window: int, **overrides) -> MetricAnalysis:
+    """The tests' policy: 8 requests are enough traffic; absolute and baseline limits."""
+    return MetricAnalysis.model_validate(
+        {
+            "windowSeconds": window,
+            "labels": LABELS,
+            "minRequests": 8,
+            "errorRatio": {"max": 0.05, "maxIncrease": 0.02},
+            "refusalRatio": {"max": 0.05},
+            "p99Latency": {"maxRatio": 2.0},
+            "escalationRate": {"maxIncrease": 0.1, "maxDecrease": 0.1},
+            **overrides,
+        }
+    )
+
+
+def rate_tolerance(window: int) -> float:
+    """The largest factor `increase()` can scale a count by here: the samples inside a
+    `window`-second range span at least window - 2 scrape intervals, and Prometheus
+    extrapolates each end by at most 1.1 average intervals."""
+    i = SCRAPE_INTERVAL_S
+    return (window + 0.2 * i) / (window - 2 * i)
+
+
+def histogram_quantile(q: float, observations: list[float]) -> float:
+    """Prometheus's histogram_quantile over LATENCY_BOUNDS_S buckets holding `observations`:
+    linear interpolation inside the bucket where the rank q x count falls."""
+    bounds = [*LATENCY_BOUNDS_S, math.inf]
+    cumulative = [sum(v <= b for v in observations) for b in bounds]
+    rank = q * cumulative[-1]
+    i = next(k for k, c in enumerate(cumulative) if c >= rank)
+    if bounds[i] == math.inf:
+        return bounds[-2]
+    lo, below = (0.0, 0) if i == 0 else (bounds[i - 1], cumulative[i - 1])
+    return lo + (bounds[i] - lo) * (rank - below) / (cumulative[i] - below)
+
+
+def assert_near_count(got: float, sent: int, window: int) -> None:
+    assert sent <= got <= sent * rate_tolerance(window) + 1e-9, (got, sent, window)
+
+
+def assert_near_ratio(got: float, exact: float, window: int) -> None:
+    f = rate_tolerance(window)
+    assert exact / f - 1e-9 <= got <= exact * f + 1e-9, (got, exact, window)
+
+
+def assert_p99(got: float, latencies: list[float], window: int) -> None:
+    """Within the quantiles at the ranks the extrapolation factor can shift q to."""
+    f = rate_tolerance(window)
+    lo, hi = (
+        histogram_quantile(0.99 / f, latencies),
+        histogram_quantile(min(1, 0.99 * f), latencies),
+    )
+    assert lo - 1e-9 <= got <= hi + 1e-9, (got, lo, hi, sorted(latencies))
+
+
+GOOD_MIX = [SMALL] * 15 + [BIG] * 5
+
+
+@pytest.fixture(scope="module")
+def before(stack):
+    """Version 1's traffic (20 images, all answered) and the baseline read over it."""
+    sent = stack.measure(GOOD_MIX)
+    assert sent.statuses == [200] * 20
+    return sent, baseline(stack.prom, policy(sent.window), at=sent.at)
+
+
+def test_the_baseline_holds_what_version_1_answered(stack, before):
+    sent, base = before
+    assert base.window_seconds == sent.window and base.at == sent.at
+    assert_near_count(base.requests, 20, sent.window)
+    assert base.values["error_ratio"] == 0.0  # no 5xx series: `or vector(0)`, not no data
+    assert base.values["refusal_ratio"] == 0.0
+    assert base.values["escalation_rate"] == pytest.approx(1.0)  # theta 0: all 20 escalated
+    assert_p99(base.values["p99_latency"], sent.latencies_s, sent.window)
+    assert base.to_dict()["values"] == base.values  # JSON-ready for the rollout report
+
+
+def test_a_good_upgrade_passes(stack, before):
+    _, base = before
+    stack.deploy("2")
+    sent = stack.measure(GOOD_MIX)
+    assert sent.statuses == [200] * 20
+    result = analyse(stack.prom, policy(sent.window), baseline=base, at=sent.at)
+    rows = {r.name: r for r in result.checks}
+    assert result.ok, result.detail
+    assert result.detail == f"4 checks passed over {sent.window}s"
+    assert_near_count(result.requests, 20, sent.window)
+    assert rows["error_ratio"].value == 0.0 and rows["error_ratio"].threshold == pytest.approx(0.02)
+    assert rows["escalation_rate"].floor == pytest.approx(0.9)
+    assert_p99(rows["p99_latency"].value, sent.latencies_s, sent.window)
+    assert rows["p99_latency"].threshold == pytest.approx(2 * base.values["p99_latency"])
+
+
+def test_a_bundle_that_errors_breaches_the_error_ratio(stack, before):
+    """5 of 20 requests answered 500 (the photo overflows the base's sequence budget): the
+    error ratio is 0.25 within the extrapolation tolerance, over the 0.02 baseline limit."""
+    _, base = before
+    stack.deploy("3", base="overflow")
+    sent = stack.measure(GOOD_MIX)
+    assert sent.statuses == [200] * 15 + [500] * 5
+    result = analyse(stack.prom, policy(sent.window), baseline=base, at=sent.at)
+    rows = {r.name: r for r in result.checks}
+    assert not result.ok
+    errors = rows["error_ratio"]
+    assert_near_ratio(errors.value, 5 / 20, sent.window)
+    assert not errors.ok and errors.threshold == pytest.approx(0.02)  # baseline 0 + 0.02
+    assert result.detail.startswith(f"error_ratio {errors.value:.4g} > 0.02 (baseline 0 + 0.02)")
+    assert result.detail.endswith(f"query: {errors.query}")
+    assert 'status=~"5.."' in errors.query
+    assert rows["refusal_ratio"].ok and rows["escalation_rate"].ok
+    assert rows["escalation_rate"].value == pytest.approx(1.0)  # 15 of 15 scored
+
+
+def test_a_slow_version_breaches_the_p99_latency(stack, before):
+    """Each model holds its batch 0.6 s waiting for more (batch size 16; 8 images sent at
+    once): every image's total latency falls in the (1, 2.5] s bucket, so the p99 reads
+    1 + 1.5 x 0.99 = 2.485 s, over twice the baseline's."""
+    _, base = before
+    stack.deploy("4", model_batch_size=16, model_batch_wait_s=0.6)
+    sent = stack.measure([SMALL] * 8, concurrent=True)
+    assert sent.statuses == [200] * 8
+    assert all(1.0 < s <= 2.5 for s in sent.latencies_s), sent.latencies_s
+    result = analyse(stack.prom, policy(sent.window), baseline=base, at=sent.at)
+    rows = {r.name: r for r in result.checks}
+    p99 = rows["p99_latency"]
+    assert_p99(p99.value, sent.latencies_s, sent.window)
+    assert p99.value == pytest.approx(1 + 1.5 * 0.99, abs=0.02)
+    assert not result.ok and not p99.ok
+    assert result.detail.startswith(f"p99_latency {p99.value:.4g} > ")
+    assert result.detail.endswith(f"query: {p99.query}")
+    assert rows["error_ratio"].ok and rows["error_ratio"].value == 0.0
+
+
+def test_too_little_traffic_is_said_and_fails_only_when_asked(stack, before):
+    """Version 1's window again, asking for more requests than it held."""
+    sent, base = before
+    lenient = analyse(stack.prom, policy(sent.window, minRequests=1000), baseline=base, at=sent.at)
+    strict = analyse(
+        stack.prom,
+        policy(sent.window, minRequests=1000, failOnLowTraffic=True),
+        baseline=base,
+        at=sent.at,
+    )
+    assert lenient.ok and all("not enough traffic" in r.detail for r in lenient.checks)
+    assert not strict.ok and "not enough traffic" in strict.detail
+
+
+def test_prometheus_errors_name_the_url_and_the_query(stack):
+    with pytest.raises(PrometheusError) as bad:
+        query(stack.prom, "sum(rate(ray_hazard_requests_total[5m]")
+    assert f"{stack.prom}/api/v1/query" in str(bad.value)
+    assert "sum(rate(ray_hazard_requests_total[5m]" in str(bad.value)
+    assert "bad_data" in str(bad.value)
+    down = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(PrometheusError, match=f"Prometheus at {down}/api/v1/query"):
+        query(down, "up")
+    assert query(stack.prom, 'up{job="no-such-job"}') is None  # empty: no data, not 0
