@@ -2,14 +2,16 @@
 
 - `KubeStandIn`: a threaded HTTP server on loopback that answers what the `kubernetes` client
   asks a real API server for: GET of a RayService (status scripted: each GET takes the next
-  object of its script, the last one stays), pods of a namespace by label selector and events
+  object of its script, the last one stays), GET of the KubeRay operator's Deployment (image,
+  labels and a 404/403 settable), pods of a namespace by label selector and events
   by field selector; Leases (`LeaseStore`: get, create, update, delete with resourceVersion
   checks). It requires the bearer token of its kube context.
 - `write_kubeconfig`: one context per stand-in, each with its own token.
 - `install_helm`: a `helm` on PATH (this module run as a script) that logs its argv and
   HELM_DRIVER to a JSON-lines file and keeps releases in a JSON state file: `history`,
-  `get manifest`, `template`, `upgrade --install`, `rollback`, `uninstall`, as Helm 4 prints
-  them; unknown commands or flags fail like helm does.
+  `get manifest`, `template`, `upgrade --install` (with `--dry-run=server`: rendered, no
+  revision recorded), `show chart`, `rollback`, `uninstall`, as Helm 4 prints them; unknown
+  commands or flags fail like helm does.
 - `ServeStandIn`: GET /readyz (status codes scripted, last one stays), GET /v1/models (the
   served versions scripted, last one stays) and POST /v1/score (API key checked, the upload
   kept) on loopback.
@@ -34,6 +36,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "hazard-cascade"
+OPERATOR_NAMESPACE, OPERATOR_DEPLOYMENT = "kuberay-system", "kuberay-operator"
 RELEASE = "hazard-cascade"
 APP = "hazard-cascade"
 IMAGE_REPO = "ghcr.io/hazard-cascade/hazard-cascade"
@@ -341,6 +344,11 @@ class KubeStandIn(_Server):
         self.leases = LeaseStore()
         self.helm: tuple[Path, str] | None = None  # (helm stand-in state, this context)
         self.after_rollback: dict[str, list[dict]] = {}
+        # The KubeRay operator's Deployment (OPERATOR_NAMESPACE/OPERATOR_DEPLOYMENT): its image,
+        # labels, and the HTTP status a GET answers (404: not installed; 403: not allowed).
+        self.operator_image = "quay.io/kuberay/operator:v1.7.0"
+        self.operator_labels: dict[str, str] = {}
+        self.operator_status = 200
         super().__init__()
 
     def script(self, name: str, *objects: dict) -> None:
@@ -362,6 +370,28 @@ class KubeStandIn(_Server):
             return None
         return script.pop(0) if len(script) > 1 else script[0]
 
+    def _deployment(self, namespace: str, name: str) -> tuple[int, dict]:
+        """GET of a Deployment: only the operator's exists."""
+        if self.operator_status == 403:
+            why = f'cannot get resource "deployments" in API group "apps" in namespace {namespace}'
+            return _status(403, "Forbidden", f'deployments.apps "{name}" is forbidden: {why}')
+        if (namespace, name) != (OPERATOR_NAMESPACE, OPERATOR_DEPLOYMENT) or (
+            self.operator_status == 404
+        ):
+            return _status(404, "NotFound", f'deployments.apps "{name}" not found')
+        labels = {"app.kubernetes.io/name": "kuberay-operator"}
+        container = {"name": "kuberay-operator", "image": self.operator_image}
+        meta = {"name": name, "namespace": namespace, "labels": {**labels, **self.operator_labels}}
+        return 200, {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta,
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+            },
+        }
+
     def add_pods(self, cluster: str, ready: int, not_ready: int = 0) -> None:
         for i in range(ready + not_ready):
             self.pods.append(_pod(f"{cluster}-pod-{i}", cluster, i < ready))
@@ -382,6 +412,8 @@ class KubeStandIn(_Server):
             if obj is None:
                 return _status(404, "NotFound", f'rayservices.ray.io "{parts[6]}" not found')
             return 200, obj
+        if parts[:3] == ["apis", "apps", "v1"] and len(parts) == 7 and parts[5] == "deployments":
+            return self._deployment(parts[4], parts[6])
         if parts[:2] == ["api", "v1"] and parts[4:] == ["pods"]:
             key, _, value = query.get("labelSelector", ["="])[0].partition("=")
             items = [p for p in self.pods if p["metadata"]["labels"].get(key) == value]
@@ -584,7 +616,10 @@ def releases(state: Path) -> dict[str, list[dict]]:
 
 
 _VALUE_FLAGS = {"--namespace", "--kube-context", "--values", "--set", "--version", "--output"}
-_BOOL_FLAGS = {"--install", "--no-hooks", "--skip-tests", "--is-upgrade"}
+_BOOL_FLAGS = {
+    *("--install", "--no-hooks", "--skip-tests", "--is-upgrade", "--dry-run=server"),
+    "--hide-secret",
+}
 
 
 def _parse(args: list[str]) -> tuple[list[str], dict[str, list[str]], set[str]]:
@@ -624,8 +659,9 @@ def helm_main(args: list[str]) -> int:
     release = words[1] if command != "get manifest" else words[2]
     key = release_key(context, namespace, release)
     revisions = state["releases"].get(key, [])
-    if command in state["fail"].get(context, []):
-        return _fail(f"{command} failed: Unauthorized (stand-in)")
+    failing = "dry-run" if "--dry-run=server" in flags else command  # fail_on(..., "dry-run")
+    if failing in state["fail"].get(context, []):
+        return _fail(f"{failing} failed: Unauthorized (stand-in)")
     sets = values.get("--set", [])
     vals = values.get("--values", [None])[0]
 
@@ -669,6 +705,12 @@ def helm_main(args: list[str]) -> int:
             return _fail("stand-in needs --install and a chart folder")
         assert values.get("--output") == ["json"]
         manifest = render(release, vals, sets)
+        if "--dry-run=server" in flags:  # renders; records no revision
+            number = max((r["revision"] for r in revisions), default=0) + 1
+            info = {"status": "pending-upgrade", "description": "Dry run complete"}
+            print(json.dumps({"name": release, "info": info, "manifest": manifest,
+                              "version": number, "namespace": namespace}))  # fmt: skip
+            return 0
         if context in state.get("uninstalled", []):
             state["uninstalled"].remove(context)
         number = add("deployed", manifest, "Upgrade complete")
@@ -676,6 +718,11 @@ def helm_main(args: list[str]) -> int:
         info = {"status": "deployed", "description": "Upgrade complete", "notes": "..."}
         print(json.dumps({"name": release, "info": info, "manifest": manifest, "version": number,
                           "namespace": namespace, "apply_method": "ssa"}))  # fmt: skip
+    elif command == "show" and words[1:2] == ["chart"]:
+        chart = Path(words[2]) / "Chart.yaml"
+        if not chart.is_file():
+            return _fail(f"path {str(chart.parent)!r} not found")
+        print(chart.read_text(), end="")
     elif command == "rollback":
         target = [r for r in revisions if r["revision"] == int(words[2])]
         if not target:

@@ -129,6 +129,18 @@ class Helm:
         release = _json(self._run(*self.upgrade_args(chart, version, values, sets)), "upgrade")
         return int(release["version"]), release.get("manifest", "")
 
+    def dry_run(self, chart: str, version: str | None, values: Path | None, sets: list[str]) -> str:
+        """`upgrade` as a server-side dry run (`--dry-run=server`): the API server validates
+        and admits every object, nothing is persisted, no revision recorded; returns the
+        manifest (Secrets hidden)."""
+        args = [*self.upgrade_args(chart, version, values, sets), "--dry-run=server"]
+        release = _json(self._run(*args, "--hide-secret"), "upgrade --dry-run=server")
+        return release.get("manifest", "")
+
+    def show_chart(self, chart: str, version: str | None) -> str:
+        """`helm show chart`: the chart's Chart.yaml (a folder or an oci:// reference)."""
+        return self._run("show", "chart", chart, *(["--version", version] if version else []))
+
     def template(
         self,
         chart: str,

@@ -88,6 +88,12 @@ class ClusterTarget:
         )
         return revision, rayservices(manifest), served_models(manifest)
 
+    def preflight(self, sets: list[str]) -> str:
+        """The upgrade as a server-side dry run (nothing changes); returns the manifest the API
+        server accepted, raises HelmError with helm's message when it refuses."""
+        p = self.plan
+        return self.helm.dry_run(p.chart, p.chart_version, self.cluster.values, self.sets(sets))
+
     def render(self, sets: list[str], upgrade: bool) -> str:
         p = self.plan
         values = self.cluster.values

@@ -1484,6 +1484,8 @@ def test_notes_render(helm: str) -> None:
 
 K8S_YAML = sorted(K8S.rglob("*.yaml"))
 NOT_MANIFESTS = {"kuberay-operator-values.yaml", "clusters.yaml"}
+# Manifests that live in the KubeRay operator's namespace instead of hazard-cascade.
+OPERATOR_NAMESPACE_FILES = {"rbac-kuberay-operator.yaml": "kuberay-system"}
 
 
 @pytest.mark.parametrize("path", K8S_YAML, ids=lambda p: str(p.relative_to(REPO)))
@@ -1495,7 +1497,8 @@ def test_k8s_yaml_loads(path: Path) -> None:
     for doc in docs:
         assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path}: {doc}"
         if doc["kind"] != "Namespace":
-            assert doc["metadata"].get("namespace") == "hazard-cascade", f"{path}: {doc['kind']}"
+            namespace = OPERATOR_NAMESPACE_FILES.get(path.name, "hazard-cascade")
+            assert doc["metadata"].get("namespace") == namespace, f"{path}: {doc['kind']}"
 
 
 @pytest.mark.parametrize("name", ["sample-rayservice.yaml", "sample-rayjob.yaml"])
@@ -1543,6 +1546,41 @@ def test_k8s_rbac_is_namespaced_and_covers_ray_resources() -> None:
     binding = kinds["RoleBinding"]
     assert binding["roleRef"]["name"] == kinds["Role"]["metadata"]["name"]
     assert binding["subjects"][0]["name"] == kinds["ServiceAccount"]["metadata"]["name"]
+
+
+def test_k8s_deployer_reads_only_the_operator_deployment() -> None:
+    """The deployer's one grant outside its namespace: `get` on the KubeRay operator's
+    Deployment, by name, where compat.KubeRayOperator's defaults and the operator values put it."""
+    from hazard.deploy.compat import KubeRayOperator
+
+    role, binding = yaml.safe_load_all((K8S / "rbac-kuberay-operator.yaml").read_text())
+    where = KubeRayOperator()
+    operator = yaml.safe_load((K8S / "kuberay-operator-values.yaml").read_text())
+    assert operator["fullnameOverride"] == where.deployment
+    assert f"-n {where.namespace} " in (K8S / "README.md").read_text()
+    assert (role["kind"], role["metadata"]["namespace"]) == ("Role", where.namespace)
+    assert role["rules"] == [
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "resourceNames": [where.deployment],
+            "verbs": ["get"],
+        }
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    (deployer,) = [d for d in yaml.safe_load_all((K8S / "rbac.yaml").read_text())
+                   if d["kind"] == "ServiceAccount"]  # fmt: skip
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": deployer["metadata"]["name"],
+            "namespace": deployer["metadata"]["namespace"],
+        }
+    ]
 
 
 def test_k8s_default_deny() -> None:
