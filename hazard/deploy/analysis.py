@@ -286,9 +286,9 @@ def judge(
             threshold, why = relative, rel_why
     low = requests is None or requests < policy.min_requests
     if low or value is None:
-        seen = 0 if requests is None else round(requests)
+        seen = 0 if requests is None else requests
         reason = (
-            f"not enough traffic: {seen} requests in {policy.window_seconds}s "
+            f"not enough traffic: {seen:.4g} requests in {policy.window_seconds}s "
             f"(min {policy.min_requests})"
             if low
             else "no data in the window"
@@ -329,8 +329,8 @@ def analyse(
             name, values[name], check, base if usable else None, requests, policy
         )
         if baseline is not None and not usable:
-            seen = round(baseline.requests or 0)
-            detail += f" (baseline not compared: {seen} requests < {policy.min_requests})"
+            seen = baseline.requests or 0
+            detail += f" (baseline not compared: {seen:.4g} requests < {policy.min_requests})"
         rows.append(
             CheckResult(name, promql[name], values[name], base, threshold, floor, ok, detail)
         )

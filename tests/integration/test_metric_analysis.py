@@ -355,6 +355,7 @@ def test_too_little_traffic_is_said_and_fails_only_when_asked(stack, before):
         at=sent.at,
     )
     assert lenient.ok and all("not enough traffic" in r.detail for r in lenient.checks)
+    assert all("(baseline not compared: " in r.detail for r in lenient.checks)
     assert not strict.ok and "not enough traffic" in strict.detail
 
 
