@@ -165,9 +165,11 @@ def query(
     try:
         body = resp.json()
     except ValueError:
+        body = None
+    if not isinstance(body, dict):
         raise PrometheusError(
-            f"{where}: HTTP {resp.status_code}, not JSON: {resp.text[:200]}"
-        ) from None
+            f"{where}: HTTP {resp.status_code}, not a Prometheus answer: {resp.text[:200]}"
+        )
     if resp.status_code != 200 or body.get("status") != "success":
         reason = f"{body.get('errorType', '')}: {body.get('error', resp.text[:200])}"
         raise PrometheusError(f"{where}: HTTP {resp.status_code}, {reason}")

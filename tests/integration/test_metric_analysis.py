@@ -368,4 +368,6 @@ def test_prometheus_errors_name_the_url_and_the_query(stack):
     down = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(PrometheusError, match=f"Prometheus at {down}/api/v1/query"):
         query(down, "up")
+    with pytest.raises(PrometheusError, match="HTTP 404, not a Prometheus answer"):
+        query(f"{stack.prom}/no-such-prefix", "up")  # a URL that is not the API's root
     assert query(stack.prom, 'up{job="no-such-job"}') is None  # empty: no data, not 0
