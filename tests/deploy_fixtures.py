@@ -344,6 +344,7 @@ class KubeStandIn(_Server):
         self.leases = LeaseStore()
         self.helm: tuple[Path, str] | None = None  # (helm stand-in state, this context)
         self.after_rollback: dict[str, list[dict]] = {}
+        self.deny: set[str] = set()  # resources (e.g. "rayservices") answered 403
         # The KubeRay operator's Deployment (OPERATOR_NAMESPACE/OPERATOR_DEPLOYMENT): its image,
         # labels, and the HTTP status a GET answers (404: not installed; 403: not allowed).
         self.operator_image = "quay.io/kuberay/operator:v1.7.0"
@@ -407,6 +408,8 @@ class KubeStandIn(_Server):
         if parts[:4] == lease_api and len(parts) in (6, 7) and parts[5] == "leases":
             name = parts[6] if len(parts) == 7 else None
             return self.leases.handle(method, parts[4], name, request.body)
+        if parts[5:6] and parts[5] in self.deny:
+            return _status(403, "Forbidden", f"{parts[5]} is forbidden: stand-in")
         if parts[:3] == ["apis", "ray.io", "v1"] and len(parts) == 7 and parts[5] == "rayservices":
             obj = self._rayservice(parts[6]) if parts[4] == NAMESPACE else None
             if obj is None:

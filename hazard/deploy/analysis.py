@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import httpx
 from pydantic import Field, field_validator, model_validator
 
-from hazard.deploy.plan import _Model
+from hazard.deploy.spec import CamelModel
 
 REQUESTS = "ray_hazard_requests_total"
 LATENCY_BUCKETS = "ray_hazard_stage_latency_seconds_bucket"
@@ -38,7 +38,7 @@ class PrometheusError(RuntimeError):
     """A query Prometheus did not answer with one number or an empty vector."""
 
 
-class RatioCheck(_Model):
+class RatioCheck(CamelModel):
     """A ratio in [0, 1]: an absolute ceiling and/or a change from the baseline."""
 
     max: float | None = Field(None, ge=0, le=1, description="Fail above this value.")
@@ -50,7 +50,7 @@ class RatioCheck(_Model):
     )
 
 
-class LatencyCheck(_Model):
+class LatencyCheck(CamelModel):
     """A latency quantile in seconds: an absolute ceiling and/or a multiple of the baseline."""
 
     quantile: float = Field(0.99, gt=0, lt=1, description="Quantile of the latency histogram.")
@@ -61,7 +61,7 @@ class LatencyCheck(_Model):
     )
 
 
-class MetricAnalysis(_Model):
+class MetricAnalysis(CamelModel):
     """The metric analysis policy of a rollout (`analysis:` in the clusters file)."""
 
     window_seconds: int = Field(300, ge=10, description="Seconds of data each query looks at.")

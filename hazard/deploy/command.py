@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 from hazard.config import ConfigError
+from hazard.deploy import checks
 from hazard.deploy.cluster import contexts, kubeconfig
 from hazard.deploy.dryrun import dry_run
 from hazard.deploy.plan import load_plan, set_conflicts
 from hazard.deploy.report import as_json, resumable, summary, write
-from hazard.deploy.rollout import EXIT_HELP, Exit, Hooks, Rollout
+from hazard.deploy.rollout import EXIT_HELP, Exit, Rollout
 from hazard.deploy.target import ClusterTarget
 
 EPILOG = f"""Wave by wave (the file's `waves`, default one cluster at a time in file order), for
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return int(dry_run(plan, targets, args.sets, _say))
     report_path = args.report or args.resume
-    hooks = Hooks()
+    hooks = checks.hooks(plan, targets)
     run = Rollout(plan, targets, args.sets, api_key, _say, hooks, done)
     if report_path:
         hooks.saved = lambda: write(report_path, as_json(run, None))

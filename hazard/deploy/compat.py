@@ -17,22 +17,20 @@ from dataclasses import dataclass
 import yaml
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from hazard.deploy.cluster import DeploymentInfo, KubeError, KubeReader
 from hazard.deploy.helm import Helm, HelmError
+from hazard.deploy.spec import CamelModel
 
 ANNOTATION = "hazard-cascade/kuberay-versions"
 OPERATOR_CONTAINER = "kuberay-operator"
 RBAC_HINT = "k8s/rbac-kuberay-operator.yaml"
 
 
-class KubeRayOperator(BaseModel):
+class KubeRayOperator(CamelModel):
     """Where the KubeRay operator runs on each cluster (`kuberayOperator` in the clusters file);
     the defaults are those of k8s/kuberay-operator-values.yaml."""
-
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True)
 
     namespace: str = Field("kuberay-system", min_length=1, description="Operator namespace.")
     deployment: str = Field(

@@ -294,7 +294,7 @@ def soak(
             if progress.elapsed >= seconds:
                 extra = f"; last failure: {last}" if last else ""
                 return progress.result(True, f"{rounds} checks over {seconds:g}s{extra}")
-            progress(f"{rounds} checks" + (f"; {problem}" if problem else ""))
+            progress(problem or "healthy so far")
             progress.sleep(gate.interval_seconds)
 
 

@@ -14,20 +14,18 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError, model_validator
 
 from hazard.config import ConfigError
+from hazard.deploy.analysis import MetricAnalysis
+from hazard.deploy.compat import KubeRayOperator
+from hazard.deploy.spec import CamelModel
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 SMOKE_IMAGE = "smoke.png"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True)
-
-
-class Poll(_Model):
+class Poll(CamelModel):
     """How long to wait for something, and how often to look."""
 
     timeout_seconds: float = Field(gt=0, description="Give up after this long.")
@@ -40,7 +38,7 @@ class HealthGate(Poll):
     successes_required: int = Field(ge=1, description="Consecutive 200 answers needed to pass.")
 
 
-class Smoke(_Model):
+class Smoke(CamelModel):
     """One `POST <serviceUrl>/v1/score` of an image; the answer must be a valid score."""
 
     api_key_env: str = Field(
@@ -52,7 +50,7 @@ class Smoke(_Model):
     )
 
 
-class FailFast(_Model):
+class FailFast(CamelModel):
     """Signs that the new version cannot come up end the wait early."""
 
     seconds: float = Field(
@@ -63,7 +61,7 @@ class FailFast(_Model):
     )
 
 
-class Lock(_Model):
+class Lock(CamelModel):
     """One rollout at a time per cluster: a Lease `<release>-rollout` in the namespace."""
 
     lease_seconds: float = Field(
@@ -71,7 +69,7 @@ class Lock(_Model):
     )
 
 
-class Cluster(_Model):
+class Cluster(CamelModel):
     """One cluster of the rollout."""
 
     name: str = Field(pattern=DNS_LABEL, description="Name used by --only and the summary.")
@@ -94,7 +92,7 @@ class Cluster(_Model):
     )
 
 
-class Wave(_Model):
+class Wave(CamelModel):
     """Clusters upgraded together; the next wave starts when every cluster of this one passed
     its gates and its soak."""
 
@@ -106,7 +104,7 @@ class Wave(_Model):
     )
 
 
-class ClustersFile(_Model):
+class ClustersFile(CamelModel):
     """The whole file."""
 
     base_dir: str = Field(".", description="Where relative paths start, relative to this file.")
@@ -121,6 +119,12 @@ class ClustersFile(_Model):
     smoke: Smoke = Smoke()
     fail_fast: FailFast = FailFast()
     lock: Lock = Lock()
+    kuberay_operator: KubeRayOperator = KubeRayOperator()
+    analysis: MetricAnalysis | None = Field(
+        None,
+        description="Metric analysis at the end of each soak, for clusters with a prometheusUrl "
+        "(their wave needs a soakSeconds).",
+    )
     clusters: list[Cluster] = Field(min_length=1)
     waves: list[Wave] | None = Field(
         None, description="Ordered waves; default: one wave per cluster in file order."
@@ -136,6 +140,15 @@ class ClustersFile(_Model):
             raise ValueError("chartVersion applies to an oci:// chart only")
         if self.waves is not None:
             _check_waves(self.waves, names)
+        if self.analysis is not None:
+            soaks = {c: w.soak_seconds for w in self.waves or [] for c in w.clusters}
+            if unsoaked := [
+                c.name for c in self.clusters if c.prometheus_url and not soaks.get(c.name)
+            ]:
+                raise ValueError(
+                    "analysis needs a soak to measure: the waves of "
+                    f"{', '.join(unsoaked)} (with a prometheusUrl) have no soakSeconds"
+                )
         return self
 
 
@@ -192,6 +205,8 @@ class Plan:
     smoke_image: Path
     fail_fast: FailFast
     lock: Lock
+    kuberay_operator: KubeRayOperator
+    analysis: MetricAnalysis | None
     waves: tuple[WavePlan, ...]
 
     @property
@@ -285,6 +300,8 @@ def load_plan(path: str | Path, only: list[str] | None = None) -> Plan:
         smoke_image=image,
         fail_fast=spec.fail_fast,
         lock=spec.lock,
+        kuberay_operator=spec.kuberay_operator,
+        analysis=spec.analysis,
         waves=planned,
     )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from hazard.deploy import gates
 from hazard.deploy.cluster import EventInfo, KubeError
 from hazard.deploy.gates import GateResult, Say
 from hazard.deploy.helm import HelmError
+from hazard.deploy.lock import LockHeld, LockLost, RolloutLock, holder_identity
 from hazard.deploy.plan import Plan, WavePlan
 from hazard.deploy.target import ClusterTarget, rayservices, served_models
 
@@ -53,7 +55,8 @@ EXIT_HELP = """exit codes:
   6  a cluster was rolled back but the previous version did not pass its gates (or they could
      not be checked): act now
   7  another rollout holds a cluster's lock (its holder is named), or this one lost it
-  8  a cluster's KubeRay operator version is not one the chart supports: nothing changed
+  8  a cluster's KubeRay operator version is not one the chart supports (or could not be
+     read): nothing changed there
 130  interrupted: the clusters in flight finished; --resume REPORT continues"""
 
 ROLLBACK_STEPS = ("rollback", "rollback-running", "rollback-health", "rollback-version")
@@ -323,13 +326,57 @@ class Rollout:
         return _worst(codes)
 
     def run(self) -> Exit:
-        """Every wave in order; stops after the first wave with a failure (or a stop request)."""
+        """Take every cluster's lock, then every wave in order; stops after the first wave with
+        a failure (or a stop request). The locks are released at the end."""
+        locks: dict[str, RolloutLock] = {}
+        holder = holder_identity(uuid.uuid4().hex[:8])
+        try:
+            for t in self.targets:
+                lock = RolloutLock(
+                    t.kube.api(), t.cluster.namespace, self.plan.release, holder,
+                    self.plan.lock.lease_seconds,
+                )  # fmt: skip
+                locks[t.name] = lock.acquire()
+        except (LockHeld, KubeError) as exc:
+            self.say(f"[{t.name}] cannot take the rollout lock: {exc}")
+            self.reports[t.name].steps["lock"] = GateResult(False, str(exc), 0.0)
+            self.reports[t.name].outcome = "not started: lock not taken"
+            self._release(locks)
+            return Exit.LOCKED if isinstance(exc, LockHeld) else Exit.NOT_STARTED
+        self.say(f"rollout lock {lock.name} taken on {len(locks)} cluster(s) as {holder}")
+        self.hooks.before = {
+            "lock": lambda target, _: _holding(locks[target.name]),
+            **self.hooks.before,
+        }
+        self.hooks.codes["lock"] = Exit.LOCKED
+        try:
+            return self._waves()
+        finally:
+            self._release(locks)
+
+    def _release(self, locks: dict[str, RolloutLock]) -> None:
+        for lock in locks.values():
+            try:
+                lock.release()
+            except KubeError as exc:
+                self.say(f"could not release {lock.where}: {exc} (it expires by itself)")
+
+    def _waves(self) -> Exit:
         for wave in self.plan.waves:
             if self.stop.is_set():
                 break
             if (code := self._wave(wave)) != Exit.OK:
                 return code
         return Exit.INTERRUPTED if self.interrupted else Exit.OK
+
+
+def _holding(lock: RolloutLock) -> GateResult:
+    """The `lock` check before a cluster changes: this rollout still holds its Lease."""
+    try:
+        lock.check()
+    except LockLost as exc:
+        return GateResult(False, str(exc), 0.0)
+    return GateResult(True, f"{lock.where} held", 0.0)
 
 
 # The worse of two outcomes first: what an operator must act on before what was handled.

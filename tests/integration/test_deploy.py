@@ -79,12 +79,21 @@ def helm(cluster: str, *words: str) -> list[str]:
     return ["helm", *words, "--namespace", NAMESPACE, "--kube-context", CONTEXTS[cluster]]
 
 
-def upgrade(rig: Rig, cluster: str, *sets: str) -> list[str]:
+def upgrade(rig: Rig, cluster: str, *sets: str, dry: bool = False) -> list[str]:
+    """The `helm upgrade` argv on `cluster` (`dry`: its server-side dry run)."""
     set_args = [w for s in sets for w in ("--set", s)]
     return helm(
         cluster, "upgrade", "--install", RELEASE, CHART, "--values", str(rig.values[cluster]),
-        *set_args, "--output", "json",
+        *set_args, "--output", "json", *(["--dry-run=server", "--hide-secret"] if dry else []),
     )  # fmt: skip
+
+
+def before_upgrade(rig: Rig, cluster: str, *sets: str, first: bool = True) -> list[list[str]]:
+    """The helm calls before the upgrade: history, the chart's KubeRay range (once per
+    rollout, on its first cluster) and the server-side dry run."""
+    show = [helm(cluster, "show", "chart", CHART)] if first else []
+    history = helm(cluster, "history", RELEASE, "--output", "json")
+    return [history, *show, upgrade(rig, cluster, *sets, dry=True)]
 
 
 def make_rig(tmp_path: Path, monkeypatch, names: list[str], waves: list[dict] | None = None) -> Rig:
@@ -145,10 +154,18 @@ def deploy(rig: Rig, *args: str) -> int:
 
 
 def row(out: str, cluster: str) -> str:
-    """The summary table's row of `cluster`, without its wave and checks columns."""
-    (line,) = [ln for ln in out.splitlines() if re.match(rf"{cluster}\s+\S+\s+(\d+|-)\s", ln)]
-    name, _wave, before, after, _checks, rest = line.split(maxsplit=5)
-    return f"{name}  {before}  {after}  {rest}"
+    """The summary table's row of `cluster`, without its wave and checks columns (cut at the
+    header's column starts)."""
+    lines = out.splitlines()
+    header = next(ln for ln in lines if ln.startswith("cluster  wave  "))
+    (line,) = [ln for ln in lines if ln.startswith(f"{cluster}  ")]
+    starts = [m.start() for m in re.finditer(r"(?<!\S)\S", header)]
+    cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+    cells[-1] = line[starts[-1] :].strip()  # the result column runs to the end of the line
+    keep = [
+        c for i, c in enumerate(cells) if header[starts[i] :].split()[0] not in ("wave", "checks")
+    ]
+    return "  ".join(keep)
 
 
 def test_rollout_over_two_clusters_upgrades_both_in_order(rig: Rig, capsys):
@@ -176,10 +193,10 @@ def test_rollout_over_two_clusters_upgrades_both_in_order(rig: Rig, capsys):
     assert code == 0, out
     for cluster in rig.kube:
         assert rig.calls(cluster) == [
-            helm(cluster, "history", RELEASE, "--output", "json"),
+            *before_upgrade(rig, cluster, "image.tag=0.2.0", first=cluster == "staging"),
             upgrade(rig, cluster, "image.tag=0.2.0"),
         ]
-    assert [c["argv"][-1] for c in helm_calls(rig.log)][:2] == [CONTEXTS["staging"]] * 2
+    assert [c["argv"][-1] for c in helm_calls(rig.log)][:4] == [CONTEXTS["staging"]] * 4
     assert {c["driver"] for c in helm_calls(rig.log)} == {"configmap"}
     assert re.search(r"^staging\s+4\s+5\s+ok .*\s3/3\s.*upgraded$", row(out, "staging"))
     assert re.search(r"^prod-eu\s+7\s+8\s+ok .*upgraded$", row(out, "prod-eu"))
@@ -217,7 +234,7 @@ def test_failed_gate_on_second_cluster_rolls_it_back_and_keeps_the_first(rig: Ri
         helm("prod-eu", "get", "manifest", RELEASE),
         helm("prod-eu", "history", RELEASE, "--output", "json"),
     ]
-    assert rig.calls("staging")[1] == upgrade(rig, "staging", "image.tag=0.2.0")
+    assert rig.calls("staging")[3] == upgrade(rig, "staging", "image.tag=0.2.0")
     assert not [c for c in rig.calls("staging") if c[1] == "rollback"]
     state = releases(rig.state)
     staging, prod = state[rig.key("staging")], state[rig.key("prod-eu")]
@@ -252,14 +269,15 @@ def test_rayservice_never_running_rolls_back_and_leaves_later_clusters_untouched
 
     assert code == 3, out
     assert rig.calls("staging") == [
-        helm("staging", "history", RELEASE, "--output", "json"),
+        *before_upgrade(rig, "staging", "image.tag=0.2.0"),
         upgrade(rig, "staging", "image.tag=0.2.0"),
         helm("staging", "rollback", RELEASE, "2"),
         helm("staging", "get", "manifest", RELEASE),
         helm("staging", "history", RELEASE, "--output", "json"),
     ]
     assert rig.calls("prod-eu") == []
-    assert rig.kube["prod-eu"].requests == [] and rig.serve["prod-eu"].requests == []
+    assert rig.kube["prod-eu"].rayservice_gets() == 0 and rig.serve["prod-eu"].requests == []
+    assert rig.kube["prod-eu"].leases.get() is None  # its lock taken at the start, released
     # no health check before the apps run; after the rollback, the previous version's gates
     assert rig.serve["staging"].paths() == ["/readyz"] * 3 + ["/v1/models"] * 3
     assert re.search(
@@ -362,18 +380,33 @@ def test_failed_rollback_exits_4(rig: Rig, capsys):
 
 
 def test_api_server_refusing_the_deployer_fails_fast(rig: Rig, capsys):
-    """A 401 ends the status gate at once; the rollback runs but cannot be checked: exit 6."""
+    """A 403 on the RayService ends the status gate at once; the rollback runs but cannot be
+    checked: exit 6."""
     seed_release(rig.state, CONTEXTS["staging"], revisions=1)
-    rig.kube["staging"].token = "someone-else"  # the kubeconfig's token is now refused
+    rig.kube["staging"].deny = {"rayservices"}
 
     code = deploy(rig, "--only", "staging")
     out = capsys.readouterr().out
 
     assert code == 6, out
-    assert "HTTP 401" in out and "k8s/rbac.yaml" in out
+    assert "HTTP 403" in out and "k8s/rbac.yaml" in out
     assert rig.calls("staging")[-3][1:4] == ["rollback", RELEASE, "1"]
-    assert "staging rollback-running: get rayservice hazard-cascade: HTTP 401" in out
+    assert "staging rollback-running: get rayservice hazard-cascade: HTTP 403" in out
     assert "rolled back to revision 1, NOT healthy (rollback-running)" in out
+
+
+def test_a_refused_token_stops_at_the_lock_before_any_change(rig: Rig, capsys):
+    seed_release(rig.state, CONTEXTS["staging"], revisions=1)
+    rig.kube["prod-eu"].token = "someone-else"  # the kubeconfig's token is now refused
+
+    code = deploy(rig)
+    out = capsys.readouterr().out
+
+    assert code == 5, out
+    assert "[prod-eu] cannot take the rollout lock: get lease" in out and "HTTP 401" in out
+    assert "k8s/rbac.yaml" in out
+    assert [c[1] for c in rig.calls()] == []  # no helm call at all, on either cluster
+    assert rig.kube["staging"].leases.get() is None  # staging's lock given back
 
 
 def test_dry_run_prints_the_diff_and_changes_nothing(rig: Rig, capsys, monkeypatch):

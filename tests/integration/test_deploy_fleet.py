@@ -49,10 +49,15 @@ def rig(tmp_path: Path, monkeypatch):
     rig.close()
 
 
+def is_upgrade(argv: list[str]) -> bool:
+    """A real `helm upgrade`, not its server-side dry run."""
+    return argv[1] == "upgrade" and "--dry-run=server" not in argv
+
+
 def upgraded_at(rig: Rig, cluster: str) -> int:
     """Index of `cluster`'s `helm upgrade` among all helm calls."""
     calls = rig.calls()
-    return next(i for i, c in enumerate(calls) if c[1] == "upgrade" and CONTEXTS[cluster] in c)
+    return next(i for i, c in enumerate(calls) if is_upgrade(c) and CONTEXTS[cluster] in c)
 
 
 def test_two_waves_the_second_in_parallel_after_the_canary_soaked(fleet: Rig, capsys):
@@ -67,7 +72,7 @@ def test_two_waves_the_second_in_parallel_after_the_canary_soaked(fleet: Rig, ca
     assert code == 0, out
     # the canary's upgrade, gates and soak all came before either prod cluster started
     soak_end = max(fleet.serve["staging"].times)
-    first_prod = min(fleet.kube[n].times[0] for n in ("prod-eu", "prod-us"))
+    first_prod = min(fleet.serve[n].times[0] for n in ("prod-eu", "prod-us"))
     assert soak_end < first_prod
     assert upgraded_at(fleet, "staging") < min(
         upgraded_at(fleet, "prod-eu"), upgraded_at(fleet, "prod-us")
@@ -86,7 +91,8 @@ def test_two_waves_the_second_in_parallel_after_the_canary_soaked(fleet: Rig, ca
     for name, (before, after) in expected_revisions.items():
         c = doc["clusters"][name]
         assert (c["before"], c["after"], c["outcome"]) == (before, after, "upgraded")
-        steps = ["upgrade", "running", "health", "version", "smoke"]
+        steps = ["lock", "operator", "dry-run", "upgrade", "running", "health", "version"]
+        steps.append("smoke")
         assert list(c["steps"]) == steps + (["soak"] if name == "staging" else [])
         assert all(s["ok"] for s in c["steps"].values())
     assert doc["clusters"]["staging"]["steps"]["soak"]["seconds"] >= 0.4
@@ -183,7 +189,10 @@ def test_a_global_set_conflicting_with_a_cluster_set_is_refused(rig: Rig, capsys
     rig.kube["staging"].script(RELEASE, rayservice(generation=5, observed=5))
     assert deploy(rig, "--set", "s3.region=eu-west-1") == 0, capsys.readouterr().out
     sets = ["s3.region=eu-west-1", "image.tag=0.2.0-canary", "serve.app.args.dtype=bfloat16"]
-    assert rig.calls("staging")[1] == upgrade(rig, "staging", *sets)
+    assert rig.calls("staging")[2:4] == [
+        upgrade(rig, "staging", *sets, dry=True),
+        upgrade(rig, "staging", *sets),
+    ]
 
 
 def test_resume_continues_a_stopped_rollout_from_its_report(fleet: Rig, capsys):
@@ -217,7 +226,7 @@ def test_resume_continues_a_stopped_rollout_from_its_report(fleet: Rig, capsys):
     resumed = fleet.calls()[calls_before:]
     assert helm("staging", "history", RELEASE, "--output", "json") in resumed
     assert not [c for c in resumed if c[1] == "upgrade" and CONTEXTS["staging"] in c]
-    assert [c[-1] for c in resumed if c[1] == "upgrade"] == ["hazard-prod-eu", "hazard-prod-us"]
+    assert [c[-1] for c in resumed if is_upgrade(c)] == ["hazard-prod-eu", "hazard-prod-us"]
     doc = json.loads(report.read_text())
     assert doc["clusters"]["staging"]["outcome"] == "upgraded (earlier run, revision 4)"
     assert {n: c["after"] for n, c in doc["clusters"].items()} == {
