@@ -75,7 +75,8 @@ class MetricGate:
 def hooks(plan: Plan, targets: list[ClusterTarget]) -> Hooks:
     """What `hazard deploy` runs besides helm and the gates."""
     out = Hooks(
-        before={"operator": operator_check(plan, targets), "dry-run": dry_run_check},
+        preflight={"operator": operator_check(plan, targets)},
+        before={"dry-run": dry_run_check},
         codes={"operator": Exit.UNSUPPORTED},
     )
     if plan.analysis and any(t.cluster.prometheus_url for t in targets):

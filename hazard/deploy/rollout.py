@@ -92,13 +92,16 @@ class ClusterReport:
 class Hooks:
     """What a rollout runs besides helm and the gates, each optional.
 
-    before: checks that change nothing, run before the upgrade (name -> check); a failure
-    leaves the cluster unchanged with `Exit.NOT_STARTED`, or the code `codes` gives its name.
+    preflight: checks that change nothing, run on every cluster before the first wave (name ->
+    check); a failure stops the rollout before any change with the code `codes` gives it.
+    before: checks that change nothing, run before each cluster's upgrade; a failure leaves
+    the cluster unchanged with `Exit.NOT_STARTED`, or the code `codes` gives its name.
     analysis: `(target) -> (GateResult, rows)` at the end of the soak, for clusters it covers.
     baseline: `(target) -> None` before the upgrade (e.g. the metrics of the old version).
     saved: called after every step, e.g. to write the JSON report.
     """
 
+    preflight: dict[str, Check] = field(default_factory=dict)
     before: dict[str, Check] = field(default_factory=dict)
     codes: dict[str, Exit] = field(default_factory=dict)
     baseline: Callable[[ClusterTarget], GateResult] | None = None
@@ -350,9 +353,28 @@ class Rollout:
         }
         self.hooks.codes["lock"] = Exit.LOCKED
         try:
-            return self._waves()
+            return self._preflight() or self._waves()
         finally:
             self._release(locks)
+
+    def _preflight(self) -> Exit | None:
+        """Every preflight check on every cluster; the worst failure's code, None when all
+        passed."""
+        codes = []
+        for t in self.targets:
+            report = self.reports[t.name]
+            for name, check in self.hooks.preflight.items():
+                if not _step(report, name, lambda c=check, t=t: c(t, self.sets), self.hooks):
+                    self.say(f"[{t.name}] {name}: {report.steps[name].detail}")
+                    report.outcome = f"not started: {name} failed"
+                    report.code = self.hooks.codes.get(name, Exit.NOT_STARTED)
+                    codes.append(report.code)
+        if not codes:
+            return None
+        for r in self.reports.values():
+            if r.code is None:
+                r.outcome = "not started: a preflight check failed"
+        return _worst(codes)
 
     def _release(self, locks: dict[str, RolloutLock]) -> None:
         for lock in locks.values():

@@ -89,11 +89,11 @@ def upgrade(rig: Rig, cluster: str, *sets: str, dry: bool = False) -> list[str]:
 
 
 def before_upgrade(rig: Rig, cluster: str, *sets: str, first: bool = True) -> list[list[str]]:
-    """The helm calls before the upgrade: history, the chart's KubeRay range (once per
-    rollout, on its first cluster) and the server-side dry run."""
+    """The helm calls before the upgrade: the chart's KubeRay range (once per rollout, on its
+    first cluster, before any other), history and the server-side dry run."""
     show = [helm(cluster, "show", "chart", CHART)] if first else []
     history = helm(cluster, "history", RELEASE, "--output", "json")
-    return [history, *show, upgrade(rig, cluster, *sets, dry=True)]
+    return [*show, history, upgrade(rig, cluster, *sets, dry=True)]
 
 
 def make_rig(tmp_path: Path, monkeypatch, names: list[str], waves: list[dict] | None = None) -> Rig:

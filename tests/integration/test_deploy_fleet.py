@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def test_two_waves_the_second_in_parallel_after_the_canary_soaked(fleet: Rig, ca
     for name, (before, after) in expected_revisions.items():
         c = doc["clusters"][name]
         assert (c["before"], c["after"], c["outcome"]) == (before, after, "upgraded")
-        steps = ["lock", "operator", "dry-run", "upgrade", "running", "health", "version"]
+        steps = ["operator", "lock", "dry-run", "upgrade", "running", "health", "version"]
         steps.append("smoke")
         assert list(c["steps"]) == steps + (["soak"] if name == "staging" else [])
         assert all(s["ok"] for s in c["steps"].values())
@@ -258,3 +259,46 @@ def test_dry_run_prints_each_value_that_differs_from_the_last_wave(fleet: Rig, c
     ]
     assert "[prod-eu] values that differ" not in out  # the last wave is the reference
     assert "  canary: staging (up to 1 at once, soak 0.4s;" in out
+
+
+def test_a_second_concurrent_rollout_is_refused_by_the_lease(fleet: Rig, capsys):
+    """The first rollout holds every cluster's Lease while staging is still coming up; a
+    second one started meanwhile exits 7 naming the holder and changes nothing."""
+    deploying = rayservice(generation=9, observed=9, app_status="DEPLOYING")
+    fleet.kube["staging"].script(RELEASE, *[deploying] * 100, rayservice(generation=9, observed=9))
+    first: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: first.update(code=deploy(fleet)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while fleet.kube["staging"].rayservice_gets() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the first rollout has locked all three and upgraded staging
+    holder = fleet.kube["prod-us"].leases.get()["spec"]["holderIdentity"]
+    calls = len(fleet.calls())
+
+    second = deploy(fleet, "--set", "image.tag=0.3.0")
+    thread.join(60)
+    out = capsys.readouterr().out
+
+    assert second == 7, out
+    assert first == {"code": 0}, out
+    assert re.search(
+        rf"\[staging\] cannot take the rollout lock: .*held by {re.escape(holder)}", out
+    )
+    assert not [c for c in fleet.calls()[calls:] if "0.3.0" in " ".join(c)]  # no helm call
+    assert all(fleet.kube[n].leases.get() is None for n in FLEET)  # the first released all
+
+
+def test_an_operator_outside_the_supported_range_is_refused_before_any_change(fleet: Rig, capsys):
+    fleet.kube["prod-eu"].operator_image = "quay.io/kuberay/operator:v1.4.2"
+
+    code = deploy(fleet, "--set", "image.tag=0.2.0")
+    out = capsys.readouterr().out
+
+    assert code == 8, out
+    assert "prod-eu operator: KubeRay operator 1.4.2" in out and "NOT supported" in out
+    assert "prod-eu operator: KubeRay operator 1.4.2 (image" in out
+    assert ">=1.5.0" in out and "<1.8.0" in out
+    assert not [c for c in fleet.calls() if c[1] == "upgrade"]  # no cluster changed, no dry run
+    assert row(out, "prod-eu").endswith("not started: operator failed")
+    for name in ("staging", "prod-us"):  # checked and fine, but the rollout never started
+        assert row(out, name).endswith("not started: a preflight check failed")

@@ -31,11 +31,15 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_repository_clusters_file_loads_with_paths_from_the_repo_root():
     plan = load_plan(REPO / "k8s" / "clusters.yaml")
     assert plan.chart == str(REPO / "charts" / "hazard-cascade")
-    assert [c.name for c in plan.clusters] == ["staging", "prod-eu"]
+    assert [c.name for c in plan.clusters] == ["staging", "prod-eu", "prod-us"]
     assert [c.values for c in plan.clusters] == [
-        REPO / "k8s" / "values" / "staging.yaml",
-        REPO / "k8s" / "values" / "prod-eu.yaml",
+        REPO / "k8s" / "values" / f"{name}.yaml" for name in ("staging", "prod-eu", "prod-us")
     ]
+    assert [(w.name, [c.name for c in w.clusters], w.max_parallel) for w in plan.waves] == [
+        ("canary", ["staging"], 1),
+        ("production", ["prod-eu", "prod-us"], 2),
+    ]
+    assert plan.analysis is not None and all(c.prometheus_url for c in plan.clusters)
     assert plan.helm_driver == "configmap"
     assert plan.smoke_image == REPO / "hazard" / "deploy" / "smoke.png"
     assert all(not c.service_url.endswith(("/", "/readyz")) for c in plan.clusters)
