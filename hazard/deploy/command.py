@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from hazard.config import ConfigError
@@ -21,18 +23,27 @@ from hazard.deploy.report import as_json, resumable, summary, write
 from hazard.deploy.rollout import EXIT_HELP, Exit, Rollout
 from hazard.deploy.target import ClusterTarget
 
-EPILOG = f"""Wave by wave (the file's `waves`, default one cluster at a time in file order), for
-each cluster: helm upgrade --install (no --atomic), wait for the RayService's Serve apps to
-run (failing fast on failing apps or pods), GET /readyz and /v1/models N times in a row (the
-rendered model versions), POST one bundled image to /v1/score, then soak for the wave's soak
-time; the first failure rolls that cluster back to its previous revision (uninstalls a first
-install), checks the rollback with the same gates, and stops the rollout.
+EPILOG = f"""Before any change: take each selected cluster's rollout lock (a Lease in the
+release's namespace) and check each cluster's KubeRay operator version against the chart's.
+Then wave by wave (the file's `waves`; default one cluster at a time in file order), for each
+cluster: a server-side dry run, the metric baseline (clusters with a prometheusUrl), helm
+upgrade --install (no --atomic), wait for the RayService's Serve apps to run (failing fast on
+failing apps or pods), GET /readyz and /v1/models N times in a row (the rendered model
+versions), POST one bundled image to /v1/score, then soak for the wave's soak time (health and
+versions keep being checked; the metric analysis at its end). The first failure rolls that
+cluster back to its previous revision (uninstalls a first install), checks the rollback with
+the same gates, and stops the rollout.
 
 environment: KUBECONFIG (default ~/.kube/config) holds the contexts the file names; the
 clusters file's smoke.apiKeyEnv (default HAZARD_API_KEY) holds the serving API key; helm
 runs with HELM_DRIVER from the file's helmDriver.
 
 {EXIT_HELP}"""
+
+
+def _interrupt(signum: int, _frame) -> None:
+    """SIGTERM as Ctrl-C: the locks are released and the report says where the rollout stopped."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _say(line: str) -> None:
@@ -111,11 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     run = Rollout(plan, targets, args.sets, api_key, _say, hooks, done)
     if report_path:
         hooks.saved = lambda: write(report_path, as_json(run, None))
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # a CI job's cancel (SIGTERM) stops like Ctrl-C
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = run.run()
     except KeyboardInterrupt:
         run.stop.set()
         code = Exit.INTERRUPTED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if report_path:
         write(report_path, as_json(run, code))
     _say(summary(list(run.reports.values()), code))

@@ -42,7 +42,7 @@ class Exit(IntEnum):
     ROLLBACK_UNHEALTHY = 6  # rolled back, but the previous version does not pass its gates
     LOCKED = 7  # another rollout holds a cluster's lock (or this one lost it): nothing changed
     UNSUPPORTED = 8  # a cluster's KubeRay operator is outside the chart's supported versions
-    INTERRUPTED = 130  # stopped by a signal after the clusters in flight: resume from the report
+    INTERRUPTED = 130  # stopped by a signal: resume from the report
 
 
 EXIT_HELP = """exit codes:
@@ -57,7 +57,8 @@ EXIT_HELP = """exit codes:
   7  another rollout holds a cluster's lock (its holder is named), or this one lost it
   8  a cluster's KubeRay operator version is not one the chart supports (or could not be
      read): nothing changed there
-130  interrupted: the clusters in flight finished; --resume REPORT continues"""
+130  interrupted (SIGINT, SIGTERM): no cluster started after it; one in flight may be left
+     mid-upgrade (see the report); --resume REPORT continues"""
 
 ROLLBACK_STEPS = ("rollback", "rollback-running", "rollback-health", "rollback-version")
 
@@ -277,7 +278,6 @@ class Rollout:
     done: dict[str, int] = field(default_factory=dict)  # resumed: cluster -> revision it left
     reports: dict[str, ClusterReport] = field(init=False)
     stop: threading.Event = field(default_factory=threading.Event)
-    interrupted: bool = False
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def __post_init__(self) -> None:
@@ -319,14 +319,17 @@ class Rollout:
             f"== wave {wave.name}: {', '.join(t.name for t in chosen)} "
             f"(up to {wave.max_parallel} at once, soak {wave.soak_seconds:g}s)"
         )
+        try:
+            return _worst(self._clusters(wave, chosen))
+        except BaseException:  # an interrupt: the pool's queued clusters must not start
+            self.stop.set()
+            raise
+
+    def _clusters(self, wave: WavePlan, chosen: list[ClusterTarget]) -> list[Exit]:
         if wave.max_parallel == 1 or len(chosen) == 1:
-            codes = [self._cluster(t, wave.soak_seconds) for t in chosen]
-        else:
-            with ThreadPoolExecutor(
-                wave.max_parallel, thread_name_prefix=f"wave-{wave.name}"
-            ) as pool:
-                codes = list(pool.map(lambda t: self._cluster(t, wave.soak_seconds), chosen))
-        return _worst(codes)
+            return [self._cluster(t, wave.soak_seconds) for t in chosen]
+        with ThreadPoolExecutor(wave.max_parallel, thread_name_prefix=f"wave-{wave.name}") as pool:
+            return list(pool.map(lambda t: self._cluster(t, wave.soak_seconds), chosen))
 
     def run(self) -> Exit:
         """Take every cluster's lock, then every wave in order; stops after the first wave with
@@ -389,7 +392,7 @@ class Rollout:
                 break
             if (code := self._wave(wave)) != Exit.OK:
                 return code
-        return Exit.INTERRUPTED if self.interrupted else Exit.OK
+        return Exit.OK
 
 
 def _holding(lock: RolloutLock) -> GateResult:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -302,3 +305,32 @@ def test_an_operator_outside_the_supported_range_is_refused_before_any_change(fl
     assert row(out, "prod-eu").endswith("not started: operator failed")
     for name in ("staging", "prod-us"):  # checked and fine, but the rollout never started
         assert row(out, name).endswith("not started: a preflight check failed")
+
+
+def test_sigterm_stops_the_rollout_releases_the_locks_and_leaves_a_resumable_report(
+    fleet: Rig, capsys
+):
+    """`hazard deploy` as its own process, SIGTERM while staging comes up: exit 130, no other
+    cluster touched, every Lease released, and the report says where it stopped."""
+    deploying = rayservice(generation=9, observed=9, app_status="DEPLOYING")
+    fleet.kube["staging"].script(RELEASE, deploying)  # never runs
+    report = fleet.dir / "rollout.json"
+    argv = ["deploy", "--clusters", str(fleet.clusters_file), "--report", str(report)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hazard.cli", *argv], stdout=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while fleet.kube["staging"].rayservice_gets() < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, out
+    doc = json.loads(report.read_text())
+    assert doc["exit"] == {"code": 130, "name": "INTERRUPTED"}
+    staging = doc["clusters"]["staging"]
+    assert staging["after"] == 4 and "upgrade" in staging["steps"]
+    assert "running" not in staging["steps"]  # stopped inside it
+    assert doc["clusters"]["prod-eu"]["outcome"] == "not started"
+    assert not [c for c in fleet.calls() if is_upgrade(c) and CONTEXTS["staging"] not in c]
+    assert all(fleet.kube[n].leases.get() is None for n in FLEET)
