@@ -1660,7 +1660,7 @@ def test_k8s_clusters_list(helm: str) -> None:
     data = yaml.safe_load((K8S / "clusters.yaml").read_text())
     assert (REPO / data["chart"] / "Chart.yaml").is_file()
     clusters = data["clusters"]
-    assert [c["name"] for c in clusters] == ["staging", "prod-eu"]
+    assert [c["name"] for c in clusters] == ["staging", "prod-eu", "prod-us"]
     for cluster in clusters:
         assert {"name", "context", "values"} <= cluster.keys(), cluster
         overlay = REPO / cluster["values"]
