@@ -40,7 +40,8 @@ OPERATOR_NAMESPACE, OPERATOR_DEPLOYMENT = "kuberay-system", "kuberay-operator"
 RELEASE = "hazard-cascade"
 APP = "hazard-cascade"
 IMAGE_REPO = "ghcr.io/hazard-cascade/hazard-cascade"
-# The models the stand-in chart renders by default (`serve.app.args.<role>.version` overrides).
+# The models the stand-in chart renders by default (`serve.app.args.<role>.name` and
+# `.version` override them).
 MODEL_NAMES = {"base": "hazard-base", "specialist": "hazard-specialist"}
 DEFAULT_VERSION = "1.0.0"
 
@@ -534,18 +535,17 @@ def install_helm(bin_dir: Path, state: Path, log: Path) -> dict[str, str]:
 def render(release: str, values: str | None, sets: list[str]) -> str:
     """What the stand-in's chart renders: a RayService whose image tag follows the values."""
     tag = "0.1.0"
-    versions = dict.fromkeys(MODEL_NAMES, DEFAULT_VERSION)
+    models = {r: {"name": n, "version": DEFAULT_VERSION} for r, n in MODEL_NAMES.items()}
     if values:
         tag = str((yaml.safe_load(Path(values).read_text()) or {}).get("image", {}).get("tag", tag))
     for item in sets:
         key, _, value = item.partition("=")
         if key == "image.tag":
             tag = value
-        for role in MODEL_NAMES:
-            if key == f"serve.app.args.{role}.version":
-                versions[role] = value
-    args = {r: {"name": n, "version": versions[r]} for r, n in MODEL_NAMES.items()}
-    app = {"name": APP, "import_path": "serve.app:build_app", "args": args}
+        role, _, field = key.removeprefix("serve.app.args.").partition(".")
+        if key.startswith("serve.app.args.") and role in models and field in ("name", "version"):
+            models[role][field] = value
+    app = {"name": APP, "import_path": "serve.app:build_app", "args": models}
     serve = yaml.safe_dump({"applications": [app]})
     head = {"containers": [{"name": "ray-head", "image": f"{IMAGE_REPO}:{tag}"}]}
     doc = {
