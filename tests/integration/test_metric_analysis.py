@@ -12,11 +12,16 @@ quantiles stay within that factor of the exact figures.
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +42,17 @@ from hazard.deploy.analysis import (
 )
 from hazard.serve_file import APP_NAME
 from serve.metrics import LATENCY_BOUNDS_S
+from tests.deploy_fixtures import (
+    APP,
+    NAMESPACE,
+    RELEASE,
+    KubeStandIn,
+    rayservice,
+    release_key,
+    releases,
+    write_kubeconfig,
+)
+from tests.integration.test_deploy import CONTEXTS, KEY_ENV, deploy, make_rig
 from tests.prometheus_fixtures import (
     SCRAPE_INTERVAL_S,
     prometheus_binary,
@@ -371,3 +387,236 @@ def test_prometheus_errors_name_the_url_and_the_query(stack):
     with pytest.raises(PrometheusError, match="HTTP 404, not a Prometheus answer"):
         query(f"{stack.prom}/no-such-prefix", "up")  # a URL that is not the API's root
     assert query(stack.prom, 'up{job="no-such-job"}') is None  # empty: no data, not 0
+
+
+# -- `hazard deploy` gated on this Prometheus ---------------------------------------------------
+SOAK_S, WINDOW_S = 12, 10  # the window ends with the soak and starts 2 s into it
+# the base version the chart renders -> the Stack.deploy arguments that serve it
+SERVED_AS = {"5": {"base": "good"}, "6": {"base": "overflow"}}
+PATTERN = [SMALL, SMALL, SMALL, BIG]  # the load's cycle: version 6 answers BIG with a 500
+ERRORS_QUERY = (
+    f'(sum(increase(ray_hazard_requests_total{{application="{APP_NAME}",'
+    'route=~"/v1/score|/v1/score/batch",status=~"5..",status!="503"}[10s])) or vector(0)) / '
+    f'sum(increase(ray_hazard_requests_total{{application="{APP_NAME}",'
+    'route=~"/v1/score|/v1/score/batch"}[10s]))'
+)
+
+
+class KubeRayStandIn(KubeStandIn):
+    """An API server whose "KubeRay" applies what helm deployed, in place as it applies a
+    `serveConfigV2` change: a newly deployed revision (an upgrade or a rollback) is a new
+    generation whose app is DEPLOYING while `apply(manifest)` runs in a thread, then RUNNING
+    (DEPLOY_FAILED with the error when it raised)."""
+
+    def __init__(self, token: str, helm: tuple[Path, str], apply: Callable[[str], None]):
+        super().__init__(token)
+        self.helm, self.apply = helm, apply
+        self.revision: int | None = None  # the deployed revision last seen
+        self.generation = 1
+        self.applying = threading.Thread()  # never started: nothing to apply yet
+        self.error = ""
+
+    def _rayservice(self, name: str) -> dict | None:
+        state, context = self.helm
+        revisions = releases(state).get(release_key(context, NAMESPACE, RELEASE), [])
+        deployed = [r for r in revisions if r["status"] == "deployed"]
+        if not deployed:
+            return None
+        latest = deployed[-1]
+        if latest["revision"] != self.revision:
+            self.revision, self.error = latest["revision"], ""
+            self.generation += 1
+            self.applying = threading.Thread(
+                target=self._apply, args=(latest["manifest"],), daemon=True
+            )
+            self.applying.start()
+        g = self.generation
+        if self.applying.is_alive():
+            return rayservice(name, g, g, app_status="DEPLOYING")
+        obj = rayservice(name, g, g, app_status="DEPLOY_FAILED" if self.error else "RUNNING")
+        obj["status"]["activeServiceStatus"]["applicationStatuses"][APP]["message"] = self.error
+        return obj
+
+    def _apply(self, manifest: str) -> None:
+        try:
+            self.apply(manifest)
+        except BaseException as exc:  # pytest.fail raises a BaseException
+            self.error = f"{type(exc).__name__}: {exc}"[:300]
+
+
+def serve_release(stack: Stack, applied: list[str]) -> Callable[[str], None]:
+    """The "operator's" apply: serve the rendered base version on the real Serve (in place,
+    as `stack.deploy` upgrades it), appending it to `applied`."""
+
+    def apply(manifest: str) -> None:
+        (service,) = [d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "RayService"]
+        (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+        base, spec = app["args"]["base"], app["args"]["specialist"]
+        assert (base["name"], spec["name"], spec["version"]) == ("b", "s", "1"), app["args"]
+        stack.deploy(base["version"], **SERVED_AS[base["version"]])
+        applied.append(base["version"])
+
+    return apply
+
+
+@dataclass(frozen=True)
+class Answer:
+    at: float  # time.time() when answered
+    big: bool
+    status: int  # 0: no HTTP answer
+    version: str | None  # the base version a 200 names
+
+
+class Load:
+    """A thread scoring PATTERN in a loop, one request at a time, until the block ends."""
+
+    def __init__(self, root: str, pause_s: float = 0.1):
+        self.root, self.pause_s = root, pause_s
+        self.answers: list[Answer] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=120)
+
+    def _run(self) -> None:
+        bodies = [(png is BIG, {"image": b64(png)}) for png in PATTERN]
+        with httpx.Client(timeout=60) as http:
+            for i in itertools.count():
+                if self.stop.is_set():
+                    return
+                big, body = bodies[i % len(bodies)]
+                status, version = 0, None
+                try:
+                    resp = http.post(f"{self.root}/v1/score", json=body, headers=AUTH)
+                    status = resp.status_code
+                    if status == 200:
+                        models = {m["role"]: m["version"] for m in resp.json()["models"]}
+                        version = models["base"]
+                except httpx.HTTPError:
+                    pass
+                self.answers.append(Answer(time.time(), big, status, version))
+                self.stop.wait(self.pause_s)
+
+    def between(self, start: float, end: float) -> list[Answer]:
+        return [a for a in self.answers if start <= a.at <= end]
+
+    def wait_for(self, count: int, after: float, timeout_s: float = 30) -> list[Answer]:
+        deadline = time.monotonic() + timeout_s
+        while len(got := self.between(after, math.inf)) < count:
+            assert time.monotonic() < deadline, f"{len(got)} answers after {after}"
+            time.sleep(0.2)
+        return got
+
+
+def served_versions(stack: Stack) -> dict[str, str]:
+    models = httpx.get(f"{stack.root}/v1/models", headers=AUTH, timeout=10).json()["models"]
+    return {m["role"]: m["version"] for m in models}
+
+
+@pytest.fixture
+def rollout(stack, tmp_path, monkeypatch):
+    """One cluster (wave `canary`, soak SOAK_S) whose serviceUrl is the real app and whose
+    prometheusUrl the real Prometheus; the kube API (a KubeRayStandIn) and helm are stand-ins.
+    Yields the rig and the versions the "operator" applied."""
+    waves = [{"name": "canary", "clusters": ["staging"], "soakSeconds": SOAK_S}]
+    rig = make_rig(tmp_path, monkeypatch, ["staging"], waves)
+    applied: list[str] = []
+    rig.kube["staging"].close()
+    rig.kube["staging"] = KubeRayStandIn(
+        "token-staging", (rig.state, CONTEXTS["staging"]), serve_release(stack, applied)
+    )
+    write_kubeconfig(tmp_path / "kubeconfig", {CONTEXTS["staging"]: rig.kube["staging"]})
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    raw = yaml.safe_load(rig.clusters_file.read_text())
+    raw["serveRunning"] = {"timeoutSeconds": 180, "intervalSeconds": 0.25}
+    raw["healthGate"] = {"timeoutSeconds": 60, "intervalSeconds": 0.25, "successesRequired": 3}
+    raw["smoke"]["timeoutSeconds"] = 60
+    raw["analysis"] = policy(WINDOW_S, minRequests=20, p99Latency={"maxRatio": 3.0}).model_dump(
+        by_alias=True, exclude_none=True
+    )
+    names = {"base.name": "b", "specialist.name": "s", "specialist.version": "1"}
+    raw["clusters"][0].update(
+        serviceUrl=stack.root,
+        prometheusUrl=stack.prom,
+        set={f"serve.app.args.{k}": v for k, v in names.items()},
+    )
+    rig.clusters_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    yield rig, applied
+    rig.close()
+
+
+def test_hazard_deploy_passes_a_good_version_and_rolls_back_a_metric_breach(stack, rollout, capsys):
+    """`hazard deploy` under steady traffic: version 5 (good) installs and passes its analysis;
+    version 6 (a base that lets BIG overflow: a quarter of the traffic answered 500) breaches
+    the error ratio over the baseline read on version 5's soak, is rolled back to revision 1
+    and version 5 serves again."""
+    rig, applied = rollout
+    with Load(stack.root) as load:
+        good = rig.dir / "good.json"
+        code = deploy(rig, "--set", "serve.app.args.base.version=5", "--report", str(good))
+        out = capsys.readouterr().out
+        assert code == 0, out
+        c = json.loads(good.read_text())["clusters"]["staging"]
+        assert (c["before"], c["after"], c["outcome"]) == (None, 1, "upgraded")
+        assert all(s["ok"] for s in c["steps"].values()) and "analysis" in c["steps"], c["steps"]
+        assert c["analysis"]["ok"] and c["analysis"]["detail"] == "4 checks passed over 10s"
+        assert c["analysis"]["requests"] >= 20  # judged, not "not enough traffic"
+        rows = {r["name"]: r for r in c["analysis"]["checks"]}
+        assert rows["error_ratio"]["value"] == 0.0 and rows["error_ratio"]["query"] == ERRORS_QUERY
+
+        report = rig.dir / "breach.json"
+        code = deploy(rig, "--set", "serve.app.args.base.version=6", "--report", str(report))
+        out = capsys.readouterr().out
+        returned = time.time()
+        after = load.wait_for(8, after=returned)  # two cycles from the rolled-back version
+    assert code == 3, out
+    assert applied == ["5", "6", "5"]  # the install, the upgrade, the rollback
+    doc = json.loads(report.read_text())
+    assert doc["exit"] == {"code": 3, "name": "ROLLED_BACK"}
+    c = doc["clusters"]["staging"]
+    assert (c["before"], c["after"]) == (1, 3)  # helm records the rollback as revision 3
+    assert c["outcome"] == "rolled back to revision 1, healthy"
+    steps = list(c["steps"])
+    assert steps[steps.index("baseline") + 1 :] == [
+        *("upgrade", "running", "health", "version", "smoke", "soak", "analysis"),
+        *("rollback", "rollback-running", "rollback-health", "rollback-version"),
+    ]
+    assert [s for s, r in c["steps"].items() if not r["ok"]] == ["analysis"]
+    # the baseline: version 5's soak, no errors, every image escalated (theta 0)
+    assert re.fullmatch(
+        r"\d+ requests: error_ratio 0, refusal_ratio 0, p99_latency \S+, escalation_rate 1",
+        c["steps"]["baseline"]["detail"],
+    ), c["steps"]["baseline"]["detail"]
+
+    analysis = c["analysis"]
+    rows = {r["name"]: r for r in analysis["checks"]}
+    errors = rows["error_ratio"]
+    assert not analysis["ok"] and not errors["ok"]
+    assert analysis["window_seconds"] == WINDOW_S and errors["query"] == ERRORS_QUERY
+    assert errors["baseline"] == 0.0 and errors["threshold"] == pytest.approx(0.02)
+    # every answer of the soak came from version 6: SMALLs scored by it, BIGs 500
+    soaked = load.between(analysis["at"] - SOAK_S, analysis["at"])
+    assert len(soaked) >= 20
+    assert {(a.big, a.status, a.version) for a in soaked} == {(False, 200, "6"), (True, 500, None)}
+    # Prometheus counted a run of m consecutive requests of the cycle (a quarter BIG, so within
+    # 3/(4m) of 1/4), m >= requests / rate_tolerance (the extrapolation cancels in the ratio)
+    bound = 0.75 * rate_tolerance(WINDOW_S) / analysis["requests"]
+    assert abs(errors["value"] - 0.25) <= bound, (errors["value"], bound)
+    assert rows["refusal_ratio"]["ok"] and rows["refusal_ratio"]["value"] == 0.0
+    assert rows["escalation_rate"]["ok"] and rows["escalation_rate"]["value"] == pytest.approx(1.0)
+    assert analysis["detail"] == f"{errors['detail']}; query: {ERRORS_QUERY}"
+    assert errors["detail"] == (f"error_ratio {errors['value']:.4g} > 0.02 (baseline 0 + 0.02)")
+    assert c["steps"]["analysis"]["detail"] == analysis["detail"]
+    assert c["steps"]["rollback-version"]["detail"].startswith("base b 5, specialist s 1, 3/3")
+    assert ["rollback", RELEASE, "1"] in [argv[1:4] for argv in rig.calls("staging")]
+    # the summary names the breached query; version 5 answers again, BIG included
+    assert f"staging analysis: {analysis['detail']}" in out.splitlines()
+    assert "exit 3  a cluster failed and was rolled back" in out
+    assert served_versions(stack) == {"base": "5", "specialist": "1"}
+    assert {(a.status, a.version) for a in after} == {(200, "5")} and any(a.big for a in after)
