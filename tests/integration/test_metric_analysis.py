@@ -8,6 +8,11 @@ Every value is checked against what the test sent. Each version's series exist b
 window opens and every request of it lands inside, so `increase()` scales each counter's true
 count by an extrapolation factor in [1, W_ext / W_sampled] (`rate_tolerance`), and ratios and
 quantiles stay within that factor of the exact figures.
+
+The last test runs `hazard deploy` itself on one cluster whose service is this app and whose
+Prometheus is this one (the kube API and helm are the stand-ins of tests/deploy_fixtures.py,
+the API server's "KubeRay" serving each revision helm deploys): a good version passes its
+analysis, an erroring one is rolled back.
 """
 
 from __future__ import annotations
