@@ -90,6 +90,9 @@ class _Server:
             def do_DELETE(self):  # noqa: N802
                 self._serve("DELETE")
 
+            def do_PATCH(self):  # noqa: N802
+                self._serve("PATCH")
+
             def log_message(self, *args):
                 pass
 
@@ -334,6 +337,11 @@ class LeaseStore:
         return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}
 
 
+# What the stand-in's API discovery lists: path -> group/version, kind -> (group/version, plural)
+DISCOVERY = {"api/v1": "v1", "apis/ray.io/v1": "ray.io/v1"}
+KINDS = {"ServiceAccount": ("v1", "serviceaccounts"), "RayService": ("ray.io/v1", "rayservices")}
+
+
 class KubeStandIn(_Server):
     """The parts of a Kubernetes API server a rollout reads, for one cluster."""
 
@@ -345,7 +353,11 @@ class KubeStandIn(_Server):
         self.leases = LeaseStore()
         self.helm: tuple[Path, str] | None = None  # (helm stand-in state, this context)
         self.after_rollback: dict[str, list[dict]] = {}
-        self.deny: set[str] = set()  # resources (e.g. "rayservices") answered 403
+        self.deny: set[str] = set()  # resources (e.g. "rayservices") whose GETs are answered 403
+        # server-side dry runs: kind -> (status, message) the "admission" answers; the admitted
+        # objects, with the query they came with
+        self.refuse: dict[str, tuple[int, str]] = {}
+        self.dry_runs: list[tuple[str, dict, dict]] = []
         # The KubeRay operator's Deployment (OPERATOR_NAMESPACE/OPERATOR_DEPLOYMENT): its image,
         # labels, and the HTTP status a GET answers (404: not installed; 403: not allowed).
         self.operator_image = "quay.io/kuberay/operator:v1.7.0"
@@ -394,6 +406,23 @@ class KubeStandIn(_Server):
             },
         }
 
+    def _dry_run(self, path, query, request) -> tuple[int, dict]:
+        """A server-side apply; the stand-in takes dry runs only (a real apply is helm's)."""
+        if query.get("dryRun") != ["All"]:
+            return _status(400, "BadRequest", "the stand-in applies nothing: dryRun=All only")
+        if request.headers.get("Content-Type") != "application/apply-patch+yaml":
+            return _status(415, "UnsupportedMediaType", "server-side apply takes apply-patch+yaml")
+        obj = yaml.safe_load(request.body)
+        group_version, plural = KINDS.get(obj.get("kind"), ("?", "?"))
+        root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        if path != f"{root}/namespaces/{NAMESPACE}/{plural}/{obj['metadata']['name']}":
+            return _status(404, "NotFound", f"no route {path} for {obj.get('kind')}")
+        self.dry_runs.append((path, obj, query))
+        if obj["kind"] in self.refuse:
+            code, message = self.refuse[obj["kind"]]
+            return _status(code, "Invalid" if code == 422 else "Forbidden", message)
+        return 200, obj
+
     def add_pods(self, cluster: str, ready: int, not_ready: int = 0) -> None:
         for i in range(ready + not_ready):
             self.pods.append(_pod(f"{cluster}-pod-{i}", cluster, i < ready))
@@ -409,8 +438,19 @@ class KubeStandIn(_Server):
         if parts[:4] == lease_api and len(parts) in (6, 7) and parts[5] == "leases":
             name = parts[6] if len(parts) == 7 else None
             return self.leases.handle(method, parts[4], name, request.body)
-        if parts[5:6] and parts[5] in self.deny:
+        if method == "GET" and parts[5:6] and parts[5] in self.deny:
             return _status(403, "Forbidden", f"{parts[5]} is forbidden: stand-in")
+        if method == "GET" and path.strip("/") in DISCOVERY:
+            group_version = DISCOVERY[path.strip("/")]
+            resources = [
+                {"name": plural, "kind": kind, "namespaced": True, "verbs": ["get", "patch"]}
+                for kind, (gv, plural) in KINDS.items()
+                if gv == group_version
+            ]
+            return 200, {"kind": "APIResourceList", "groupVersion": group_version,
+                         "resources": resources}  # fmt: skip
+        if method == "PATCH":
+            return self._dry_run(path, query, request)
         if parts[:3] == ["apis", "ray.io", "v1"] and len(parts) == 7 and parts[5] == "rayservices":
             obj = self._rayservice(parts[6]) if parts[4] == NAMESPACE else None
             if obj is None:

@@ -4,7 +4,10 @@ analysis (a baseline before the upgrade, the judgement at the end of the soak)."
 
 from __future__ import annotations
 
+import yaml
+
 from hazard.deploy import analysis, compat
+from hazard.deploy.admission import ServerDryRun
 from hazard.deploy.gates import GateResult
 from hazard.deploy.plan import Plan
 from hazard.deploy.rollout import Exit, Hooks
@@ -27,9 +30,15 @@ def operator_check(plan: Plan, targets: list[ClusterTarget]):
 
 
 def dry_run_check(target: ClusterTarget, sets: list[str]) -> GateResult:
-    """The `dry-run` step: the API server accepts the upgrade's objects (nothing changes)."""
-    target.preflight(sets)
-    return GateResult(True, "the API server accepts the upgrade (server-side dry run)", 0.0)
+    """The `dry-run` step: helm renders the upgrade against the cluster (`--dry-run=server`),
+    then the API server admits each of its objects as a dry-run server-side apply (schema,
+    admission webhooks, the deployer's write permissions); nothing changes."""
+    manifest = target.preflight(sets)
+    problems = ServerDryRun(target.kube.api(), target.cluster.namespace).check(manifest)
+    if problems:
+        return GateResult(False, "the API server refuses: " + "; ".join(problems), 0.0)
+    kinds = [d["kind"] for d in yaml.safe_load_all(manifest) if isinstance(d, dict) and "kind" in d]
+    return GateResult(True, f"the API server admits all {len(kinds)} objects (dry run)", 0.0)
 
 
 class MetricGate:

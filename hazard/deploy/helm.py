@@ -130,9 +130,10 @@ class Helm:
         return int(release["version"]), release.get("manifest", "")
 
     def dry_run(self, chart: str, version: str | None, values: Path | None, sets: list[str]) -> str:
-        """`upgrade` as a server-side dry run (`--dry-run=server`): the API server validates
-        and admits every object, nothing is persisted, no revision recorded; returns the
-        manifest (Secrets hidden)."""
+        """`upgrade --dry-run=server`: the chart rendered as the upgrade would render it, its
+        `lookup`s reading the cluster; nothing is persisted, no revision recorded. Helm sends
+        no object for admission: `admission.ServerDryRun` does that with the manifest this
+        returns (Secrets hidden)."""
         args = [*self.upgrade_args(chart, version, values, sets), "--dry-run=server"]
         release = _json(self._run(*args, "--hide-secret"), "upgrade --dry-run=server")
         return release.get("manifest", "")

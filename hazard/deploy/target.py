@@ -89,8 +89,8 @@ class ClusterTarget:
         return revision, rayservices(manifest), served_models(manifest)
 
     def preflight(self, sets: list[str]) -> str:
-        """The upgrade as a server-side dry run (nothing changes); returns the manifest the API
-        server accepted, raises HelmError with helm's message when it refuses."""
+        """The upgrade rendered by helm against the cluster (`--dry-run=server`; nothing
+        changes); returns its manifest, raises HelmError with helm's message."""
         p = self.plan
         return self.helm.dry_run(p.chart, p.chart_version, self.cluster.values, self.sets(sets))
 

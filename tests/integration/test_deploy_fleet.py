@@ -268,7 +268,7 @@ def test_a_second_concurrent_rollout_is_refused_by_the_lease(fleet: Rig, capsys)
     """The first rollout holds every cluster's Lease while staging is still coming up; a
     second one started meanwhile exits 7 naming the holder and changes nothing."""
     deploying = rayservice(generation=9, observed=9, app_status="DEPLOYING")
-    fleet.kube["staging"].script(RELEASE, *[deploying] * 100, rayservice(generation=9, observed=9))
+    fleet.kube["staging"].script(RELEASE, deploying)  # until the second rollout has been refused
     first: dict[str, int] = {}
     thread = threading.Thread(target=lambda: first.update(code=deploy(fleet)), daemon=True)
     thread.start()
@@ -279,6 +279,7 @@ def test_a_second_concurrent_rollout_is_refused_by_the_lease(fleet: Rig, capsys)
     calls = len(fleet.calls())
 
     second = deploy(fleet, "--set", "image.tag=0.3.0")
+    fleet.kube["staging"].script(RELEASE, rayservice(generation=9, observed=9))
     thread.join(60)
     out = capsys.readouterr().out
 
@@ -334,3 +335,35 @@ def test_sigterm_stops_the_rollout_releases_the_locks_and_leaves_a_resumable_rep
     assert doc["clusters"]["prod-eu"]["outcome"] == "not started"
     assert not [c for c in fleet.calls() if is_upgrade(c) and CONTEXTS["staging"] not in c]
     assert all(fleet.kube[n].leases.get() is None for n in FLEET)
+
+
+def test_the_server_side_dry_run_refusal_stops_the_cluster_before_its_upgrade(rig: Rig, capsys):
+    """Each rendered object goes to the API server as a dry-run server-side apply with strict
+    field validation; a refusal (here a webhook's) leaves the cluster unchanged: exit 5."""
+    kube = rig.kube["staging"]
+    kube.refuse["RayService"] = (422, 'admission webhook "vrayservice.kb.io" denied the request')
+
+    code = deploy(rig, "--set", "image.tag=0.2.0")
+    out = capsys.readouterr().out
+
+    assert code == 5, out
+    assert (
+        "staging dry-run: the API server refuses: RayService/hazard-cascade: HTTP 422 "
+        'admission webhook "vrayservice.kb.io" denied the request'
+    ) in out
+    assert not [c for c in rig.calls() if is_upgrade(c)]
+    assert [(o["kind"], q["dryRun"], q["fieldValidation"]) for _, o, q in kube.dry_runs] == [
+        ("ServiceAccount", ["All"], ["Strict"]),
+        ("RayService", ["All"], ["Strict"]),
+    ]
+    sent = kube.dry_runs[1][1]  # what was dry-run is what helm rendered for the upgrade
+    assert sent["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0][
+        "image"
+    ].endswith(":0.2.0")
+
+    kube.refuse.clear()
+    rig.kube["staging"].script(RELEASE, rayservice(generation=5, observed=5))
+    report = rig.dir / "rollout.json"
+    assert deploy(rig, "--set", "image.tag=0.2.0", "--report", str(report)) == 0
+    step = json.loads(report.read_text())["clusters"]["staging"]["steps"]["dry-run"]
+    assert step["ok"] and step["detail"] == "the API server admits all 2 objects (dry run)"
