@@ -21,6 +21,7 @@ Imports only the standard library and yaml: the helm stand-in runs it at every c
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -685,9 +686,23 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _write_state(path: Path, state: dict) -> None:
+    """Replace the state file at once: the API stand-ins read it while helm runs."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
+
 def helm_main(args: list[str]) -> int:
-    """The stand-in `helm`."""
+    """The stand-in `helm`: one at a time per state file (parallel clusters of a wave run
+    several), like each cluster's own release records would be."""
     state_path = Path(os.environ["HELM_STANDIN_STATE"])
+    with open(state_path.with_name(f".{state_path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _helm_main(args, state_path)
+
+
+def _helm_main(args: list[str], state_path: Path) -> int:
     with open(os.environ["HELM_STANDIN_LOG"], "a") as f:
         f.write(json.dumps({"argv": ["helm", *args], "driver": os.environ.get("HELM_DRIVER")}))
         f.write("\n")
@@ -710,7 +725,7 @@ def helm_main(args: list[str]) -> int:
 
     def save() -> None:
         state["releases"][key] = revisions
-        state_path.write_text(json.dumps(state))
+        _write_state(state_path, state)
 
     def add(status: str, manifest: str, description: str) -> int:
         for r in revisions:
@@ -778,7 +793,7 @@ def helm_main(args: list[str]) -> int:
             return _fail(f"uninstall: Release not loaded: {release}: release: not found")
         del state["releases"][key]
         state.setdefault("uninstalled", []).append(context)
-        state_path.write_text(json.dumps(state))
+        _write_state(state_path, state)
         print(f'release "{release}" uninstalled')
     else:
         return _fail(f'unknown command "{command}" for "helm"')

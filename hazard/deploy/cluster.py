@@ -25,7 +25,7 @@ FAILING_APP_STATES = {"DEPLOY_FAILED", "UNHEALTHY"}
 # Kubelet Warning events of a pod that cannot start: (reason, words one of which the message has).
 POD_FAILURE_EVENTS = {
     "BackOff": ("restarting failed container", "back-off restarting", "pulling image"),
-    "Failed": ("pull", "image", "CrashLoopBackOff", "CreateContainerConfigError"),
+    "Failed": ("",),  # "Failed to pull image", "Error: secret ... not found", "Error: ..."
     "ErrImagePull": ("",),
     "ImagePullBackOff": ("",),
     "InspectFailed": ("",),

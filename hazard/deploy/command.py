@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--set takes KEY=VALUE, got {', '.join(bad)}")
         if conflicts := [x for c in plan.clusters for x in set_conflicts(c, args.sets)]:
             raise ConfigError("; ".join(conflicts))
-        done = resumable(args.resume, plan.source, args.sets) if args.resume else {}
+        done, unfinished = resumable(args.resume, plan, args.sets) if args.resume else ({}, {})
         known = contexts()
         if missing := sorted({c.context for c in plan.clusters} - known):
             raise ConfigError(
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(dry_run(plan, targets, args.sets, _say))
     report_path = args.report or args.resume
     hooks = checks.hooks(plan, targets)
-    run = Rollout(plan, targets, args.sets, api_key, _say, hooks, done)
+    run = Rollout(plan, targets, args.sets, api_key, _say, hooks, done, unfinished)
     if report_path:
         hooks.saved = lambda: write(report_path, as_json(run, None))
     main_thread = threading.current_thread() is threading.main_thread()

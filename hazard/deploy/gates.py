@@ -146,13 +146,14 @@ def wait_running(
             ray_clusters += state.clusters()
         if not blockers:
             return progress.result(True, f"{names}: apps RUNNING")
-        if verdict := early.verdict(signs + early.pod_signs(ray_clusters)):
+        signs += early.pod_signs(ray_clusters)
+        if verdict := early.verdict(signs):
             return progress.result(False, verdict)
         if progress.elapsed >= poll.timeout_seconds:
             detail = f"not running after {progress.elapsed:.0f}s: " + "; ".join(blockers)
             last = "; ".join(f"{n}: {d}" for n, d in seen.items())
             return progress.result(False, detail + (f" (last status: {last})" if last else ""))
-        progress("; ".join(blockers))
+        progress("; ".join(blockers + [f"failing: {s}" for s in signs]))
         progress.sleep(poll.interval_seconds)
 
 

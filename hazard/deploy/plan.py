@@ -312,10 +312,16 @@ def _set_value(value: str | int | float | bool) -> str:
 
 
 def set_conflicts(cluster: ClusterPlan, sets: list[str]) -> list[str]:
-    """Global `--set`s that would silently replace a key of the cluster's own `set:`."""
+    """Global `--set`s that would silently replace a key of the cluster's own `set:` (the
+    same key, or one inside the other: `serve.app` and `serve.app.args.engine`)."""
     own = dict(s.split("=", 1) for s in cluster.sets)
+
+    def overlaps(a: str, b: str) -> bool:
+        return a == b or a.startswith(f"{b}.") or b.startswith(f"{a}.")
+
     return [
-        f"--set {item} conflicts with clusters.{cluster.name}.set {key}={own[key]}"
+        f"--set {item} conflicts with clusters.{cluster.name}.set {key}={value}"
         for item in sets
-        if (key := item.split("=", 1)[0]) in own
+        for key, value in own.items()
+        if overlaps(item.split("=", 1)[0], key)
     ]

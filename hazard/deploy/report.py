@@ -3,16 +3,24 @@ why) and the JSON report (`--report FILE`) a pipeline reads and `--resume` conti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
 from hazard.config import ConfigError
+from hazard.deploy.plan import Plan
 from hazard.deploy.rollout import EXIT_HELP, ClusterReport, Exit, Rollout
 
 STEPS = ("upgrade", "running", "health", "version", "smoke", "soak", "analysis")
-CHECKS = ("history", "operator", "dry-run", "baseline")  # before the upgrade; change nothing
+CHECKS = (
+    "history",
+    "operator",
+    "lock",
+    "dry-run",
+    "baseline",
+)  # before the upgrade; change nothing
 COLUMNS = ("cluster", "wave", "before", "after", "checks", *STEPS, "pods", "time")
 REPORT_FORMAT = 1
 
@@ -81,6 +89,7 @@ def as_json(rollout: Rollout, code: Exit | None) -> dict:
         "release": plan.release,
         "chart": plan.chart,
         "sets": rollout.sets,
+        "inputs": inputs(plan),
         "startedAt": rollout.started_at,
         "exit": None if code is None else {"code": int(code), "name": code.name},
         "waves": [
@@ -132,9 +141,19 @@ def write(path: Path, document: dict) -> None:
     os.replace(tmp, path)
 
 
-def resumable(path: Path, clusters_file: Path, sets: list[str]) -> dict[str, int]:
-    """The clusters a stopped rollout's report says it upgraded (name -> revision), checked to
-    be the same rollout: the same clusters file and the same --set values."""
+def inputs(plan: Plan) -> dict[str, str]:
+    """sha256 of the files that decide what a rollout deploys: the clusters file and each
+    cluster's values overlay (a resumed rollout must deploy what the stopped one did)."""
+    files = {"clustersFile": plan.source}
+    files |= {f"values/{c.name}": c.values for c in plan.clusters if c.values}
+    return {name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for name, p in files.items()}
+
+
+def resumable(path: Path, plan: Plan, sets: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """From a stopped rollout's report: the clusters it upgraded (name -> revision) and those
+    it left unfinished after recording their revision (name -> that `before`), checked to be
+    the same rollout: the same clusters file, overlays and --set values."""
+    clusters_file = plan.source
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError as exc:
@@ -154,8 +173,21 @@ def resumable(path: Path, clusters_file: Path, sets: list[str]) -> dict[str, int
             f"--resume: {path} was run with --set {doc.get('sets')}, this run has {sets}: "
             "a resumed rollout must deploy the same values"
         )
-    return {
+    now = inputs(plan)
+    if changed := sorted(k for k, v in (doc.get("inputs") or {}).items() if now.get(k) != v):
+        raise ConfigError(
+            f"--resume: {', '.join(changed)} changed since {path} was written: start a new "
+            "rollout (without --resume) to deploy the changed files"
+        )
+    clusters = doc.get("clusters", {})
+    done = {
         name: c["after"]
-        for name, c in doc.get("clusters", {}).items()
+        for name, c in clusters.items()
         if c.get("code") == int(Exit.OK) and isinstance(c.get("after"), int)
     }
+    unfinished = {
+        name: c["before"]
+        for name, c in clusters.items()
+        if c.get("code") is None and isinstance(c.get("before"), int) and "upgrade" in c["steps"]
+    }
+    return done, unfinished

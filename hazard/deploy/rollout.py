@@ -198,8 +198,10 @@ def deploy_cluster(
     hooks: Hooks | None = None,
     soak_seconds: float = 0.0,
     report: ClusterReport | None = None,
+    rollback_to: int | None = None,
 ) -> tuple[ClusterReport, Exit]:
-    """Upgrade, gate and soak one cluster, rolling it back on the first failed step."""
+    """Upgrade, gate and soak one cluster, rolling it back on the first failed step (to
+    `rollback_to` when given: a resumed cluster's last revision that passed its gates)."""
     hooks = hooks or Hooks()
     report = report or ClusterReport(target.name, target.cluster.wave)
     start, started_at = time.monotonic(), datetime.now(UTC).replace(microsecond=0)
@@ -216,6 +218,12 @@ def deploy_cluster(
     except HelmError as exc:
         report.steps["history"] = GateResult(False, str(exc), 0.0)
         return finish("not started: release unreadable", Exit.NOT_STARTED)
+    if rollback_to is not None and rollback_to != report.before:
+        say(
+            f"revision {report.before} is from the interrupted rollout and never passed its "
+            f"gates: a failure rolls back to revision {rollback_to}, as recorded before it"
+        )
+        report.before = rollback_to
     for name, check in hooks.before.items():
         if not _step(report, name, lambda c=check: c(target, sets), hooks):
             return finish(f"not started: {name} failed", hooks.codes.get(name, Exit.NOT_STARTED))
@@ -276,6 +284,7 @@ class Rollout:
     say: Say
     hooks: Hooks = field(default_factory=Hooks)
     done: dict[str, int] = field(default_factory=dict)  # resumed: cluster -> revision it left
+    unfinished: dict[str, int] = field(default_factory=dict)  # resumed: cluster -> its `before`
     reports: dict[str, ClusterReport] = field(init=False)
     stop: threading.Event = field(default_factory=threading.Event)
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
@@ -305,8 +314,9 @@ class Rollout:
             say(f"deployed revision is {now}, not {revision} as the report says: upgrading again")
         self.say(f"== {c.name} (wave {c.wave}, context {c.context}, namespace {c.namespace})")
         _, code = deploy_cluster(
-            self.plan, target, self.sets, self.api_key, say, self.hooks, soak, report
-        )
+            self.plan, target, self.sets, self.api_key, say, self.hooks, soak, report,
+            self.unfinished.get(c.name),
+        )  # fmt: skip
         if code != Exit.OK:
             self.stop.set()
         return code
@@ -387,12 +397,14 @@ class Rollout:
                 self.say(f"could not release {lock.where}: {exc} (it expires by itself)")
 
     def _waves(self) -> Exit:
+        code = Exit.OK
         for wave in self.plan.waves:
-            if self.stop.is_set():
-                break
             if (code := self._wave(wave)) != Exit.OK:
-                return code
-        return Exit.OK
+                break
+        for r in self.reports.values():
+            if r.code is None and r.outcome == "not started" and self.stop.is_set():
+                r.outcome = "not started: the rollout stopped"
+        return code
 
 
 def _holding(lock: RolloutLock) -> GateResult:

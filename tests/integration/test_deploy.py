@@ -287,7 +287,7 @@ def test_rayservice_never_running_rolls_back_and_leaves_later_clusters_untouched
         re.M,
     )
     assert "app hazard-cascade DEPLOYING" in out
-    assert re.search(r"^prod-eu\s+-\s+-\s.*not started$", row(out, "prod-eu"))
+    assert re.search(r"^prod-eu\s+-\s+-\s.*not started: the rollout stopped$", row(out, "prod-eu"))
 
 
 def test_new_generation_running_but_old_versions_served_fails_the_version_gate(rig, capsys):

@@ -220,6 +220,11 @@ def test_resume_continues_a_stopped_rollout_from_its_report(fleet: Rig, capsys):
 
     assert deploy(fleet, "--set", "image.tag=0.3.0", "--resume", str(report)) == 2
     assert "a resumed rollout must deploy the same values" in capsys.readouterr().err
+    overlay = fleet.values["prod-us"].read_text()
+    fleet.values["prod-us"].write_text(overlay + "extra: 1\n")
+    assert deploy(fleet, "--set", "image.tag=0.2.0", "--resume", str(report)) == 2
+    assert "--resume: values/prod-us changed since" in capsys.readouterr().err
+    fleet.values["prod-us"].write_text(overlay)
 
     fleet.serve["prod-eu"].readyz = [200]  # fixed
     calls_before = len(fleet.calls())
@@ -315,6 +320,7 @@ def test_sigterm_stops_the_rollout_releases_the_locks_and_leaves_a_resumable_rep
     cluster touched, every Lease released, and the report says where it stopped."""
     deploying = rayservice(generation=9, observed=9, app_status="DEPLOYING")
     fleet.kube["staging"].script(RELEASE, deploying)  # never runs
+    fleet.timeouts(health=0.5)  # for the resumed run (a resume must keep the clusters file)
     report = fleet.dir / "rollout.json"
     argv = ["deploy", "--clusters", str(fleet.clusters_file), "--report", str(report)]
     proc = subprocess.Popen(
@@ -335,6 +341,15 @@ def test_sigterm_stops_the_rollout_releases_the_locks_and_leaves_a_resumable_rep
     assert doc["clusters"]["prod-eu"]["outcome"] == "not started"
     assert not [c for c in fleet.calls() if is_upgrade(c) and CONTEXTS["staging"] not in c]
     assert all(fleet.kube[n].leases.get() is None for n in FLEET)
+
+    # resumed: staging's revision 4 never passed its gates, so its failure goes back to 3
+    fleet.serve["staging"].readyz = [503]
+    fleet.kube["staging"].script(RELEASE, rayservice(generation=10, observed=10))
+    code = deploy(fleet, "--resume", str(report))
+    out = capsys.readouterr().out
+    assert code == 3, out
+    assert "a failure rolls back to revision 3, as recorded before it" in out
+    assert fleet.calls("staging")[-3] == helm("staging", "rollback", RELEASE, "3")
 
 
 def test_the_server_side_dry_run_refusal_stops_the_cluster_before_its_upgrade(rig: Rig, capsys):
