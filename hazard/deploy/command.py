@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         "--resume",
         metavar="FILE",
         type=Path,
-        help="continue the stopped rollout whose report this is (same clusters file and --set): "
+        help="continue the stopped rollout whose report this is (same clusters file, overlays "
+        "and --set): "
         "clusters it upgraded, still at that revision, are skipped; the report is updated",
     )
     args = parser.parse_args(argv)
