@@ -153,7 +153,7 @@ def wait_running(
             detail = f"not running after {progress.elapsed:.0f}s: " + "; ".join(blockers)
             last = "; ".join(f"{n}: {d}" for n, d in seen.items())
             return progress.result(False, detail + (f" (last status: {last})" if last else ""))
-        progress("; ".join(blockers + [f"failing: {s}" for s in signs]))
+        progress("; ".join(blockers) + (f"; failing: {'; '.join(signs)}" if signs else ""))
         progress.sleep(poll.interval_seconds)
 
 
