@@ -53,3 +53,10 @@ def test_the_scan_sees_a_reference_and_skips_docs(tmp_path):
     (tmp_path / "bad.py").write_text(f'CRDS = "{OUTSIDE}/reference"\n')
     files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     assert _offenders(files, tmp_path) == [f'bad.py:1: CRDS = "{OUTSIDE}/reference"']
+
+
+def test_test_files_have_unique_basenames():
+    """tests/unit and tests/integration are not packages: pytest imports each test file by its
+    basename, and a second file of the same name stops `make test` at collection."""
+    names = [p.name for p in (REPO / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
