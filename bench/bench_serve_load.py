@@ -281,7 +281,7 @@ def floor(args, png: bytes) -> dict:
     """The base engine's batched forward on the decoded test image, ms per image per batch."""
     from PIL import Image
 
-    from serve.engines import TransformersEngine
+    from hazard.engines import TransformersEngine
 
     engine = TransformersEngine(args.base)
     image = Image.open(io.BytesIO(png)).convert("RGB")

@@ -40,9 +40,9 @@ def score_bundle(
     """Per split: probabilities (label → p) and true labels of every row, scored as the
     server scores: the serving engine (on the task's GPU when it has one) over the verified
     bundle's weights, processor, prompt and labels. The model is loaded once for all splits."""
+    from hazard.engines import make_engine
     from hazard.storage import read_parquet
     from hazard.vlm import open_stored_image
-    from serve.engines import make_engine
 
     scorer = make_engine(engine, model_uri, dtype, vllm)
     out = []

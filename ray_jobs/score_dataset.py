@@ -155,7 +155,7 @@ class CascadeScorer:
         engine: str = "transformers",
         vllm: dict | None = None,
     ):
-        from serve.engines import make_engine
+        from hazard.engines import make_engine
 
         # on the actor's GPU when it reserved one (hazard.device; vLLM: always)
         self.base = make_engine(engine, base_uri, dtype, vllm)

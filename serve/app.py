@@ -234,7 +234,7 @@ class ModelScorer:
         health_cache_s: float = 5.0,
         vllm: dict | None = None,
     ):
-        from serve.engines import make_engine
+        from hazard.engines import make_engine
 
         self.model, self.role = ServedModel.model_validate(model), role
         self.engine = make_engine(engine, self.model.model_uri, dtype, vllm or {})

@@ -38,8 +38,8 @@ def _scenes(n_per_label: int = 2) -> tuple[list, list[str]]:
 
 
 def test_transformers_engine_runs_on_cuda_in_bf16(tmp_path, tiny_model_path, record_property):
+    from hazard.engines import TransformersEngine
     from hazard.vlm import label_probabilities, load_model, load_processor
-    from serve.engines import TransformersEngine
 
     bundle = str(make_bundle(tiny_model_path, tmp_path / "bundle", "tiny", "0", "base"))
     engine = TransformersEngine(bundle, "bfloat16")

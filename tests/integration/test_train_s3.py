@@ -55,7 +55,7 @@ def test_stage1_from_s3_to_s3_and_served_from_s3(
     written = json.loads(read_bytes(f"{prefix}/stage1/metrics.json"))
     assert written["best_step"] == metrics["best_step"] and written["step"] == 2
 
-    from serve.engines import TransformersEngine
+    from hazard.engines import TransformersEngine
 
     monkeypatch.setenv("HAZARD_CACHE", str(tmp_path / "cache"))  # a replica with no cache
     engine = TransformersEngine(metrics["model_dir"])

@@ -84,8 +84,8 @@ def test_cuda_scoring_uses_the_gpu_in_bfloat16(tiny_model_path, caplog):
 def test_every_scoring_loader_goes_through_the_device_helper(tiny_model_path, tmp_path, caplog):
     """The transformers engine (serving, batch scoring, calibration) and the consistency
     filter's scorer load in the configured dtype, on the device hazard.device picks."""
+    from hazard.engines import TransformersEngine
     from pipelines.consistency import load_scorer
-    from serve.engines import TransformersEngine
     from tests.integration.serve_fixtures import make_bundle
 
     bundle = make_bundle(tiny_model_path, tmp_path / "b", "b", "1", "base")

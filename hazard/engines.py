@@ -1,6 +1,8 @@
 """Inference engines: turn a batch of images into probabilities over a model's label set.
 
-`ScoringEngine` is the interface the Serve deployments use. `TransformersEngine` runs anywhere
+`ScoringEngine` is the interface that serving (`serve/app.py`), calibration
+(`ray_jobs/calibrate.py`) and batch scoring (`ray_jobs/score_dataset.py`) share, so the three
+score a bundle the same way. `TransformersEngine` runs anywhere
 (CPU and GPU) through `hazard.vlm`; `VLLMEngine` runs on GPU, reading the same restricted
 next-token distribution from vLLM's logprobs. Both read answers, never generate free text.
 """
@@ -166,7 +168,8 @@ def model_positions(path) -> int | None:
 
 
 def make_engine(kind: str, model_uri: str, dtype: str, vllm: dict | None = None) -> ScoringEngine:
-    """Engine factory used by the Serve deployments (`vllm`: VLLMOptions fields)."""
+    """The engine `kind` ('transformers' or 'vllm') over the bundle at `model_uri`, as serving,
+    calibration and batch scoring build it (`vllm`: VLLMOptions fields)."""
     if kind == "transformers":
         return TransformersEngine(model_uri, dtype)
     if kind == "vllm":
