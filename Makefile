@@ -47,9 +47,10 @@ test-locks: setup-locks ## the image_lock tests (unit, training, scoring, calibr
 test-fast: setup ## unit tests only
 	$(PY) -m pytest -q tests/unit
 
-lint: setup ## ruff lint + format check
+lint: setup ## ruff lint + format check, and the import rules of docs/architecture.md
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q tests/unit/test_layering.py
 
 format: setup ## ruff fix + format
 	$(VENV)/bin/ruff check --fix .
