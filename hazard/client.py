@@ -15,15 +15,20 @@ from pathlib import Path
 import httpx
 
 
-def score_file(client: httpx.Client, url: str, path: Path, api_key: str | None) -> dict:
-    """POST one image as multipart; returns the JSON answer (or raises with the error body)."""
+def post_image(client: httpx.Client, url: str, path: Path, api_key: str | None) -> httpx.Response:
+    """POST one image as multipart to `<url>/v1/score`; the response as it came."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with path.open("rb") as f:
-        resp = client.post(
+        return client.post(
             f"{url.rstrip('/')}/v1/score",
             headers=headers,
             files={"file": (path.name, f, "application/octet-stream")},
         )
+
+
+def score_file(client: httpx.Client, url: str, path: Path, api_key: str | None) -> dict:
+    """POST one image as multipart; returns the JSON answer (or raises with the error body)."""
+    resp = post_image(client, url, path, api_key)
     if resp.status_code != 200:
         raise RuntimeError(f"{path}: HTTP {resp.status_code}: {resp.text}")
     return resp.json()

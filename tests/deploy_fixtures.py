@@ -71,11 +71,15 @@ class _Server:
                 with owner.lock:
                     owner.requests.append((method, url.path, dict(self.headers), body))
                     owner.times.append(time.monotonic())
-                    status, payload = owner.handle(method, url.path, parse_qs(url.query), self)
+                    status, payload, *extra = owner.handle(
+                        method, url.path, parse_qs(url.query), self
+                    )
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (extra[0] if extra else {}).items():  # handle's extra headers
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -506,6 +510,7 @@ class ServeStandIn(_Server):
         self.readyz = list(readyz)
         self.models = [served()]  # each GET /v1/models takes the next; the last one stays
         self.answer = answer or valid_answer()
+        self.refusals = 0  # POST /v1/score answers this many 503s (Retry-After: 0) first
         self.helm: tuple[Path, str] | None = None  # (helm stand-in state, this context)
         # once the helm stand-in rolled the release back: the previous version's answers
         self.after_rollback = {"readyz": [200], "models": [served()]}
@@ -526,6 +531,9 @@ class ServeStandIn(_Server):
             models = self._next("models")
             return 200, {"models": models, "labels": [], "fusion": {}}
         if method == "POST" and path == "/v1/score":
+            if self.refusals > 0:
+                self.refusals -= 1
+                return 503, {"detail": "overloaded: try again"}, {"Retry-After": "0"}
             return 200, self.answer
         return 404, {"detail": "Not Found"}
 

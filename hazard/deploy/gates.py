@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from hazard.client import score_file
+from hazard.client import post_image
 from hazard.deploy.cluster import KubeError
 from hazard.deploy.plan import FailFast, HealthGate, Poll
 from hazard.deploy.target import ClusterTarget
@@ -299,6 +299,14 @@ def soak(
             progress.sleep(gate.interval_seconds)
 
 
+def _retry_after(resp: httpx.Response) -> float:
+    """Seconds a 503 asks to wait (its `Retry-After`, 1 s when absent or unreadable, at most 30)."""
+    try:
+        return min(30.0, max(0.0, float(resp.headers.get("Retry-After", "1"))))
+    except ValueError:
+        return 1.0
+
+
 def score_problems(answer: object) -> list[str]:
     """What makes a /v1/score answer invalid (empty: valid)."""
     if not isinstance(answer, dict):
@@ -331,13 +339,34 @@ def smoke(
     service_url: str, image: Path, api_key: str, timeout: float, want: Models | None = None
 ) -> GateResult:
     """Score `image` through `POST /v1/score` with the API key; the answer must be valid and,
-    given `want`, come from those models' versions."""
+    given `want`, come from those models' versions. A 503 (the app refusing under load, with
+    `Retry-After`) or a connection error is retried within `timeout`: a busy production app is
+    not a failed release."""
     start = time.monotonic()
+    tries, last = 0, ""
+    with httpx.Client(timeout=timeout) as http:
+        while True:
+            tries += 1
+            try:
+                resp = post_image(http, service_url, image, api_key)
+            except httpx.HTTPError as exc:
+                resp, last = None, f"{type(exc).__name__}: {exc}"
+            if resp is not None and resp.status_code != 503:
+                break
+            if resp is not None:
+                last = f"HTTP 503 {resp.text[:200]}"
+            wait = _retry_after(resp) if resp is not None else 1.0
+            if wait >= timeout - (time.monotonic() - start):
+                detail = f"no answer but 503/connection errors in {tries} tries; last: {last}"
+                return GateResult(False, detail[:300], time.monotonic() - start)
+            time.sleep(wait)
+    if resp.status_code != 200:
+        detail = f"{image}: HTTP {resp.status_code}: {resp.text}"
+        return GateResult(False, detail[:300], time.monotonic() - start)
     try:
-        with httpx.Client(timeout=timeout) as http:
-            answer = score_file(http, service_url, image, api_key)
-    except (RuntimeError, httpx.HTTPError, ValueError) as exc:
-        return GateResult(False, str(exc)[:300], time.monotonic() - start)
+        answer = resp.json()
+    except ValueError as exc:
+        return GateResult(False, f"answer is not JSON: {exc}", time.monotonic() - start)
     elapsed = time.monotonic() - start
     if problems := score_problems(answer):
         return GateResult(False, "invalid score: " + "; ".join(problems), elapsed)

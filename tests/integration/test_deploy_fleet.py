@@ -382,3 +382,21 @@ def test_the_server_side_dry_run_refusal_stops_the_cluster_before_its_upgrade(ri
     assert deploy(rig, "--set", "image.tag=0.2.0", "--report", str(report)) == 0
     step = json.loads(report.read_text())["clusters"]["staging"]["steps"]["dry-run"]
     assert step["ok"] and step["detail"] == "the API server admits all 2 objects (dry run)"
+
+
+def test_the_smoke_request_retries_503_within_its_timeout(rig: Rig, capsys):
+    """A production app refusing under load (503 + Retry-After) is not a failed release; a
+    smoke request that only ever gets 503s within its timeout is."""
+    rig.kube["staging"].script(RELEASE, rayservice(generation=5, observed=5))
+    rig.serve["staging"].refusals = 2
+
+    assert deploy(rig) == 0, capsys.readouterr().out
+    assert len(rig.serve["staging"].uploads()) == 3  # two 503s, then the score
+
+    rig.serve["staging"].refusals = 10**6
+    rig.edit(smoke={"apiKeyEnv": "HC_DEPLOY_TEST_KEY", "timeoutSeconds": 0.5})
+    code = deploy(rig)
+    out = capsys.readouterr().out
+    assert code == 3, out
+    assert re.search(r"^staging smoke: no answer but 503/connection errors in \d+ tries; last: "
+                     r"HTTP 503 ", out, re.M)  # fmt: skip

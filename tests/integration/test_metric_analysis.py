@@ -591,7 +591,7 @@ def test_hazard_deploy_passes_a_good_version_and_rolls_back_a_metric_breach(stac
     assert steps[steps.index("baseline") + 1 :] == [
         *("upgrade", "running", "health", "version", "smoke", "soak", "analysis"),
         *("rollback", "rollback-running", "rollback-health", "rollback-version"),
-    ]
+    ], c["steps"]  # on failure: every step's detail
     assert [s for s, r in c["steps"].items() if not r["ok"]] == ["analysis"]
     # the baseline: version 5's soak, no errors, every image escalated (theta 0)
     assert re.fullmatch(
