@@ -28,9 +28,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hazard.cascade import FusionSpec
+from hazard.config.strict import StrictModel
 from hazard.images import QWEN_MAX_PIXELS
 from hazard.storage import (
     ChecksumMismatchError,
@@ -62,10 +63,8 @@ class NotABundleError(BundleError, FileNotFoundError):
     """The folder or prefix holds no hazard_model.json."""
 
 
-class ValPredictions(BaseModel):
+class ValPredictions(StrictModel):
     """The merged model's label probabilities on the validation split, with the true labels."""
-
-    model_config = ConfigDict(extra="forbid")
 
     probabilities: list[list[float]]
     labels: list[str]
@@ -79,10 +78,8 @@ class ValPredictions(BaseModel):
         return self
 
 
-class BundleMeta(BaseModel):
+class BundleMeta(StrictModel):
     """The content of hazard_model.json (schema version 1)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
     name: str

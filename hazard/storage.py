@@ -34,7 +34,9 @@ from urllib.parse import quote, unquote, urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from hazard.config.strict import StrictModel
 
 SUPPORTED_SCHEMES = ("file", "s3")  # plus plain local paths
 _CHUNK = 8 * 1024 * 1024
@@ -57,10 +59,8 @@ class ChecksumMismatchError(StorageError):
     """A file's sha256 differs from the one in the manifest."""
 
 
-class StorageConfig(BaseModel):
+class StorageConfig(StrictModel):
     """S3 connection settings; each unset field falls back to the standard AWS variable."""
-
-    model_config = ConfigDict(extra="forbid")
 
     endpoint_url: str | None = Field(
         None,

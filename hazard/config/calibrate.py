@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from hazard.config.serve import VLLMOptions
+from hazard.config.strict import StrictModel
 
 
-class CalibrateConfig(BaseModel):
+class CalibrateConfig(StrictModel):
     """Fit the fusion of a base/specialist pair on the data job's val split."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data_dir: str = Field(description="Output folder of the data job.")
     base_uri: str = Field(description="Stage-1 model bundle (<output_dir>/model).")

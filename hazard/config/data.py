@@ -7,19 +7,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from hazard.config.strict import StrictModel
 from hazard.storage import StorageConfig
 from hazard.tasks import get_task
 
 ImageFormat = Literal["PNG", "JPEG", "WEBP"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SourceConfig(_Strict):
+class SourceConfig(StrictModel):
     """Where the labelled images come from: a local folder or an `s3://` prefix."""
 
     format: Literal["folder", "llamafactory", "llava"] = Field(
@@ -47,7 +44,7 @@ class SourceConfig(_Strict):
     )
 
 
-class SplitConfig(_Strict):
+class SplitConfig(StrictModel):
     """How rows whose source gives no split are assigned one (seeded, stratified by answer)."""
 
     fractions: dict[str, float] = Field(
@@ -67,7 +64,7 @@ class SplitConfig(_Strict):
         return fractions
 
 
-class ValidationConfig(_Strict):
+class ValidationConfig(StrictModel):
     """Which images the decode stage accepts, and how it brings them to the model's budget.
 
     Images over `pixel_budget` are downscaled (aspect kept), not rejected; only images past the
@@ -115,7 +112,7 @@ class ValidationConfig(_Strict):
         return self
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictModel):
     """VL-ADAS augmentation of the train split (val/test are never augmented).
 
     Each copy draws its parameters from (seed, sample id, copy index) and applies the listed ops
@@ -126,7 +123,7 @@ class AugmentConfig(_Strict):
     oranges, yellows).
     """
 
-    class HueBand(_Strict):
+    class HueBand(StrictModel):
         """Colours the hsv jitter leaves bit-identical: a hue interval with saturation and
         value floors (so greys and near-blacks are never a warning colour)."""
 
@@ -153,7 +150,7 @@ class AugmentConfig(_Strict):
                 raise ValueError(f"hue bounds must be degrees in [0, 360], got {list(hue)}")
             return hue
 
-    class LabelRule(_Strict):
+    class LabelRule(StrictModel):
         """Overrides for the rows of one label (the row's `answer`); None keeps the default."""
 
         copies: int | None = Field(None, ge=0, le=64, description="Copies per row of this label.")
@@ -294,13 +291,13 @@ class AugmentConfig(_Strict):
             raise ValueError(f"augment.labels: unknown label(s) {unknown}; known: {list(labels)}")
 
 
-class ShardConfig(_Strict):
+class ShardConfig(StrictModel):
     """Parquet output layout."""
 
     rows_per_file: int = Field(256, ge=1, description="Rows per Parquet shard (last one smaller).")
 
 
-class RayConfig(_Strict):
+class RayConfig(StrictModel):
     """Resources of the Ray Data map stages."""
 
     num_cpus: float | None = Field(
@@ -309,7 +306,7 @@ class RayConfig(_Strict):
     batch_size: int = Field(32, ge=1, description="Rows per map_batches batch (and input block).")
 
 
-class ConsistencyConfig(_Strict):
+class ConsistencyConfig(StrictModel):
     """Optional image-text consistency filter of augmented rows, scored by a model bundle."""
 
     enabled: bool = Field(False, description="Run the filter (needs model_uri).")
@@ -343,7 +340,7 @@ class ConsistencyConfig(_Strict):
         return self
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """The data preparation job: import, decode/validate, split, augment, filter, write."""
 
     source: SourceConfig = Field(description="Where the labelled images come from.")

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from hazard.config.serve import VLLMOptions
+from hazard.config.strict import StrictModel
 from hazard.storage import StorageConfig
 
 
-class ScoreDatasetConfig(BaseModel):
+class ScoreDatasetConfig(StrictModel):
     """Score every image of a folder or Parquet shards with the cascade, offline."""
-
-    model_config = ConfigDict(extra="forbid")
 
     source: str = Field(
         description="A folder of images (PNG/JPEG/WEBP, searched recursively), Parquet shards "

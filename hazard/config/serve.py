@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from hazard.config.strict import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ServedModel(_Strict):
+class ServedModel(StrictModel):
     name: str = Field(description="Model name reported in responses and /v1/models.")
     version: str = Field(description="Model version reported in responses and /v1/models.")
     model_uri: str = Field(
@@ -25,7 +23,7 @@ class ServedModel(_Strict):
     )
 
 
-class ModelReplicas(_Strict):
+class ModelReplicas(StrictModel):
     """One model deployment's replicas: Serve autoscaling bounds and resources."""
 
     min_replicas: int = Field(1, ge=1, description="Replicas kept when idle.")
@@ -47,14 +45,14 @@ class ModelReplicas(_Strict):
         return self
 
 
-class IngressReplicas(_Strict):
+class IngressReplicas(StrictModel):
     """The HTTP ingress: a fixed number of replicas (admission is shared out between them)."""
 
     num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
     num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per ingress replica.")
 
 
-class Admission(_Strict):
+class Admission(StrictModel):
     """Load shedding at the ingress, counted in images.
 
     At most `model_batch_size x batches_in_flight x base replicas running` images are at the
@@ -78,7 +76,7 @@ class Admission(_Strict):
     )
 
 
-class VLLMOptions(_Strict):
+class VLLMOptions(StrictModel):
     """vLLM engine settings (engine: vllm); ignored by the transformers engine."""
 
     max_model_len: int = Field(
@@ -95,7 +93,7 @@ class VLLMOptions(_Strict):
     enforce_eager: bool = Field(False, description="Skip CUDA graph capture (faster start).")
 
 
-class ServeConfig(_Strict):
+class ServeConfig(StrictModel):
     base: ServedModel = Field(description="Stage-1 five-class base model.")
     specialist: ServedModel = Field(
         description="Stage-2 high-risk specialist. Its bundle carries the fusion the calibration "

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from hazard.config.strict import StrictModel
 from hazard.storage import StorageConfig
 from hazard.tasks import TASKS
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     name: str = Field(description="Model name reported by the API, e.g. 'hazard-base-7b'.")
     path: str = Field(
         description="Checkpoint to fine-tune: a local folder or hub-style id loaded with "
@@ -47,7 +44,7 @@ class ModelSpec(_Strict):
         return self
 
 
-class LoraSpec(_Strict):
+class LoraSpec(StrictModel):
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
@@ -63,7 +60,7 @@ class LoraSpec(_Strict):
     )
 
 
-class OptimSpec(_Strict):
+class OptimSpec(StrictModel):
     task: str = Field("corridor_risk", description="Task whose prompt and labels are trained.")
     max_steps: int = Field(200, ge=1, description="Optimizer steps (all workers step together).")
     batch_size: int = Field(8, ge=1, description="Samples per worker per micro-batch.")
@@ -125,7 +122,7 @@ class OptimSpec(_Strict):
 METRICS = ("macro_f1", "balanced_accuracy", "accuracy", "high_risk_recall")
 
 
-class EvalSpec(_Strict):
+class EvalSpec(StrictModel):
     every_steps: int = Field(
         0,
         ge=0,
@@ -141,7 +138,7 @@ class EvalSpec(_Strict):
     min_delta: float = Field(0.0, ge=0, description="Smallest gain that counts as improvement.")
 
 
-class CheckpointSpec(_Strict):
+class CheckpointSpec(StrictModel):
     every_steps: int = Field(
         0,
         ge=0,
@@ -156,7 +153,7 @@ class CheckpointSpec(_Strict):
     )
 
 
-class DeepSpeedSpec(_Strict):
+class DeepSpeedSpec(StrictModel):
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage.")
     bf16: bool = Field(False, description="Train in bf16 (GPU or CPUs with bf16 support).")
     gradient_clipping: float = Field(1.0, gt=0, description="Global grad-norm clip.")
@@ -176,14 +173,14 @@ class DeepSpeedSpec(_Strict):
         return self
 
 
-class ScalingSpec(_Strict):
+class ScalingSpec(StrictModel):
     num_workers: int = Field(2, ge=1, description="Ray Train workers (one process each).")
     use_gpu: bool = Field(False, description="One GPU per worker (NCCL) instead of CPU (gloo).")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
     max_failures: int = Field(0, ge=0, description="Worker-group restarts before giving up.")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     stage: Literal["base", "specialist"] = Field(description="Which cascade model this trains.")
     version: str = Field("0.1.0", description="Model version written into the output bundle.")
     data_dir: str = Field(description="Output folder of the data job (Parquet shards per split).")

@@ -3,9 +3,11 @@ are errors, values frozen once read."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from pydantic.alias_generators import to_camel
 
+from hazard.config.strict import StrictModel
 
-class CamelModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True)
+
+class CamelModel(StrictModel):
+    model_config = ConfigDict(alias_generator=to_camel, frozen=True)

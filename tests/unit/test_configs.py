@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from hazard.config import ConfigError, load_config
+from hazard.config.calibrate import CalibrateConfig
 from hazard.config.data import DataConfig
 from hazard.config.score import ScoreDatasetConfig
 from hazard.config.serve import ServeConfig
 from hazard.config.train import TrainConfig
-from ray_jobs.calibrate import CalibrateConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -101,3 +101,20 @@ def test_tiny_configs_chain_into_each_other_and_match_the_demo():
     assert s1.output_dir == demo["stage1"]
     assert s2.output_dir == demo["stage2"]
     assert cal.output_dir == demo["calibration"]
+
+
+def test_strictness_is_spelled_once_in_the_product():
+    """Every config and metadata model forbids unknown keys through `StrictModel`; an inline
+    `extra="forbid"` elsewhere is a second spelling that can drift (say, lose `forbid`)."""
+    rooms = ("hazard", "pipelines", "ray_jobs", "serve")
+    inline = [
+        f"{path.relative_to(REPO)}:{n}"
+        for room in rooms
+        for path in sorted((REPO / room).rglob("*.py"))
+        if path != REPO / "hazard" / "config" / "strict.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "extra=" in line and "ConfigDict" in line
+    ]
+    assert inline == []
+    assert CalibrateConfig.model_config["extra"] == "forbid"
+    assert DataConfig.model_config["extra"] == "forbid"
