@@ -6,8 +6,10 @@ version that holds each batch 0.6 s breaches the p99 latency.
 
 Every value is checked against what the test sent. Each version's series exist before its
 window opens and every request of it lands inside, so `increase()` scales each counter's true
-count by an extrapolation factor in [1, W_ext / W_sampled] (`rate_tolerance`), and ratios and
-quantiles stay within that factor of the exact figures.
+count by an extrapolation factor in [1, W_ext / W_sampled] (`rate_tolerance`), and ratios
+stay within that factor of the exact figures. The p99 is checked exactly instead: the latency
+buckets' raw samples must hold the sent latencies, and the p99 must be what Prometheus's
+extrapolation and interpolation make of them (`assert_p99`).
 
 The last test runs `hazard deploy` itself on one cluster whose service is this app and whose
 Prometheus is this one (the kube API and helm are the stand-ins of tests/deploy_fixtures.py,
@@ -39,6 +41,7 @@ from serve_fixtures import b64, free_port, fusion, image_bytes, make_bundle
 
 from hazard.demo.local_ray import stop_process_group
 from hazard.deploy.analysis import (
+    LATENCY_BUCKETS,
     MetricAnalysis,
     PrometheusError,
     analyse,
@@ -255,17 +258,78 @@ def rate_tolerance(window: int) -> float:
     return (window + 0.2 * i) / (window - 2 * i)
 
 
-def histogram_quantile(q: float, observations: list[float]) -> float:
-    """Prometheus's histogram_quantile over LATENCY_BOUNDS_S buckets holding `observations`:
-    linear interpolation inside the bucket where the rank q x count falls."""
-    bounds = [*LATENCY_BOUNDS_S, math.inf]
-    cumulative = [sum(v <= b for v in observations) for b in bounds]
-    rank = q * cumulative[-1]
-    i = next(k for k, c in enumerate(cumulative) if c >= rank)
-    if bounds[i] == math.inf:
+def prometheus_increase(samples: list[tuple[int, float]], start_ms: int, end_ms: int) -> float:
+    """`increase()` of one counter's raw samples over [start_ms, end_ms], as Prometheus
+    computes it: the sampled rise, extrapolated towards each end of the range by up to 1.1
+    average intervals, and at the start no further back than the counter's zero point."""
+    (t0, v0), (t1, v1) = samples[0], samples[-1]
+    rise = v1 - v0 + sum(a for (_, a), (_, b) in itertools.pairwise(samples) if b < a)
+    sampled = (t1 - t0) / 1000
+    average = sampled / (len(samples) - 1)
+    to_start, to_end = (t0 - start_ms) / 1000, (end_ms - t1) / 1000
+    if rise > 0 and v0 >= 0:
+        to_start = min(to_start, sampled * v0 / rise)
+    extended = sampled
+    for gap in (to_start, to_end):
+        extended += gap if gap < 1.1 * average else average / 2
+    return rise * extended / sampled
+
+
+def bucket_quantile(q: float, buckets: dict[float, float]) -> float:
+    """Prometheus's `histogram_quantile` over cumulative bucket counts by upper bound: made
+    monotonic, then linear interpolation inside the bucket where the rank q x count falls."""
+    bounds = sorted(buckets)
+    counts = list(itertools.accumulate((buckets[b] for b in bounds), max))
+    rank = q * counts[-1]
+    i = next(k for k, c in enumerate(counts) if c >= rank)
+    if i == len(bounds) - 1:  # in the +Inf bucket: its lower bound
         return bounds[-2]
-    lo, below = (0.0, 0) if i == 0 else (bounds[i - 1], cumulative[i - 1])
-    return lo + (bounds[i] - lo) * (rank - below) / (cumulative[i] - below)
+    lo, below = (0.0, 0.0) if i == 0 else (bounds[i - 1], counts[i - 1])
+    return lo + (bounds[i] - lo) * (rank - below) / (counts[i] - below)
+
+
+def window_buckets(prom: str, sent: Sent) -> tuple[int, list[tuple[float, list]]]:
+    """The `total` stage's bucket series in the window as Prometheus holds them: the window's
+    end in ms and (upper bound, [(t_ms, value), ...]) for each series."""
+    end_ms = round(float(f"{sent.at:.3f}") * 1000)
+    selector = f'{LATENCY_BUCKETS}{{application="{APP_NAME}",stage="total"}}[{sent.window}s]'
+    body = httpx.get(
+        f"{prom}/api/v1/query", params={"query": selector, "time": f"{sent.at:.3f}"}, timeout=10
+    ).json()
+    assert body["status"] == "success" and body["data"]["resultType"] == "matrix", body
+    series = [
+        (float(s["metric"]["le"]), [(round(t * 1000), float(v)) for t, v in s["values"]])
+        for s in body["data"]["result"]
+    ]
+    return end_ms, series
+
+
+def assert_p99(prom: str, got: float, sent: Sent) -> None:
+    """`got` is the p99 of exactly the latencies `sent` observed, as Prometheus reads it.
+
+    First the data: over the window each bucket rose by the number of sent latencies at or
+    under its bound (latency_ms is rounded to 10 us, so one within 10 us of a bound may fall
+    either side). Then the query: each series' increase extrapolated as Prometheus does
+    (series differ: a bucket whose count was small before the window stops at its zero point),
+    summed by bound, and interpolated. The extrapolation is why the p99 of 20 latencies all
+    under 50 ms can read 67 ms: the 50 ms bucket scaled by 1.08, the count by 1.10."""
+    end_ms, series = window_buckets(prom, sent)
+    rises: dict[float, float] = {}
+    increases: dict[float, float] = {}
+    for le, samples in series:
+        assert all(b >= a for (_, a), (_, b) in itertools.pairwise(samples)), (le, samples)
+        rises[le] = rises.get(le, 0.0) + samples[-1][1] - samples[0][1]
+        if len(samples) > 1:
+            inc = prometheus_increase(samples, end_ms - 1000 * sent.window, end_ms)
+            increases[le] = increases.get(le, 0.0) + inc
+    assert set(rises) == {*LATENCY_BOUNDS_S, math.inf}, sorted(rises)
+    slack = 1e-5
+    for le, rise in rises.items():
+        at_most = sum(v <= le + slack for v in sent.latencies_s)
+        at_least = sum(v <= le - slack for v in sent.latencies_s)
+        assert at_least <= rise <= at_most, (le, rise, sorted(sent.latencies_s))
+    want = bucket_quantile(0.99, increases)
+    assert got == pytest.approx(want, rel=1e-9), (got, want, increases, sorted(sent.latencies_s))
 
 
 def assert_near_count(got: float, sent: int, window: int) -> None:
@@ -275,16 +339,6 @@ def assert_near_count(got: float, sent: int, window: int) -> None:
 def assert_near_ratio(got: float, exact: float, window: int) -> None:
     f = rate_tolerance(window)
     assert exact / f - 1e-9 <= got <= exact * f + 1e-9, (got, exact, window)
-
-
-def assert_p99(got: float, latencies: list[float], window: int) -> None:
-    """Within the quantiles at the ranks the extrapolation factor can shift q to."""
-    f = rate_tolerance(window)
-    lo, hi = (
-        histogram_quantile(0.99 / f, latencies),
-        histogram_quantile(min(1, 0.99 * f), latencies),
-    )
-    assert lo - 1e-9 <= got <= hi + 1e-9, (got, lo, hi, sorted(latencies))
 
 
 GOOD_MIX = [SMALL] * 15 + [BIG] * 5
@@ -305,7 +359,7 @@ def test_the_baseline_holds_what_version_1_answered(stack, before):
     assert base.values["error_ratio"] == 0.0  # no 5xx series: `or vector(0)`, not no data
     assert base.values["refusal_ratio"] == 0.0
     assert base.values["escalation_rate"] == pytest.approx(1.0)  # theta 0: all 20 escalated
-    assert_p99(base.values["p99_latency"], sent.latencies_s, sent.window)
+    assert_p99(stack.prom, base.values["p99_latency"], sent)
     assert base.to_dict()["values"] == base.values  # JSON-ready for the rollout report
 
 
@@ -321,7 +375,7 @@ def test_a_good_upgrade_passes(stack, before):
     assert_near_count(result.requests, 20, sent.window)
     assert rows["error_ratio"].value == 0.0 and rows["error_ratio"].threshold == pytest.approx(0.02)
     assert rows["escalation_rate"].floor == pytest.approx(0.9)
-    assert_p99(rows["p99_latency"].value, sent.latencies_s, sent.window)
+    assert_p99(stack.prom, rows["p99_latency"].value, sent)
     assert rows["p99_latency"].threshold == pytest.approx(2 * base.values["p99_latency"])
 
 
@@ -357,7 +411,7 @@ def test_a_slow_version_breaches_the_p99_latency(stack, before):
     result = analyse(stack.prom, policy(sent.window), baseline=base, at=sent.at)
     rows = {r.name: r for r in result.checks}
     p99 = rows["p99_latency"]
-    assert_p99(p99.value, sent.latencies_s, sent.window)
+    assert_p99(stack.prom, p99.value, sent)
     assert p99.value == pytest.approx(1 + 1.5 * 0.99, abs=0.02)
     assert not result.ok and not p99.ok
     assert result.detail.startswith(f"p99_latency {p99.value:.4g} > ")
