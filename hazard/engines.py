@@ -1,22 +1,61 @@
 """Inference engines: turn a batch of images into probabilities over a model's label set.
 
-`ScoringEngine` is the interface that serving (`serve/app.py`), calibration
-(`ray_jobs/calibrate.py`) and batch scoring (`ray_jobs/score_dataset.py`) share, so the three
-score a bundle the same way. `TransformersEngine` runs anywhere
-(CPU and GPU) through `hazard.vlm`; `VLLMEngine` runs on GPU, reading the same restricted
-next-token distribution from vLLM's logprobs. Both read answers, never generate free text.
+The one path from a model bundle to label probabilities. `ScoringEngine` opens and verifies
+the bundle (`hazard.bundle.open_bundle`) and builds its processor with the bundle's pixel
+limits; `make_engine` is how serving, calibration, the consistency filter and batch scoring
+get one. `TransformersEngine` (CPU and GPU) scores through `Scorer`, which loads a checkpoint
+folder with `hazard.device.load_scoring_model` and reads `hazard.vlm.label_probabilities`;
+the training export scores its merged model, before it is sealed as a bundle, with `Scorer`
+too. `VLLMEngine` runs on GPU, reading the same restricted next-token distribution from
+vLLM's logprobs. Both read answers, never generate free text.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from hazard.bundle import open_bundle
+
+
+class Scorer:
+    """A Qwen2.5-VL checkpoint folder loaded for scoring against `prompt` and `labels`: the
+    processor resizes images within `max_pixels`/`min_pixels` (the limits training used), the
+    model is in `dtype` on the scoring device (`hazard.device`)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        prompt: str,
+        labels: Sequence[str],
+        dtype: str = "float32",
+        max_pixels: int | None = None,
+        min_pixels: int | None = None,
+    ):
+        from hazard.device import load_scoring_model
+        from hazard.vlm import load_processor
+
+        self.prompt, self.labels = prompt, tuple(labels)
+        self.processor = load_processor(path, max_pixels, min_pixels)
+        self.model = load_scoring_model(path, dtype)  # CUDA if there is one, else CPU
+
+    def score(self, images: list[list[Image.Image]]) -> np.ndarray:
+        """Probabilities of shape [len(images), len(labels)]; rows sum to 1."""
+        from hazard.vlm import label_probabilities
+
+        probs = label_probabilities(self.model, self.processor, images, self.prompt, self.labels)
+        return probs.cpu().numpy()
+
+    def explain(self, image: Image.Image, label: str) -> str:
+        """A short generated rationale for `label` (`hazard.vlm.explain_text`)."""
+        from hazard.vlm import explain_text
+
+        return explain_text(self.model, self.processor, image, self.prompt, label)
 
 
 class ScoringEngine(ABC):
@@ -42,6 +81,29 @@ class ScoringEngine(ABC):
     def score(self, images: list[list[Image.Image]]) -> np.ndarray:
         """Probabilities of shape [len(images), len(labels)]; rows sum to 1."""
 
+    def as_dicts(self, probs: np.ndarray) -> list[dict[str, float]]:
+        """Rows of `score`'s output as {label: p}."""
+        return [dict(zip(self.labels, map(float, row), strict=True)) for row in probs]
+
+    def probabilities(self, images: list[list[Image.Image]]) -> list[dict[str, float]]:
+        """`score` as one {label: p} per sample."""
+        return self.as_dicts(self.score(images))
+
+    def score_stored(self, rows: Sequence[Sequence[bytes]], batch_size: int) -> np.ndarray:
+        """`score` of samples whose images are the bytes the data job stored (each row a list
+        of encoded images), `batch_size` samples per forward pass."""
+        from hazard.vlm import open_stored_image
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        parts = [
+            self.score(
+                [[open_stored_image(data) for data in row] for row in rows[i : i + batch_size]]
+            )
+            for i in range(0, len(rows), batch_size)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.labels)))
+
     def explain(self, image: Image.Image, label: str) -> str:
         """A short rationale for `label` (generated after it is fixed); engines that cannot
         generate raise NotImplementedError."""
@@ -49,25 +111,21 @@ class ScoringEngine(ABC):
 
 
 class TransformersEngine(ScoringEngine):
-    """Hugging Face transformers on CPU or GPU (the default, and the engine tests run)."""
+    """Hugging Face transformers on CPU or GPU (the default, and the engine tests run): the
+    bundle's `Scorer`."""
 
     def __init__(self, model_uri: str, dtype: str = "float32"):
         super().__init__(model_uri)
-        from hazard.device import load_scoring_model
-
-        self.processor = self.load_processor()
-        self.model = load_scoring_model(self.path, dtype)  # CUDA if there is one, else CPU
+        self.scorer = Scorer(
+            self.path, self.prompt, self.labels, dtype, self.meta.max_pixels, self.meta.min_pixels
+        )
+        self.processor, self.model = self.scorer.processor, self.scorer.model
 
     def score(self, images: list[list[Image.Image]]) -> np.ndarray:
-        from hazard.vlm import label_probabilities
-
-        probs = label_probabilities(self.model, self.processor, images, self.prompt, self.labels)
-        return probs.cpu().numpy()
+        return self.scorer.score(images)
 
     def explain(self, image: Image.Image, label: str) -> str:
-        from hazard.vlm import explain_text
-
-        return explain_text(self.model, self.processor, image, self.prompt, label)
+        return self.scorer.explain(image, label)
 
 
 class VLLMEngine(ScoringEngine):
@@ -167,9 +225,12 @@ def model_positions(path) -> int | None:
     return None
 
 
-def make_engine(kind: str, model_uri: str, dtype: str, vllm: dict | None = None) -> ScoringEngine:
+def make_engine(
+    kind: str, model_uri: str, dtype: str = "float32", vllm: dict | None = None
+) -> ScoringEngine:
     """The engine `kind` ('transformers' or 'vllm') over the bundle at `model_uri`, as serving,
-    calibration and batch scoring build it (`vllm`: VLLMOptions fields)."""
+    calibration, the consistency filter and batch scoring build it (`vllm`: VLLMOptions
+    fields)."""
     if kind == "transformers":
         return TransformersEngine(model_uri, dtype)
     if kind == "vllm":

@@ -4,15 +4,16 @@ Needs: `id`, `images`, `answer`, `split`, `parent_id`, `_reject_reason` (augment
 bundle (`hazard.bundle`: its prompt and labels; local, file:// or s3://) and a task with a closed
 label set.
 Adds: `consistency_score` = p(row's answer) (float32) on every kept train row (originals and
-copies), scored like the server does (`hazard.vlm.label_probabilities` with the bundle's prompt
-and labels). A copy whose score is more than `margin` below its parent's is rejected
-(`inconsistent`, stage `consistency`). Val/test rows and rejected rows pass through untouched; a
-copy whose parent was not scored (absent or rejected) is kept.
+copies), scored like the server does (`hazard.engines.make_engine`: the transformers engine
+over the bundle, with its prompt, labels and pixel limits). A copy whose score is more than
+`margin` below its parent's is rejected (`inconsistent`, stage `consistency`). Val/test rows
+and rejected rows pass through untouched; a copy whose parent was not scored (absent or
+rejected) is kept.
 
-Scoring runs in an actor pool (each actor opens, verifies and loads the bundle once, in the
-configured dtype, on the GPU it reserved with `gpus_per_actor` or on CPU; the driver reads its
-metadata only). Parents are joined on the
-driver, whatever the block layout: the scored dataset is materialized, {original id: score} is
+Scoring runs in an actor pool (each actor opens, verifies and loads the bundle once through
+`hazard.engines`, in the configured dtype, on the GPU it reserved with `gpus_per_actor` or on
+CPU; the driver reads its metadata only). Parents are joined on the driver, whatever the block
+layout: the scored dataset is materialized, {original id: score} is
 collected from its light columns only (never the images), and a second map marks the copies.
 `score_rows` and `mark_inconsistent` are the same steps without Ray.
 """
@@ -21,32 +22,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import ray
 from ray.data.expressions import col
 
-from hazard.bundle import BundleMeta, open_bundle, read_meta
+from hazard.bundle import BundleMeta, read_meta
 from hazard.config.data import ConsistencyConfig, RayConfig
 from hazard.tasks import TaskSpec
 from pipelines.common import REJECT_REASON, map_rows, reject, stage_table
 
+if TYPE_CHECKING:
+    from hazard.engines import ScoringEngine
+
 STAGE = "consistency"
 REASON = "inconsistent"
 SCORE = "consistency_score"
-
-
-def load_scorer(model_uri: str, dtype: str = "float32") -> tuple[Any, Any]:
-    """(model in eval mode, processor) of the bundle at `model_uri`, opened and verified, loaded
-    as the server loads them: in `dtype`, on the actor's GPU when it has one (`hazard.device`)."""
-    from hazard.device import load_scoring_model
-    from hazard.vlm import load_processor
-
-    bundle = open_bundle(model_uri)
-    meta = bundle.meta
-    processor = load_processor(bundle.path, meta.max_pixels, meta.min_pixels)
-    return load_scoring_model(bundle.path, dtype), processor
 
 
 def require_labels(task: TaskSpec) -> tuple[str, ...]:
@@ -77,35 +69,22 @@ def needs_score(row: dict[str, Any]) -> bool:
 
 
 def score_rows(
-    model,
-    processor,
-    rows: Sequence[dict[str, Any]],
-    prompt: str,
-    labels: Sequence[str],
-    batch_size: int | None = None,
+    engine: ScoringEngine, rows: Sequence[dict[str, Any]], batch_size: int | None = None
 ) -> list[float]:
-    """p(row's answer) for each row (its `images` are encoded bytes), `batch_size` rows per
-    forward pass (None: all at once). ValueError if an answer is not among `labels`."""
-    from hazard.vlm import label_probabilities, open_stored_image
-
-    labels = tuple(labels)
-    index = {label: i for i, label in enumerate(labels)}
+    """p(row's answer) for each row (its `images` are encoded bytes) by `engine`, `batch_size`
+    rows per forward pass (None: all at once). ValueError if an answer is not among the
+    engine's labels."""
+    index = {label: i for i, label in enumerate(engine.labels)}
     for row in rows:
         if row["answer"] not in index:
             raise ValueError(
                 f"row {row.get('id')!r}: answer {row['answer']!r} is not among the model's labels "
-                f"{list(labels)}, so it cannot be scored (import should have rejected it)"
+                f"{list(engine.labels)}, so it cannot be scored (import should have rejected it)"
             )
         if not row["images"]:
             raise ValueError(f"row {row.get('id')!r} has no images to score")
-    step = batch_size or max(1, len(rows))
-    scores: list[float] = []
-    for start in range(0, len(rows), step):
-        part = rows[start : start + step]
-        images = [[open_stored_image(data) for data in row["images"]] for row in part]
-        probs = label_probabilities(model, processor, images, prompt, labels)
-        scores.extend(probs[i, index[row["answer"]]].item() for i, row in enumerate(part))
-    return scores
+    probs = engine.score_stored([row["images"] for row in rows], batch_size or max(1, len(rows)))
+    return [float(probs[i, index[row["answer"]]]) for i, row in enumerate(rows)]
 
 
 def parent_scores(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -137,26 +116,25 @@ def mark_inconsistent(rows: Sequence[dict[str, Any]], margin: float) -> list[dic
 
 
 class _Scorer:
-    """Actor of the scoring map: loads the bundle once, sets `consistency_score` per batch.
+    """Actor of the scoring map: opens the bundle once (`hazard.engines.make_engine`, the
+    transformers engine serving uses), sets `consistency_score` per batch.
 
     Rows whose answer is not a label stay unscored; the driver reports them (`_unscorable`).
     """
 
-    def __init__(
-        self, model_uri: str, prompt: str, labels: tuple[str, ...], cpus: float, dtype: str
-    ):
+    def __init__(self, model_uri: str, cpus: float, dtype: str):
         import torch
 
+        from hazard.engines import make_engine
+
         torch.set_num_threads(max(1, math.floor(cpus)))
-        self.model, self.processor = load_scorer(model_uri, dtype)
-        self.prompt, self.labels = prompt, labels
+        self.engine = make_engine("transformers", model_uri, dtype)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        todo = [row for row in rows if needs_score(row) and row["answer"] in self.labels]
+        todo = [row for row in rows if needs_score(row) and row["answer"] in self.engine.labels]
         if todo:
-            scores = score_rows(self.model, self.processor, todo, self.prompt, self.labels)
-            for row, score in zip(todo, scores, strict=True):
+            for row, score in zip(todo, score_rows(self.engine, todo), strict=True):
                 row[SCORE] = score
         return stage_table(rows)
 
@@ -215,8 +193,6 @@ def consistency_filter(
         num_gpus=cfg.gpus_per_actor or None,
         fn_constructor_kwargs={
             "model_uri": cfg.model_uri,
-            "prompt": meta.prompt,
-            "labels": labels,
             "cpus": cfg.cpus_per_actor,
             "dtype": cfg.dtype,
         },

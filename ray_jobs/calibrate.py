@@ -38,22 +38,16 @@ def score_bundle(
     vllm: dict | None = None,
 ) -> list[tuple[list[dict], list[str]]]:
     """Per split: probabilities (label → p) and true labels of every row, scored as the
-    server scores: the serving engine (on the task's GPU when it has one) over the verified
-    bundle's weights, processor, prompt and labels. The model is loaded once for all splits."""
+    server scores (`hazard.engines.make_engine`: the serving engine over the verified bundle,
+    on the task's GPU when it has one). The model is loaded once for all splits."""
     from hazard.engines import make_engine
     from hazard.storage import read_parquet
-    from hazard.vlm import open_stored_image
 
     scorer = make_engine(engine, model_uri, dtype, vllm)
     out = []
     for split_dir in split_dirs:
         table = read_parquet(split_dir, columns=["images", "answer"])
-        probs: list[dict] = []
-        for start in range(0, table.num_rows, batch_size):
-            part = table.slice(start, batch_size).column("images").to_pylist()
-            images = [[open_stored_image(data) for data in row] for row in part]
-            rows = scorer.score(images)
-            probs.extend(dict(zip(scorer.labels, map(float, r), strict=True)) for r in rows)
+        probs = scorer.as_dicts(scorer.score_stored(table.column("images").to_pylist(), batch_size))
         out.append((probs, table.column("answer").to_pylist()))
     return out
 

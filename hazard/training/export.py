@@ -3,8 +3,9 @@
 The LoRA adapter is merged into the base in fp32 (small LoRA deltas round away when added in
 bf16), the merged model is cast to the configured dtype and saved as a standard Qwen2.5-VL
 (safetensors), and that saved model, as it will be served, is scored on the validation split:
-the bundle's metrics are those of the model it holds. That scoring runs on the GPU the
-export task reserved (`hazard.device`); the merge itself stays on CPU, in fp32.
+the bundle's metrics are those of the model it holds. That scoring loads the saved folder with
+`hazard.engines.Scorer`, as serving's transformers engine does, on the GPU the export task
+reserved (`hazard.device`); the merge itself stays on CPU, in fp32.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def export_bundle(
 ):
     """Write the bundle of `checkpoint_dir` to `out_uri`; returns its BundleMeta."""
     from hazard.bundle import write_bundle
-    from hazard.device import load_scoring_model
+    from hazard.engines import Scorer
     from hazard.tasks import get_task
     from hazard.training.setup import local_model_source
     from hazard.vlm import load_processor
@@ -55,14 +56,22 @@ def export_bundle(
         processor = load_processor(base_path, cfg.model.max_pixels, cfg.model.min_pixels)
         processor.save_pretrained(out)
         shutil.copytree(Path(checkpoint_dir) / ADAPTER_DIR, out / ADAPTER_DIR)
-        # on the GPU the export task reserved (CPU, with a log line, without one)
-        served = load_scoring_model(out, cfg.model.dtype)
-        report, probs, truth = evaluate_split(
-            served,
-            load_processor(out),
-            f"{cfg.data_dir}/val",
+        # scored as serving will score it (`hazard.engines.Scorer`: the bundle's pixel
+        # limits; on the GPU the export task reserved, or on CPU with a log line)
+        served = Scorer(
+            out,
             task.prompt,
             task.labels,
+            cfg.model.dtype,
+            cfg.model.max_pixels,
+            cfg.model.min_pixels,
+        )
+        report, probs, truth = evaluate_split(
+            served.model,
+            served.processor,
+            f"{cfg.data_dir}/val",
+            served.prompt,
+            served.labels,
             cfg.optim.eval_batch_size,
             cfg.storage,
         )

@@ -20,6 +20,7 @@ from PIL import Image
 from hazard.bundle import read_meta
 from hazard.config.data import ConsistencyConfig, RayConfig
 from hazard.demo.synthetic import render_scene
+from hazard.engines import TransformersEngine
 from hazard.labels import RISK_LABELS
 from hazard.schema import content_hash
 from hazard.tasks import get_task
@@ -218,10 +219,8 @@ def test_val_test_and_rejected_rows_pass_through(rows, output):
 @pytest.mark.slow
 def test_ray_free_path_gives_the_same_result(bundle, rows, expected):
     scores, drop = expected
-    meta = read_meta(bundle)
-    model, processor = load_model(bundle).eval(), load_processor(bundle)
     todo = [r for r in rows if r["id"] in scores]
-    got = score_rows(model, processor, todo, meta.prompt, meta.labels, batch_size=7)
+    got = score_rows(TransformersEngine(str(bundle)), todo, batch_size=7)
     for row, score in zip(todo, got, strict=True):
         assert score == pytest.approx(scores[row["id"]], abs=1e-5)
     scored = {r["id"]: s for r, s in zip(todo, got, strict=True)}
@@ -245,10 +244,10 @@ def test_task_without_labels_is_an_error(bundle, rows):
 
 
 @pytest.mark.slow
-def test_answer_outside_the_labels_is_an_error(bundle, rows, tiny):
+def test_answer_outside_the_labels_is_an_error(bundle, rows):
     bad = {**rows[-1], "id": "odd", "answer": "very_high_risk"}
     with pytest.raises(ValueError, match="'very_high_risk' is not among the model's labels"):
-        score_rows(*tiny, [bad], TASK.prompt, TASK.labels)
+        score_rows(TransformersEngine(str(bundle)), [bad])
     with pytest.raises(ValueError, match=r"cannot be scored .*'odd' \(answer 'very_high_risk'\)"):
         consistency_filter(_dataset([bad, rows[-1]]), _cfg(bundle), TASK, RAY_CFG)
 

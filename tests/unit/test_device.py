@@ -82,17 +82,16 @@ def test_cuda_scoring_uses_the_gpu_in_bfloat16(tiny_model_path, caplog):
 
 
 def test_every_scoring_loader_goes_through_the_device_helper(tiny_model_path, tmp_path, caplog):
-    """The transformers engine (serving, batch scoring, calibration) and the consistency
-    filter's scorer load in the configured dtype, on the device hazard.device picks."""
-    from hazard.engines import TransformersEngine
-    from pipelines.consistency import load_scorer
+    """The transformers engine (serving, batch scoring, calibration, the consistency filter)
+    and the export's Scorer load in the configured dtype, on the device hazard.device picks."""
+    from hazard.engines import Scorer, TransformersEngine
     from tests.integration.serve_fixtures import make_bundle
 
     bundle = make_bundle(tiny_model_path, tmp_path / "b", "b", "1", "base")
     with caplog.at_level(logging.INFO, logger="hazard.device"):
         engine = TransformersEngine(str(bundle), "bfloat16")
-        scorer, _ = load_scorer(str(bundle), "bfloat16")
-    for model in (engine.model, scorer):
+        scorer = Scorer(bundle, "?", ["a"], "bfloat16")  # the export's merged-model scorer
+    for model in (engine.model, scorer.model):
         assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
         assert {p.device for p in model.parameters()} == {scoring_device()}
     assert len(_fallback_lines(caplog)) == 2
