@@ -26,10 +26,11 @@ Inputs (plain dicts and lists, as the jobs hold them in JSON):
   any value outside the labels counts as an invalid prediction), and per sample
   ``p_high_base`` / ``p_high_fused`` (probability of high_risk before and after fusion).
 
-Conventions: the confusion matrix has true labels as rows and predicted labels as columns;
-calibration uses the top-label confidence (max probability, the first label on ties) in
-`bins` equal-width bins where bin i holds ``i/bins <= c < (i+1)/bins`` and the last bin also
-holds 1.0; a precision/recall point per distinct score t predicts positive when score >= t.
+Conventions (the numbers come from `hazard.metrics`): the confusion matrix has true labels as
+rows and predicted labels as columns; calibration uses the top-label confidence (max
+probability, the first label on ties) in `bins` equal-width bins where bin i holds
+``i/bins <= c < (i+1)/bins`` and the last bin also holds 1.0; a precision/recall point per
+distinct score t predicts positive when score >= t.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import io
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple, NotRequired, TypedDict
+from typing import NotRequired, TypedDict
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -46,7 +47,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from hazard.labels import HIGH_RISK, RISK_LABELS
-from hazard.metrics import _confusion, classification_report
+from hazard.metrics import (
+    average_precision,
+    classification_report,
+    confusion_matrix,
+    expected_calibration_error,
+    precision_recall_curve,
+    reliability_table,
+    top_label_confidence,
+)
 from hazard.storage import join_uri, write_bytes
 
 logger = logging.getLogger(__name__)
@@ -82,136 +91,6 @@ class TrainingHistory(TypedDict):
 
 class NothingToPlot(ValueError):
     """The input holds no data for this plot (no steps, no evaluations, no samples, ...)."""
-
-
-class ReliabilityBin(TypedDict):
-    lo: float
-    hi: float
-    count: int
-    mean_confidence: float | None  # None for an empty bin
-    accuracy: float | None
-
-
-class PRPoint(NamedTuple):
-    threshold: float
-    precision: float
-    recall: float
-
-
-# --- pure computations -------------------------------------------------------------------------
-
-
-def confusion_matrix(
-    truth: Sequence[str], preds: Sequence[str | None], labels: Sequence[str]
-) -> list[list[int]]:
-    """Counts, rows = true label, columns = predicted label, both in `labels` order.
-
-    A prediction outside `labels` (e.g. None) is in no column, as in
-    `hazard.metrics.classification_report`; a true label outside `labels` is a ValueError.
-    """
-    if len(truth) != len(preds):
-        raise ValueError(f"truth has {len(truth)} items but preds has {len(preds)}")
-    return _confusion(truth, preds, list(labels))[0].tolist()
-
-
-def top_label_confidence(
-    probabilities: Sequence[Sequence[float]], truth: Sequence[str], labels: Sequence[str]
-) -> tuple[list[float], list[bool]]:
-    """Per sample: (max probability, whether its label — the first on ties — is the truth)."""
-    labels = list(labels)
-    if len(probabilities) != len(truth):
-        raise ValueError(f"{len(probabilities)} probability rows but {len(truth)} true labels")
-    unknown = sorted({t for t in truth if t not in labels})
-    if unknown:
-        raise ValueError(f"truth holds labels {unknown} outside {labels}")
-    if not probabilities:
-        return [], []
-    p = np.asarray(probabilities, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != len(labels):
-        raise ValueError(f"probabilities must be rows of {len(labels)} values, got {p.shape}")
-    top = p.argmax(axis=1)
-    correct = [labels[i] == t for i, t in zip(top.tolist(), truth, strict=True)]
-    return p.max(axis=1).tolist(), correct
-
-
-def reliability_table(
-    confidences: Sequence[float], correct: Sequence[bool], bins: int = 10
-) -> list[ReliabilityBin]:
-    """One row per equal-width bin of [0, 1] (empty bins included, with None means)."""
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
-    if len(confidences) != len(correct):
-        raise ValueError(f"{len(confidences)} confidences but {len(correct)} correctness flags")
-    if not confidences:
-        raise ValueError("cannot compute calibration over zero samples")
-    c = np.asarray(confidences, dtype=np.float64)
-    if not np.all((c >= 0) & (c <= 1)):
-        raise ValueError("confidences must lie in [0, 1]")
-    ok = np.asarray(correct, dtype=bool)
-    index = np.minimum((c * bins).astype(np.int64), bins - 1)
-    table: list[ReliabilityBin] = []
-    for i in range(bins):
-        members = index == i
-        n = int(members.sum())
-        table.append(
-            ReliabilityBin(
-                lo=i / bins,
-                hi=(i + 1) / bins,
-                count=n,
-                mean_confidence=float(c[members].mean()) if n else None,
-                accuracy=float(ok[members].mean()) if n else None,
-            )
-        )
-    return table
-
-
-def expected_calibration_error(
-    confidences: Sequence[float], correct: Sequence[bool], bins: int = 10
-) -> float:
-    """Sum over bins of (bin share of samples) x |accuracy - mean confidence|."""
-    table = reliability_table(confidences, correct, bins)
-    n = len(confidences)
-    return float(
-        sum(
-            row["count"] / n * abs(row["accuracy"] - row["mean_confidence"])
-            for row in table
-            if row["count"]
-        )
-    )
-
-
-def precision_recall_curve(is_positive: Sequence[bool], scores: Sequence[float]) -> list[PRPoint]:
-    """(threshold, precision, recall) for every distinct score, highest threshold first.
-
-    Samples with score >= threshold are predicted positive, so tied scores enter together.
-    No (recall 0, precision 1) end point is added. ValueError without any positive sample.
-    """
-    if len(is_positive) != len(scores):
-        raise ValueError(f"{len(is_positive)} labels but {len(scores)} scores")
-    pos = np.asarray(is_positive, dtype=bool)
-    s = np.asarray(scores, dtype=np.float64)
-    if not pos.any():
-        raise ValueError("precision/recall needs at least one positive sample")
-    if np.isnan(s).any():
-        raise ValueError("scores contain NaN")
-    order = np.argsort(-s, kind="stable")
-    s, pos = s[order], pos[order]
-    tp, fp = np.cumsum(pos), np.cumsum(~pos)
-    last_of_tie = np.r_[s[1:] != s[:-1], True]  # the cumulative counts once a tie is complete
-    total = int(pos.sum())
-    return [
-        PRPoint(float(s[i]), float(tp[i] / (tp[i] + fp[i])), float(tp[i] / total))
-        for i in np.flatnonzero(last_of_tie)
-    ]
-
-
-def average_precision(curve: Sequence[PRPoint]) -> float:
-    """Sum of precision x recall increase over a curve from `precision_recall_curve`."""
-    ap, prev_recall = 0.0, 0.0
-    for point in curve:
-        ap += (point.recall - prev_recall) * point.precision
-        prev_recall = point.recall
-    return float(ap)
 
 
 # --- figures --------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from hazard import metrics
 from hazard import reports as rp
-from hazard.reports import PRPoint
+from hazard.metrics import PRPoint
 
 A, B, C = "a", "b", "c"
 
@@ -60,64 +61,64 @@ def test_confusion_matrix_hand_counted():
     truth = [A, A, B, C, C, C, A]
     preds = [A, B, B, C, A, None, "zzz"]
     # rows true a, b, c; columns predicted a, b, c; None and "zzz" fall in no column
-    assert rp.confusion_matrix(truth, preds, [A, B, C]) == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+    assert metrics.confusion_matrix(truth, preds, [A, B, C]) == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
     # the label order drives both axes
-    assert rp.confusion_matrix(truth, preds, [C, B, A]) == [[1, 0, 1], [0, 1, 0], [0, 1, 1]]
+    assert metrics.confusion_matrix(truth, preds, [C, B, A]) == [[1, 0, 1], [0, 1, 0], [0, 1, 1]]
     with pytest.raises(ValueError, match="outside"):
-        rp.confusion_matrix(["d"], [A], [A, B, C])
+        metrics.confusion_matrix(["d"], [A], [A, B, C])
     with pytest.raises(ValueError, match="items"):
-        rp.confusion_matrix([A, B], [A], [A, B, C])
+        metrics.confusion_matrix([A, B], [A], [A, B, C])
 
 
 def test_top_label_confidence_uses_first_label_on_ties():
     probs = [[0.1, 0.7, 0.2], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]]
-    conf, correct = rp.top_label_confidence(probs, [B, B, A], [A, B, C])
+    conf, correct = metrics.top_label_confidence(probs, [B, B, A], [A, B, C])
     assert conf == pytest.approx([0.7, 0.5, 0.5])
     assert correct == [True, False, False]  # row 2: tie a/b -> a, truth b
     with pytest.raises(ValueError, match="rows of 3"):
-        rp.top_label_confidence([[0.5, 0.5]], [A], [A, B, C])
+        metrics.top_label_confidence([[0.5, 0.5]], [A], [A, B, C])
     with pytest.raises(ValueError, match="outside"):
-        rp.top_label_confidence([[1.0, 0.0, 0.0]], ["d"], [A, B, C])
+        metrics.top_label_confidence([[1.0, 0.0, 0.0]], ["d"], [A, B, C])
 
 
 def test_reliability_table_and_ece_hand_computed():
     conf, correct = [0.2, 0.4, 0.6, 0.9], [False, True, True, False]
-    table = rp.reliability_table(conf, correct, bins=2)
+    table = metrics.reliability_table(conf, correct, bins=2)
     assert [(r["lo"], r["hi"], r["count"]) for r in table] == [(0.0, 0.5, 2), (0.5, 1.0, 2)]
     assert table[0]["mean_confidence"] == pytest.approx(0.3)
     assert table[0]["accuracy"] == pytest.approx(0.5)
     assert table[1]["mean_confidence"] == pytest.approx(0.75)
     assert table[1]["accuracy"] == pytest.approx(0.5)
     # 2/4 * |0.5 - 0.3| + 2/4 * |0.5 - 0.75|
-    assert rp.expected_calibration_error(conf, correct, bins=2) == pytest.approx(0.225)
+    assert metrics.expected_calibration_error(conf, correct, bins=2) == pytest.approx(0.225)
 
     # 5 bins: 0.2 -> bin 1, 0.4 -> 2, 0.6 -> 3, 0.9 -> 4; bin 0 is empty
-    five = rp.reliability_table(conf, correct, bins=5)
+    five = metrics.reliability_table(conf, correct, bins=5)
     assert [r["count"] for r in five] == [0, 1, 1, 1, 1]
     assert five[0]["mean_confidence"] is None and five[0]["accuracy"] is None
     # every bin holds one sample: 1/4 * (0.2 + 0.6 + 0.4 + 0.9)
-    assert rp.expected_calibration_error(conf, correct, bins=5) == pytest.approx(0.525)
+    assert metrics.expected_calibration_error(conf, correct, bins=5) == pytest.approx(0.525)
 
 
 def test_reliability_bin_edges():
     # 0.5 opens the upper bin; 1.0 belongs to the last bin
-    table = rp.reliability_table([0.0, 0.5, 1.0], [True, False, True], bins=2)
+    table = metrics.reliability_table([0.0, 0.5, 1.0], [True, False, True], bins=2)
     assert [r["count"] for r in table] == [1, 2]
     assert table[1]["mean_confidence"] == pytest.approx(0.75)
     # 1/3 * |1 - 0| + 2/3 * |0.5 - 0.75|
-    assert rp.expected_calibration_error([0.0, 0.5, 1.0], [True, False, True], 2) == (
+    assert metrics.expected_calibration_error([0.0, 0.5, 1.0], [True, False, True], 2) == (
         pytest.approx(0.5)
     )
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        rp.reliability_table([1.2], [True])
+        metrics.reliability_table([1.2], [True])
     with pytest.raises(ValueError, match="zero samples"):
-        rp.expected_calibration_error([], [])
+        metrics.expected_calibration_error([], [])
 
 
 def test_precision_recall_curve_with_ties():
     positive = [True, False, True, True, False]
     scores = [0.9, 0.8, 0.8, 0.3, 0.1]
-    curve = rp.precision_recall_curve(positive, scores)
+    curve = metrics.precision_recall_curve(positive, scores)
     # the two 0.8 scores (one positive, one negative) enter together: one point, not two
     assert curve == [
         PRPoint(0.9, 1.0, pytest.approx(1 / 3)),
@@ -126,15 +127,15 @@ def test_precision_recall_curve_with_ties():
         PRPoint(0.1, 0.6, 1.0),
     ]
     # input order does not matter
-    assert rp.precision_recall_curve(positive[::-1], scores[::-1]) == curve
+    assert metrics.precision_recall_curve(positive[::-1], scores[::-1]) == curve
     # 1/3 * 1 + 1/3 * 2/3 + 1/3 * 3/4 + 0 * 3/5
-    assert rp.average_precision(curve) == pytest.approx(29 / 36)
+    assert metrics.average_precision(curve) == pytest.approx(29 / 36)
     # all scores tied: a single point predicting everything positive
-    assert rp.precision_recall_curve([True, False, False, True], [0.4] * 4) == [
+    assert metrics.precision_recall_curve([True, False, False, True], [0.4] * 4) == [
         PRPoint(0.4, 0.5, 1.0)
     ]
     with pytest.raises(ValueError, match="positive"):
-        rp.precision_recall_curve([False, False], [0.2, 0.3])
+        metrics.precision_recall_curve([False, False], [0.2, 0.3])
 
 
 # --- plots -------------------------------------------------------------------------------------
