@@ -1,5 +1,8 @@
 """Import stage: a labelled source (folder CSV, LLaMA-Factory or LLaVA JSON) -> in-flight rows.
 
+`plan_source` is the one source planner: it also plans batch scoring's unlabelled sources
+(a folder of images or Parquet shards; `plan_files`), which `pipelines.score` reads.
+
 Needs: `config.source` (format, uri = local folder, file:// or s3:// prefix, file names) and
 `config.task`. Adds: STAGE_SCHEMA rows WITHOUT image bytes: `id`, `task`, `prompt`, `answer`,
 `split` (None when the source gives none), `source_uri` (the image URI; multi-image or
@@ -47,11 +50,13 @@ import ray
 
 from hazard.answers import parse_score
 from hazard.config.data import DataConfig
+from hazard.config.score import ScoreDatasetConfig
 from hazard.storage import (
     StorageConfig,
     StorageError,
     filesystem_for,
     join_uri,
+    list_files,
     open_input,
     parse_uri,
 )
@@ -76,6 +81,7 @@ FORMAT_MODULES = {
 TARGET_BLOCKS = 200  # blocks per source, as estimated from the annotation file's size
 MAX_ROWS_PER_BLOCK = 8192
 HEAD_BYTES = 64 * 1024
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # batch scoring's image folders
 _DRIVE_OR_SCHEME = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|[A-Za-z]:/)")
 _NAME_MAX = 255  # bytes per path component on local file systems
 
@@ -98,12 +104,15 @@ class Source:
 
     format: str
     root_uri: str  # file:///abs/folder or s3://bucket/prefix, no trailing slash
-    annotation: str  # the annotation file, '/'-relative to the root
-    task: str
+    annotation: str = ""  # the annotation file, '/'-relative to the root
+    task: str = ""
     image_dir: str = ""  # images' base folder, '/'-relative to the root ('' = the root)
     local_root: str | None = None  # os.path.realpath of a local root (symlink check)
     size: int = 0  # annotation file size in bytes
     options: Mapping[str, Any] = field(default_factory=dict)  # format-specific settings
+    # batch scoring's sources (no annotation file): (relative path, URI) of each image or
+    # Parquet file, sorted; empty for the data job's
+    files: tuple[tuple[str, str], ...] = ()
 
     @functools.cached_property
     def annotation_uri(self) -> str:
@@ -201,8 +210,13 @@ def json_kind(rel: str, what: str) -> bool:
     return ext == ".jsonl"
 
 
-def plan_source(config: DataConfig) -> Source:
-    """The checked, resolved source of `config`; SourceError for whole-source problems."""
+def plan_source(config: DataConfig | ScoreDatasetConfig) -> Source:
+    """The checked, resolved source of `config`; SourceError for whole-source problems.
+
+    The data job's (DataConfig) is an annotation file its format module plans; batch
+    scoring's (ScoreDatasetConfig) is a listing of image or Parquet files (`plan_files`)."""
+    if isinstance(config, ScoreDatasetConfig):
+        return plan_files(config)
     src = config.source
     module = _module(src.format)
     root_uri, local_root = _root(src.uri, config.storage)
@@ -215,6 +229,36 @@ def plan_source(config: DataConfig) -> Source:
         local_root=local_root,
     )
     return module.plan(base, config)
+
+
+def plan_files(config: ScoreDatasetConfig) -> Source:
+    """Batch scoring's source: one .parquet file, or the folder's (recursively; hidden names
+    skipped) .parquet files ('parquet') or images ('folder'), format 'auto' picking parquet
+    when there are any. SourceError when it is missing or holds none."""
+    uri, storage = config.source, config.storage
+    try:
+        fs, path = filesystem_for(uri, storage)
+        info = fs.get_file_info(path)
+    except (StorageError, OSError, ValueError) as exc:
+        raise SourceError(f"source {uri!r}: {exc}") from exc
+    if info.type == pafs.FileType.File:
+        if config.format == "folder" or not path.endswith(".parquet"):
+            raise SourceError(f"source {uri} is a file; expected a folder or .parquet file")
+        return Source("parquet", uri, files=((posixpath.basename(path), uri),))
+    root_uri, local_root = _root(uri, storage)
+    try:
+        entries = list_files(uri, storage)
+    except StorageError as exc:
+        raise SourceError(f"source {uri}: {exc}") from exc
+    visible = [e for e in entries if not any(p.startswith(".") for p in e.relpath.split("/"))]
+    parquet = [(e.relpath, e.uri) for e in visible if e.relpath.endswith(".parquet")]
+    images = [(e.relpath, e.uri) for e in visible if e.relpath.lower().endswith(IMAGE_EXTENSIONS)]
+    fmt = config.format if config.format != "auto" else ("parquet" if parquet else "folder")
+    files = parquet if fmt == "parquet" else images
+    if not files:
+        kind = ".parquet files" if fmt == "parquet" else f"images ({', '.join(IMAGE_EXTENSIONS)})"
+        raise SourceError(f"source {uri} holds no {kind}")
+    return Source(fmt, root_uri, local_root=local_root, files=tuple(sorted(files)))
 
 
 def check_source(config: DataConfig) -> None:

@@ -23,7 +23,7 @@ from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config.score import ScoreDatasetConfig
 from hazard.labels import HIGH_RISK, RISK_LABELS
 from hazard.storage import read_bytes, read_parquet, upload_dir
-from ray_jobs.score_dataset import PROB_COLUMNS, CascadeScorer, run
+from pipelines.score import PROB_COLUMNS, CascadeScorer, score_dataset
 from tests.integration.serve_fixtures import fusion, image_bytes, make_bundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.image_lock]
@@ -175,7 +175,7 @@ def test_scores_a_folder_with_a_corrupt_file(cascade, tmp_path, ray_local):
         batch_size=3,
         cpus_per_actor=1,
     )
-    summary = run(cfg)
+    summary = score_dataset(cfg)
     assert summary["format"] == "folder"
     assert json.loads((out / "summary.json").read_text()) == summary
     rows = pq.read_table(out / "predictions.parquet").to_pylist()
@@ -195,7 +195,7 @@ def test_scores_an_s3_prefix_to_s3(cascade, ray_s3):
         batch_size=4,
         cpus_per_actor=1,
     )
-    summary = run(cfg)
+    summary = score_dataset(cfg)
     rows = read_parquet(f"{prefix}/scored/predictions.parquet").to_pylist()
     submission = read_bytes(f"{prefix}/scored/submission.csv").decode()
     _check(rows, submission, summary, cascade, corrupt=True)
@@ -223,7 +223,7 @@ def test_scores_parquet_shards(cascade, tmp_path, ray_local):
         output_dir=str(tmp_path / "out"),
         batch_size=2,
     )
-    summary = run(cfg)
+    summary = score_dataset(cfg)
     assert summary["format"] == "parquet"
     rows = pq.read_table(tmp_path / "out" / "predictions.parquet").to_pylist()
     submission = (tmp_path / "out" / "submission.csv").read_text()

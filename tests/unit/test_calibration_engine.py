@@ -19,7 +19,7 @@ from hazard.bundle import (
 )
 from hazard.config.score import ScoreDatasetConfig
 from hazard.config.serve import ServeConfig
-from hazard.serve_file import preflight
+from serve.command import preflight
 from tests.bundle_fixtures import bundle_fields, checkpoint
 
 FUSION = {"correction": {"slope": 2.0}, "theta": 0.3, "fitted_on": "data/val"}
@@ -106,7 +106,7 @@ def test_hazard_serve_preflight_reports_the_mismatch(pair):
 
 
 def test_batch_scoring_checks_the_engine_before_scoring(pair, tmp_path):
-    from ray_jobs.score_dataset import check_bundles
+    from pipelines.score import check_bundles
 
     base, spec = pair
     fields = dict(
