@@ -1,4 +1,4 @@
-"""Augment stage: VL-ADAS copies of train samples (lazy; the image ops are in augment_ops).
+"""Augment stage: VL-ADAS copies of train samples (lazy; the ops are `hazard.augment`'s registry).
 
 Needs: `id`, `images` (encoded, already within the pixel budget), `answer`, `split`,
 `parent_id`, `_reject_reason`.
@@ -6,7 +6,8 @@ Adds: after each kept (`_reject_reason` null) original (`parent_id` null) train 
 id `<parent>#aug<k>`, `parent_id`, `aug_ops` (e.g. ["scale:0.93:reflect", "rotate:+6.2:reflect",
 "crop:0.91", "hflip", "hsv:h+8.0,s0.92,v1.05"]), images re-encoded per
 `validation.encode_format` ('auto': JPEG for JPEG sources, PNG otherwise) and `jpeg_quality`,
-and a fresh `content_hash`; every other column is the parent's. How many copies and which ops
+a fresh `content_hash`, and the answer its ops map the parent's to (the built-in ops keep it);
+every other column is the parent's. How many copies and which ops
 follow the row's label (`answer`) through `augment.labels`. Every input row, rejected ones
 included, passes through unchanged; val/test gain nothing. A copy that fails comes out rejected
 (`augment_failed`, stage `augment`).
@@ -36,17 +37,11 @@ import pyarrow.compute as pc
 import ray
 from PIL import Image
 
+from hazard.augment.geometry import Padding, choose_padding, normalize_mode
+from hazard.augment.plan import apply_plan, plan_answer, plan_copy, step_labels
 from hazard.config.data import AugmentConfig, RayConfig, ValidationConfig
 from hazard.images import encode_image, storage_format
 from hazard.schema import content_hash
-from pipelines.augment_ops import (
-    Padding,
-    apply_plan,
-    choose_padding,
-    normalize_mode,
-    plan_copy,
-    step_labels,
-)
 from pipelines.common import (
     REJECT_DETAIL,
     REJECT_REASON,
@@ -89,12 +84,13 @@ class RecipeError(ValueError):
     differ from its `aug_ops`: the augment config is not the one that planned it)."""
 
 
-def _copy(row: dict[str, Any], k: int, aug_ops: list[str]) -> dict[str, Any]:
+def _copy(row: dict[str, Any], k: int, steps: list, pad_modes: list[str]) -> dict[str, Any]:
     return {
         **row,
         "id": f"{row['id']}#aug{k}",
         "parent_id": row["id"],
-        "aug_ops": aug_ops,
+        "answer": plan_answer(steps, row.get("answer")),
+        "aug_ops": step_labels(steps, pad_modes),
         REJECT_REASON: None,
         REJECT_DETAIL: None,
         REJECT_STAGE: None,
@@ -139,14 +135,14 @@ def augment_row(
     except Exception as exc:  # every copy of an undecodable row fails the same way
         detail = f"cannot decode the parent's images: {type(exc).__name__}: {exc}"
         return [
-            reject(_copy(row, k, step_labels(steps)), "augment_failed", detail, stage=STAGE)
+            reject(_copy(row, k, steps, []), "augment_failed", detail, stage=STAGE)
             for k, steps in enumerate(plans)
         ]
     pad_modes = [padding.mode for _, _, padding in sources]
     recipes = cfg.store == "recipes"
     out = []
     for k, steps in enumerate(plans):
-        new = _copy(row, k, step_labels(steps, pad_modes))
+        new = _copy(row, k, steps, pad_modes)
         if not render:
             new["images"] = []
             out.append(new)

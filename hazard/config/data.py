@@ -5,10 +5,22 @@ Every model forbids unknown keys, so a typo in a YAML file or a `--set` override
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from hazard.augment.colour import HueBand
+from hazard.augment.registry import check_names, param_models
 from hazard.config.strict import StrictModel
 from hazard.storage import StorageConfig
 from hazard.tasks import get_task
@@ -121,58 +133,42 @@ class AugmentConfig(StrictModel):
     scale-up left, so together they keep at least min(crop_min_area, 1 / scale^2) of the image.
     The hsv jitter never touches pixels whose colour falls in `protected_hues` (warning reds,
     oranges, yellows).
+
+    The ops and their parameters come from the op registry (`hazard.augment`): `ops` and
+    `labels.*.ops` take the registered names, and each registered op's parameter model owns
+    flat keys of this config (`scale_range`, `rotate_max_deg`, `crop_min_area`, `flip_prob`,
+    `hue_shift_deg`, `saturation_range`, `value_range`, `protected_hues` for the built-in
+    ones, described in `hazard.augment.ops`), validated by that model; any other key is an
+    error.
     """
 
-    class HueBand(StrictModel):
-        """Colours the hsv jitter leaves bit-identical: a hue interval with saturation and
-        value floors (so greys and near-blacks are never a warning colour)."""
+    _op_params: dict[type[StrictModel], StrictModel] = PrivateAttr(default_factory=dict)
+    """The registered ops' keys, validated: {parameter model: its instance}."""
 
-        name: str = Field(description="What the band protects, for readers (e.g. 'red').")
-        hue: tuple[float, float] = Field(
-            description="[from, to] in degrees on the 0-360 hue circle, inclusive; wraps past "
-            "360 when from > to (e.g. [335, 15] for red)."
-        )
-        min_saturation: float = Field(
-            0.55,
-            ge=0.0,
-            le=1.0,
-            description="HSV saturation (0-1) a pixel needs to be in the band (the defaults are "
-            "hazard.demo.synthetic's hazard colour floors).",
-        )
-        min_value: float = Field(
-            0.45, ge=0.0, le=1.0, description="HSV value (0-1) a pixel needs to be in the band."
-        )
-
-        @field_validator("hue")
-        @classmethod
-        def _degrees(cls, hue: tuple[float, float]) -> tuple[float, float]:
-            if not all(0.0 <= h <= 360.0 for h in hue):
-                raise ValueError(f"hue bounds must be degrees in [0, 360], got {list(hue)}")
-            return hue
+    HueBand: ClassVar[type[HueBand]] = HueBand
 
     class LabelRule(StrictModel):
         """Overrides for the rows of one label (the row's `answer`); None keeps the default."""
 
         copies: int | None = Field(None, ge=0, le=64, description="Copies per row of this label.")
-        ops: list[Literal["scale", "rotate", "crop", "hflip", "vflip", "hsv"]] | None = Field(
-            None, description="Ops for this label (same names as `ops`)."
+        ops: list[str] | None = Field(
+            None, description="Ops for this label (registered names, as in `ops`)."
         )
 
         @field_validator("ops")
         @classmethod
-        def _unique_ops(cls, ops: list[str] | None) -> list[str] | None:
-            if ops is not None and len(set(ops)) != len(ops):
-                raise ValueError(f"ops must not repeat: {ops}")
-            return ops
+        def _registered_ops(cls, ops: list[str] | None) -> list[str] | None:
+            return ops if ops is None else check_names(ops)
 
     copies: int = Field(
         2, ge=0, le=64, description="Augmented rows added per train sample (0 disables)."
     )
-    ops: list[Literal["scale", "rotate", "crop", "hflip", "vflip", "hsv"]] = Field(
+    ops: list[str] = Field(
         default_factory=lambda: ["scale", "rotate", "crop", "hflip", "hsv"],
-        description="Ops each copy applies, always in the order scale, rotate, crop, hflip, "
-        "vflip, hsv (list order does not matter). Flips happen with probability `flip_prob` "
-        "(always when the list has only flips); the others always, with random parameters.",
+        description="Registered ops each copy applies, always in the registry's order (scale, "
+        "rotate, crop, hflip, vflip, hsv for the built-ins; list order does not matter). Flips "
+        "happen with probability `flip_prob` (always when the list has only flips); the others "
+        "always, with random parameters.",
     )
     labels: dict[str, LabelRule] = Field(
         default_factory=dict,
@@ -180,26 +176,6 @@ class AugmentConfig(StrictModel):
         "answer), e.g. {high_risk: {copies: 6}}; labels not listed use the defaults.",
     )
     seed: int = Field(0, description="Seed; each copy is drawn from (seed, sample id, copy index).")
-    flip_prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability of hflip / vflip.")
-    scale_range: tuple[float, float] = Field(
-        (0.9, 1.1),
-        description="Zoom factor about the centre, drawn uniformly in [lo, hi] within [0.5, "
-        "1.5]; below 1 the uncovered border is padded, above 1 the edges are cut.",
-    )
-    rotate_max_deg: float = Field(
-        10.0,
-        ge=0.0,
-        le=30.0,
-        description="Rotation angle (counter-clockwise positive) drawn uniformly in ±this.",
-    )
-    crop_min_area: float = Field(
-        0.85,
-        ge=0.5,
-        le=1.0,
-        description="Crop keeps an area fraction drawn in [this, 1] (aspect kept, random "
-        "position), resized back to the full size. After a scale-up s > 1 the crop's lower "
-        "bound is min(1, this * s^2): together they keep at least min(this, 1 / s^2).",
-    )
     store: Literal["images", "recipes"] = Field(
         "images",
         description="What the data job writes for a copy. 'images': its encoded pixels. "
@@ -226,40 +202,57 @@ class AugmentConfig(StrictModel):
         description="auto padding: mean absolute difference of neighbouring border pixels "
         "(0-255 units) at or above = textured.",
     )
-    hue_shift_deg: float = Field(
-        10.0, ge=0.0, le=90.0, description="hsv: hue shift drawn uniformly in ±this (degrees)."
-    )
-    saturation_range: tuple[float, float] = Field(
-        (0.8, 1.2), description="hsv: saturation factor drawn uniformly in [lo, hi] (0 < lo)."
-    )
-    value_range: tuple[float, float] = Field(
-        (0.85, 1.15), description="hsv: value (brightness) factor drawn uniformly in [lo, hi]."
-    )
-    protected_hues: list[HueBand] = Field(
-        default_factory=lambda: [
-            AugmentConfig.HueBand(name="red", hue=(335.0, 15.0)),
-            AugmentConfig.HueBand(name="orange", hue=(15.0, 45.0)),
-            AugmentConfig.HueBand(name="yellow", hue=(45.0, 70.0)),
-        ],
-        description="hsv: colour bands left bit-identical (signs, tape, charging batteries).",
-    )
 
     @field_validator("ops")
     @classmethod
-    def _unique_ops(cls, ops: list[str]) -> list[str]:
-        if len(set(ops)) != len(ops):
-            raise ValueError(f"ops must not repeat: {ops}")
-        return ops
+    def _registered_ops(cls, ops: list[str]) -> list[str]:
+        return check_names(ops)
 
-    @field_validator("scale_range", "saturation_range", "value_range")
+    @model_validator(mode="wrap")
     @classmethod
-    def _ordered_range(cls, bounds: tuple[float, float], info) -> tuple[float, float]:
-        lo, hi = bounds
-        limits = {"scale_range": (0.5, 1.5), "saturation_range": (0.0, 3.0)}
-        floor, ceil = limits.get(info.field_name, (0.0, 2.0))  # value_range
-        if not (floor <= lo <= hi <= ceil and lo > 0.0):
-            raise ValueError(f"need {floor} <= lo <= hi <= {ceil} and lo > 0, got [{lo}, {hi}]")
-        return bounds
+    def _split_op_params(cls, data: Any, handler: ModelWrapValidatorHandler) -> AugmentConfig:
+        """Validate the own keys as usual and each registered op's keys by its parameter
+        model (defaults filled in); any other key is an error."""
+        if not isinstance(data, dict):
+            return handler(data)
+        own = {k: v for k, v in data.items() if k in cls.model_fields}
+        rest = {k: v for k, v in data.items() if k not in cls.model_fields}
+        config = handler(own)
+        models = param_models()
+        owned = {key: model for model in models for key in model.model_fields}
+        clash = sorted(set(owned) & set(cls.model_fields))
+        if clash:
+            raise ValueError(f"op parameter key(s) {clash} clash with augment's own keys")
+        unknown = sorted(set(rest) - set(owned))
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) {unknown}; augment takes its own keys "
+                f"{sorted(cls.model_fields)} and the registered ops' {sorted(owned)}"
+            )
+        for model in models:
+            given = {k: rest[k] for k in model.model_fields if k in rest}
+            try:
+                config._op_params[model] = model.model_validate(given)
+            except ValidationError as exc:
+                errors = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+                raise ValueError("; ".join(errors)) from None
+        return config
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict:
+        """The own keys and every op's keys side by side, as the config is written."""
+        out = handler(self)
+        for params in self._op_params.values():
+            out.update(params.model_dump(mode=info.mode))
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        """An op parameter by its key (e.g. `cfg.scale_range`)."""
+        private = object.__getattribute__(self, "__pydantic_private__") or {}
+        for params in private.get("_op_params", {}).values():
+            if name in type(params).model_fields:
+                return getattr(params, name)
+        return super().__getattr__(name)
 
     @model_validator(mode="after")
     def _ops_when_enabled(self) -> AugmentConfig:

@@ -1,4 +1,4 @@
-"""The pure augmentation ops of pipelines/augment_ops.py (no Ray): plans, geometry, padding,
+"""The pure augmentation ops of hazard/augment (no Ray): plans, geometry, padding,
 protected-hue HSV jitter."""
 
 from __future__ import annotations
@@ -11,26 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hazard.augment.colour import hsv_jitter, hsv_to_rgb, protected_mask, rgb_to_hsv
+from hazard.augment.geometry import Padding, choose_padding, pad_array, warp
+from hazard.augment.ops import crop, hflip, rotate, scale, vflip
+from hazard.augment.plan import apply_plan, copy_rng, plan_copy, step_labels
 from hazard.config.data import AugmentConfig
-from pipelines.augment_ops import (
-    Padding,
-    apply_plan,
-    choose_padding,
-    copy_rng,
-    crop,
-    hflip,
-    hsv_jitter,
-    hsv_to_rgb,
-    pad_array,
-    plan_copy,
-    protected_mask,
-    rgb_to_hsv,
-    rotate,
-    scale,
-    step_labels,
-    vflip,
-    warp,
-)
 
 BANDS = AugmentConfig().protected_hues
 EDGE = Padding("edge", ())
