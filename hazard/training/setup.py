@@ -1,4 +1,5 @@
-"""Worker set-up: the model source on local disk, LoRA, gradient checkpointing, DeepSpeed."""
+"""Worker set-up: the model source on local disk, then the model and DeepSpeed engine built
+from the pieces of `hazard.finetune` (LoRA, gradient checkpointing, the DeepSpeed config)."""
 
 from __future__ import annotations
 
