@@ -11,6 +11,11 @@ small rotations, 85% crops, padding and mild HSV jitter:
 - ``non_corridor``: a street, a room or a flat UI screenshot, with plenty of blue/green.
 
 Saturated red/orange/yellow is kept below 1% of the pixels outside ``high_risk``.
+
+Long because: every drawing function shares the canvas, the perspective view and the colour
+rules above, which are what make the labels learnable; split by what it draws, the rules would
+be scattered over files that each depend on all the others. Sections: colour measures, helpers,
+corridor, floor items, high-risk cues, non-corridor scenes, rendering, captions, folder dataset.
 """
 
 from __future__ import annotations
