@@ -25,7 +25,7 @@ from tests.deploy_fixtures import (
     releases,
     seed_release,
 )
-from tests.integration.test_deploy import CONTEXTS, Rig, deploy, helm, make_rig, row, upgrade
+from tests.deploy_rig import CONTEXTS, Rig, deploy, helm, make_rig, row, upgrade
 
 FLEET = ["staging", "prod-eu", "prod-us"]
 WAVES = [

@@ -39,6 +39,7 @@ import ray
 import yaml
 from serve_fixtures import b64, free_port, fusion, image_bytes, make_bundle
 
+from hazard.config.serve import APP_NAME
 from hazard.demo.local_ray import stop_process_group
 from hazard.deploy.analysis import (
     LATENCY_BUCKETS,
@@ -48,7 +49,6 @@ from hazard.deploy.analysis import (
     baseline,
     query,
 )
-from hazard.serve_file import APP_NAME
 from serve.metrics import LATENCY_BOUNDS_S
 from tests.deploy_fixtures import (
     APP,
@@ -60,7 +60,7 @@ from tests.deploy_fixtures import (
     releases,
     write_kubeconfig,
 )
-from tests.integration.test_deploy import CONTEXTS, KEY_ENV, deploy, make_rig
+from tests.deploy_rig import CONTEXTS, KEY_ENV, deploy, make_rig
 from tests.prometheus_fixtures import (
     SCRAPE_INTERVAL_S,
     prometheus_binary,
