@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     _job(sub, "train", "ray_jobs.train", "train one cascade stage on Ray Train")
     _job(sub, "calibrate", "ray_jobs.calibrate", "fit the fusion on validation data")
     _job(sub, "score-dataset", "ray_jobs.score_dataset", "score a whole dataset (Ray Data)")
-    _job(sub, "serve", "hazard.serve_file", "run the HTTP application on Ray Serve")
+    _job(sub, "serve", "serve.command", "run the HTTP application on Ray Serve")
     _job(sub, "score", "hazard.client", "score images against a running endpoint")
     _job(sub, "deploy", "hazard.deploy.command", "roll the chart out across clusters, gated")
     _job(sub, "demo", "hazard.demo.run", "run the whole pipeline end to end on the tiny model")

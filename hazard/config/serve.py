@@ -1,14 +1,19 @@
-"""Config model of the served application (the `args` of `serve.app:build_app`).
+"""Config model of the served application (the `args` of `serve.app:build_app`), and the Ray
+Serve config file that carries it.
 
 Everything the application does is set here, in one spelling: `hazard serve --config`,
 `serve run serve.app:build_app`, a Serve config file and the chart's RayService all pass these
-fields unchanged.
+fields unchanged. `serve_config` writes that file's document (the shape of a RayService's
+`serveConfigV2`) for `hazard serve` and the demo.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
+import yaml
 from pydantic import Field, model_validator
 
 from hazard.config.strict import StrictModel
@@ -165,3 +170,47 @@ class ServeConfig(StrictModel):
                 f"max_retry_after_s {self.max_retry_after_s} < retry_after_s {self.retry_after_s}"
             )
         return self
+
+
+APP_NAME = "hazard-cascade"  # the Serve application's name in a Serve config file
+IMPORT_PATH = "serve.app:build_app"  # the builder Serve imports; ServeConfig is its `args`
+
+
+def serve_config(cfg: ServeConfig, host: str = "0.0.0.0", port: int = 8000) -> dict:
+    """A Ray Serve config with the hazard-cascade application."""
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": port},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": IMPORT_PATH,
+                "args": cfg.model_dump(),
+            }
+        ],
+    }
+
+
+def with_api_key(doc: dict, cfg: ServeConfig, environ: dict[str, str]) -> dict:
+    """`doc` with the API key of this shell (if set) in the app's runtime env.
+
+    Replicas read the key from their own environment. On a cluster started apart (`ray start`)
+    they do not inherit this shell's, so the key travels in the app's `runtime_env`, as a
+    Kubernetes Secret's does in the chart.
+    """
+    key = environ.get(cfg.api_key_env) if cfg.auth == "api_key" else None
+    if not key:
+        return doc
+    app = dict(doc["applications"][0])
+    app["runtime_env"] = {"env_vars": {cfg.api_key_env: key}}
+    return {**doc, "applications": [app]}
+
+
+def write_serve_config(doc: dict, path: Path) -> Path:
+    """Write a Serve config document to `path`, readable by its owner only (it may hold a key)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
+    return path

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import httpx
 from pydantic import Field, field_validator, model_validator
 
+from hazard.config.serve import APP_NAME
 from hazard.deploy.spec import CamelModel
 
 REQUESTS = "ray_hazard_requests_total"
@@ -66,7 +67,7 @@ class MetricAnalysis(CamelModel):
 
     window_seconds: int = Field(300, ge=10, description="Seconds of data each query looks at.")
     labels: dict[str, str] = Field(
-        default_factory=lambda: {"application": "hazard-cascade"},
+        default_factory=lambda: {"application": APP_NAME},
         description="Label matchers selecting the app's series (Serve's `application`, and "
         "e.g. `namespace` where Prometheus scrapes several releases).",
     )

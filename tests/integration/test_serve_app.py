@@ -16,9 +16,11 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterator
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 from PIL import Image
 from ray import serve
 from serve_fixtures import b64, fusion, image_bytes, make_bundle, serve_cluster
@@ -27,6 +29,19 @@ from hazard.config.serve import ServeConfig
 from hazard.fusion import CorrectionParams, fuse, hazard_score, predict_label
 from hazard.labels import HIGH_RISK, RISK_LABELS
 from serve.app import compose_app
+from serve.ingress import app as ingress_app
+from serve.schemas import (
+    BatchItemError,
+    BatchResult,
+    Explanation,
+    Health,
+    ItemError,
+    ModelInfo,
+    ModelRef,
+    ModelsResult,
+    Readiness,
+    ScoreResult,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -119,6 +134,15 @@ def base_only(urls):
 
 
 # -- helpers ----------------------------------------------------------------------------------
+PATHS = {  # each route and the model its 200 body is
+    "/v1/score": ScoreResult,
+    "/v1/score/batch": BatchResult,
+    "/v1/models": ModelsResult,
+    "/readyz": Readiness,
+    "/healthz": Health,
+}
+
+
 def assert_error(response: httpx.Response, status: int) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json"), response.headers
@@ -231,6 +255,66 @@ def test_batch_in_order_with_per_item_error(client, cascade):
     assert_score(results[2], "last", escalated=True)
     assert set(results[1]) == {"id", "error"}
     assert results[1]["error"]["status"] == 400 and results[1]["error"]["detail"]
+
+
+def fields(model) -> set[str]:
+    return set(model.model_fields)
+
+
+def assert_declared(model, body: dict) -> None:
+    """`body` is what `model` writes: validating it and writing it back gives it unchanged."""
+    assert model.model_validate(body).model_dump(mode="json", exclude_unset=True) == body
+
+
+def api_routes(routes) -> Iterator[APIRoute]:
+    """The APIRoutes under `routes`, through included routers (Serve's ingress includes its
+    class's routes)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        else:
+            yield from api_routes(getattr(getattr(route, "original_router", route), "routes", ()))
+
+
+def test_every_route_declares_its_response_model():
+    """The routes return their response models: none writes a body FastAPI does not check."""
+    routes = {r.path: r.response_model for r in api_routes(ingress_app.routes) if r.path in PATHS}
+    assert routes == PATHS
+
+
+def test_each_body_has_exactly_its_models_fields(client, cascade):
+    """A response field is declared once: every key of each real body is a field of its model,
+    and every field is in the body (`explanation` only when asked for). A key a route added by
+    hand, or a field no route fills, fails here."""
+    image = {"id": "decl", "image": b64(image_bytes())}
+    explained = client.post(f"{cascade}/v1/score?explain=true", headers=AUTH, json=image)
+    assert explained.status_code == 200, explained.text
+    body = explained.json()
+    assert set(body) == fields(ScoreResult)
+    assert set(body["explanation"]) == fields(Explanation)
+    assert all(set(m) == fields(ModelRef) for m in body["models"])
+    assert_declared(ScoreResult, body)
+    plain = client.post(f"{cascade}/v1/score", headers=AUTH, json=image).json()
+    assert set(plain) == fields(ScoreResult) - {"explanation"}
+    assert_declared(ScoreResult, plain)
+
+    items = [image, {"id": None, "image": b64(b"not an image")}]
+    results = client.post(f"{cascade}/v1/score/batch", headers=AUTH, json={"items": items})
+    ok, failed = results.json()["results"]
+    assert set(ok) == fields(ScoreResult) - {"explanation"}
+    assert set(failed) == fields(BatchItemError) and set(failed["error"]) == fields(ItemError)
+    assert failed["id"] is None  # a null id stays in the body
+    assert_declared(ScoreResult, ok)
+    assert_declared(BatchItemError, failed)
+
+    models = client.get(f"{cascade}/v1/models", headers=AUTH).json()
+    assert set(models) == fields(ModelsResult)
+    assert all(set(m) == fields(ModelInfo) for m in models["models"])
+    assert_declared(ModelsResult, models)
+    for path, model in (("/readyz", Readiness), ("/healthz", Health)):
+        got = client.get(f"{cascade}{path}").json()
+        assert set(got) == fields(model), path
+        assert_declared(model, got)
 
 
 def test_batch_over_max_items_is_413(client, cascade):

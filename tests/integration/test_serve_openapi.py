@@ -18,7 +18,8 @@ from ray import serve
 from serve_fixtures import b64, fusion, image_bytes, make_bundle, serve_cluster
 
 from hazard.config.serve import ServeConfig
-from serve.app import MissingApiKey, build_app, compose_app
+from serve.app import build_app, compose_app
+from serve.auth import MissingApiKey
 
 pytestmark = pytest.mark.slow
 

@@ -68,7 +68,7 @@ def _model_for_module(module: str):
         "ray_jobs.train": TrainConfig,
         "ray_jobs.calibrate": CalibrateConfig,
         "ray_jobs.score_dataset": ScoreDatasetConfig,
-        "hazard.serve_file": ServeConfig,
+        "serve.command": ServeConfig,
     }.get(module)
 
 
@@ -77,7 +77,7 @@ HAZARD_MODULES = {
     ("train",): "ray_jobs.train",
     ("calibrate",): "ray_jobs.calibrate",
     ("score-dataset",): "ray_jobs.score_dataset",
-    ("serve",): "hazard.serve_file",
+    ("serve",): "serve.command",
 }
 
 

@@ -1,4 +1,4 @@
-"""Run the HTTP application on Ray Serve from a serving YAML (the app's `args`).
+"""`hazard serve`: run the HTTP application on Ray Serve from a serving YAML (the app's `args`).
 
     hazard serve --config configs/tiny/serve.yaml [--port 8000] [--set base.version=0.2.0]
 
@@ -26,51 +26,8 @@ import yaml
 
 from hazard.bundle import CalibrationMismatch, check_calibration, read_meta
 from hazard.config import add_config_args, load_job_config
-from hazard.config.serve import ServeConfig
+from hazard.config.serve import ServeConfig, serve_config, with_api_key, write_serve_config
 from hazard.labels import HIGH_RISK, RISK_LABELS
-
-APP_NAME = "hazard-cascade"
-IMPORT_PATH = "serve.app:build_app"
-
-
-def serve_config(cfg: ServeConfig, host: str = "0.0.0.0", port: int = 8000) -> dict:
-    """A Ray Serve config with the hazard-cascade application."""
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": host, "port": port},
-        "applications": [
-            {
-                "name": APP_NAME,
-                "route_prefix": "/",
-                "import_path": IMPORT_PATH,
-                "args": cfg.model_dump(),
-            }
-        ],
-    }
-
-
-def write_serve_config(doc: dict, path: Path) -> Path:
-    """Write a Serve config document to `path`, readable by its owner only (it may hold a key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(doc, f, sort_keys=False)
-    return path
-
-
-def with_api_key(doc: dict, cfg: ServeConfig, environ: dict[str, str]) -> dict:
-    """`doc` with the API key of this shell (if set) in the app's runtime env.
-
-    Replicas read the key from their own environment. On a cluster started apart (`ray start`)
-    they do not inherit this shell's, so the key travels in the app's `runtime_env`, as a
-    Kubernetes Secret's does in the chart.
-    """
-    key = environ.get(cfg.api_key_env) if cfg.auth == "api_key" else None
-    if not key:
-        return doc
-    app = dict(doc["applications"][0])
-    app["runtime_env"] = {"env_vars": {cfg.api_key_env: key}}
-    return {**doc, "applications": [app]}
 
 
 def preflight(cfg: ServeConfig, environ: dict[str, str]) -> list[str]:
