@@ -4,11 +4,15 @@ Small sizes: a few steps on a small prepared folder. Checks evaluation during tr
 checkpoints Ray keeps, the bundle built from the best checkpoint (a merged standard
 Qwen2.5-VL whose metrics are its own), the report, resuming a run by its name, refusing a
 corrupt checkpoint, and early stopping.
+
+Each test passes alone and in any order: the stage-1 run they share is a module fixture, and
+the tests that continue it (resume, corrupt checkpoint) work on a copy of its folder.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +44,25 @@ def prepared(tmp_path_factory, ray_local):
     return root
 
 
+STAGE1_STEPS = ["eval.every_steps=2", "checkpoint.every_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def stage1(prepared) -> dict:
+    """The stage-1 run the tests share (4 steps, evaluated at 2 and 4, 2 checkpoints kept),
+    in `prepared/stage1_base`; its metrics. Tests read it and never write into it."""
+    return run(_cfg(prepared, STAGE1, 4, [*STAGE1_STEPS, "checkpoint.keep=2"]))
+
+
+def _copy_of_stage1(prepared, stage1: dict, out: str) -> Path:
+    """A copy of the shared stage-1 run's folder at `prepared/out`, for a test to continue:
+    the same run name, so Ray Train resumes it from the copied checkpoints."""
+    target = prepared / out
+    assert not target.exists(), f"{target} is already taken"
+    shutil.copytree(prepared / "stage1_base", target)
+    return target
+
+
 def _cfg(root, stage_file: str, steps: int, overrides=(), out: str | None = None) -> TrainConfig:
     out_dir = root / (out or stage_file.split("/")[-1][:-5])
     return stage_config(root / "data", out_dir, steps, overrides, stage_file)
@@ -56,11 +79,10 @@ def _first_best(evals: list[dict], metric: str) -> dict:
 
 
 @pytest.mark.image_lock
-def test_stage1_evaluates_keeps_the_best_checkpoint_and_bundles_it(prepared, tiny_model_path):
-    cfg = _cfg(
-        prepared, STAGE1, 4, ["eval.every_steps=2", "checkpoint.every_steps=1", "checkpoint.keep=2"]
-    )
-    metrics = run(cfg)
+def test_stage1_evaluates_keeps_the_best_checkpoint_and_bundles_it(
+    prepared, stage1, tiny_model_path
+):
+    metrics = stage1
     history = metrics["history"]
     assert [s["step"] for s in history["steps"]] == [1, 2, 3, 4]
     assert [e["step"] for e in history["evals"]] == [2, 4]
@@ -99,27 +121,25 @@ def test_stage1_evaluates_keeps_the_best_checkpoint_and_bundles_it(prepared, tin
             assert png.format == "PNG" and png.width > 300
 
 
-def test_same_run_name_resumes_and_continues_the_step_count(prepared):
-    # the previous test's run, 2 more steps: Ray Train V2 resumes from its step-4 checkpoint
-    cfg = _cfg(prepared, STAGE1, 6, ["eval.every_steps=2", "checkpoint.every_steps=1"])
+def test_same_run_name_resumes_and_continues_the_step_count(prepared, stage1):
+    # the shared run, 2 more steps: Ray Train V2 resumes from its step-4 checkpoint
+    _copy_of_stage1(prepared, stage1, "resumed")
+    cfg = _cfg(prepared, STAGE1, 6, STAGE1_STEPS, out="resumed")
     metrics = run(cfg)
     assert metrics["resumed_from"] == [4]
     assert [s["step"] for s in metrics["history"]["steps"]] == [1, 2, 3, 4, 5, 6]
     assert [e["step"] for e in metrics["history"]["evals"]] == [2, 4, 6]
 
 
-def test_a_corrupt_checkpoint_is_refused_naming_the_file(prepared):
-    latest = max(
-        _checkpoints(
-            {"checkpoint_dir": prepared / "stage1_base/ray_results/stage1-base-tiny"}
-        ).items()
-    )[1]
+def test_a_corrupt_checkpoint_is_refused_naming_the_file(prepared, stage1):
+    copy = _copy_of_stage1(prepared, stage1, "corrupt")
+    latest = max(_checkpoints({"checkpoint_dir": copy / "ray_results/stage1-base-tiny"}).items())[1]
     target = latest / ADAPTER
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
     with pytest.raises(Exception) as err:
-        run(_cfg(prepared, STAGE1, 8, ["eval.every_steps=2"]))
+        run(_cfg(prepared, STAGE1, 8, ["eval.every_steps=2"], out="corrupt"))
     assert str(target) in str(err.value)
     assert "sha256 does not match" in str(err.value)
 
@@ -159,16 +179,16 @@ def test_early_stopping_under_zero3_bundles_the_earlier_best_checkpoint(prepared
         assert meta.metrics[f"val_{key}"] == pytest.approx(best[key], abs=1e-9), key
 
 
-def test_specialist_uses_enrichment_and_weights_and_differs_from_the_base(prepared):
+def test_specialist_uses_enrichment_and_weights_and_differs_from_the_base(prepared, stage1):
     cfg = _cfg(prepared, "configs/tiny/stage2_specialist.yaml", 2, ["scaling.num_workers=1"])
     metrics = run(cfg)
     assert metrics["step"] == 2
     assert metrics["train_rows"]["high_risk"] == 3 * metrics["train_rows"]["no_risk"]
     assert metrics["loss_weights"]["high_risk"] == 2.0
-    # a different model from stage 1's (trained in the first test on the same data): its
-    # adapter also covers the vision tower, and it scores the same validation rows differently
+    # a different model from stage 1's (the shared run, on the same data): its adapter also
+    # covers the vision tower, and it scores the same validation rows differently
     spec = open_bundle(metrics["model_dir"])
-    base = open_bundle(prepared / "stage1_base/model")
+    base = open_bundle(stage1["model_dir"])
     targets = json.loads((spec.path / "adapter/adapter_config.json").read_text())
     base_targets = json.loads((base.path / "adapter/adapter_config.json").read_text())
     assert "visual" in targets["target_modules"] and "visual" not in base_targets["target_modules"]
