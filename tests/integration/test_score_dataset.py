@@ -241,3 +241,37 @@ def test_the_job_decodes_a_large_photo_to_the_serving_pixel_budget(tmp_path, tin
     [img] = scorer.decode([photo])
     assert scorer.pixel_budget == 12_544
     assert img.size == (129, 96) and img.mode == "RGB"
+
+
+def test_the_one_source_planner_lists_batch_scoring_sources(tmp_path):
+    from pipelines.sources import SourceError, plan_source
+
+    def cfg(source, fmt="auto"):
+        return ScoreDatasetConfig(
+            source=str(source), format=fmt, base_uri="b", specialist_uri="s", output_dir="o"
+        )
+
+    with pytest.raises(SourceError, match="not found"):
+        plan_source(cfg(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="holds no images"):
+        plan_source(cfg(tmp_path / "empty"))
+    src = tmp_path / "src"
+    (src / ".hidden").mkdir(parents=True)
+    for rel in ("b.PNG", "a/c.jpg", ".hidden/d.png", "notes.txt"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(b"x")
+    source = plan_source(cfg(src))
+    assert source.format == "folder"
+    assert [rel for rel, _ in source.files] == ["a/c.jpg", "b.PNG"]
+    assert source.files[0][1].endswith("src/a/c.jpg")
+    (src / "z.parquet").write_bytes(b"x")
+    auto = plan_source(cfg(src))
+    assert (auto.format, [rel for rel, _ in auto.files]) == ("parquet", ["z.parquet"])
+    assert plan_source(cfg(src, "folder")).format == "folder"
+    one = plan_source(cfg(src / "z.parquet"))
+    assert (one.format, one.files) == ("parquet", (("z.parquet", str(src / "z.parquet")),))
+    with pytest.raises(SourceError, match="is a file"):
+        plan_source(cfg(src / "z.parquet", "folder"))
+    with pytest.raises(SourceError, match="is a file"):
+        plan_source(cfg(src / "b.PNG"))
