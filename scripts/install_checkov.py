@@ -2,7 +2,7 @@
 """Install checkov, pinned, in a venv of its own: `.venv/tools/checkov`.
 
 checkov pins many dependencies exactly; installed into the project's venv it would fight the
-project's own pins. The tests (tests/integration/test_chart.py) run
+project's own pins. The tests (tests/integration/test_chart_manifests.py) run
 `.venv/tools/checkov/bin/checkov` on the rendered manifests.
 
 Usage::

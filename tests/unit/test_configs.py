@@ -1,4 +1,7 @@
-"""Every YAML in configs/ loads into its model (chart values: tests/integration/test_chart.py)."""
+"""Every YAML in configs/ loads into its model.
+
+The chart's values: tests/integration/test_chart_values.py.
+"""
 
 from __future__ import annotations
 
