@@ -296,6 +296,7 @@ def unmet(installs: list[dict], extras: dict[str, set[str]]) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 def test_lock_resolves_to_itself_and_is_consistent(
     resolved: dict[str, list[dict]], variant: str
