@@ -26,6 +26,11 @@ not opened here (no I/O per row beyond a symlink check on local sources): a miss
 unreadable image is the business of the stage that reads the bytes from `_image_uris`.
 
 Ids are unique in the output: a repeated id gets `#<_order>` appended (the first keeps its id).
+
+Long because: it is the one source planner (the data job's formats and batch scoring's
+image folders and Parquet) plus what every format shares: the `Source` and error types, the
+row helpers and the streaming JSON readers; each format's own rows are in `import_<format>.py`.
+Sections: planning, row helpers, annotation files, the Ray wrapper.
 """
 
 from __future__ import annotations
