@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+FIRST_PARTY = ("hazard", "pipelines", "ray_jobs", "serve")
+
 
 def _forward(module: str):
     """A handler that passes the remaining arguments to `module.main`."""
@@ -27,7 +29,14 @@ def _forward(module: str):
     def run(rest: list[str]) -> int:
         import importlib
 
-        return importlib.import_module(module).main(rest)
+        try:
+            entry = importlib.import_module(module)
+        except ModuleNotFoundError as exc:  # e.g. `deploy` without the [deploy] extra
+            if (exc.name or "").split(".")[0] in FIRST_PARTY:
+                raise
+            print(f"hazard: {exc}", file=sys.stderr)
+            return 1
+        return entry.main(rest)
 
     return run
 
