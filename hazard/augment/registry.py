@@ -4,7 +4,7 @@ An op says, in one place, its name, its parameter model (the flat `augment.*` co
 owns), how it draws its random parameters, how it transforms the image (an affine matrix for
 geometric ops, composed into one resample; `apply` for pixel ops) and what it does to the
 label. `AugmentConfig` takes its allowed op names and its op parameter keys from here, and the
-planner (`hazard.augment.plan`) runs whatever is registered, so adding an op is one new object.
+planner (`pipelines.augment_plan`) runs whatever is registered, so adding an op is one new object.
 
 Draws. Every copy draws `n_draws()` uniforms from its seeded generator; each op reads its own
 `draws` of them at offsets given by registration order (`draw_slots`), so an op registered

@@ -14,8 +14,8 @@ from PIL import Image
 from hazard.augment.colour import hsv_jitter, hsv_to_rgb, protected_mask, rgb_to_hsv
 from hazard.augment.geometry import Padding, choose_padding, pad_array, warp
 from hazard.augment.ops import crop, hflip, rotate, scale, vflip
-from hazard.augment.plan import apply_plan, copy_rng, plan_copy, step_labels
 from hazard.config.data import AugmentConfig
+from pipelines.augment_plan import apply_plan, copy_rng, plan_copy, step_labels
 
 BANDS = AugmentConfig().protected_hues
 EDGE = Padding("edge", ())

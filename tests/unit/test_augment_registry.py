@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 from pydantic import Field, ValidationError
 
-from hazard.augment.plan import plan_copy
 from hazard.augment.registry import AugmentOp, op_names, register, unregister
 from hazard.config.data import AugmentConfig, ValidationConfig
 from hazard.config.strict import StrictModel
 from pipelines.augment import augment_rows
-from tests.unit.test_augment_stage import _row
+from pipelines.augment_plan import plan_copy
+from tests.augment_rows import stage_row
 
 
 class BlackoutParams(StrictModel):
@@ -68,7 +68,7 @@ def test_a_registered_op_is_validated_by_the_config(blackout):
 
 def test_a_registered_op_runs_through_the_stage(blackout):
     cfg = AugmentConfig(copies=3, ops=["hflip", "blackout"], flip_prob=1.0, blackout_value=40)
-    row = _row("bb.png", "high_risk")
+    row = stage_row("bb.png", "high_risk")
     copies = augment_rows([row], cfg, ValidationConfig())[1:]
     assert [c["aug_ops"] for c in copies] == [["blackout:40", "hflip"]] * 3  # plan order; always
     for c in copies:

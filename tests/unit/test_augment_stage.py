@@ -13,15 +13,14 @@ from PIL import Image
 from pydantic import ValidationError
 
 from hazard.config.data import AugmentConfig, DataConfig, RayConfig, ValidationConfig
-from hazard.schema import content_hash
 from pipelines.augment import augment, augment_rows
 from pipelines.common import (
     REJECT_DETAIL,
     REJECT_REASON,
     REJECT_STAGE,
-    STAGE_SCHEMA,
     stage_table,
 )
+from tests.augment_rows import encode, scene, stage_row
 
 VALIDATION = ValidationConfig()
 CFG = AugmentConfig(
@@ -33,56 +32,20 @@ OP = re.compile(
 )
 
 
-def _scene(seed: int = 0, w: int = 96, h: int = 72) -> np.ndarray:
-    """A grey wall with a shading gradient and noise, a red sign and yellow floor tape."""
-    rng = np.random.default_rng(seed)
-    wall = 120 + 60 * np.arange(w)[None, :] / w + rng.normal(0, 3, (h, w))
-    arr = np.clip(np.rint(wall), 0, 255).astype(np.uint8)[..., None].repeat(3, -1)
-    arr[15:35, 30:60] = (214, 34, 28)
-    arr[55:60, :] = (250, 210, 30)
-    return arr
-
-
-def _encode(arr: np.ndarray, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, fmt, **({"quality": 92} if fmt == "JPEG" else {}))
-    return buf.getvalue()
-
-
 def _decode(data: bytes) -> tuple[str, np.ndarray]:
     with Image.open(io.BytesIO(data)) as img:
         return img.format, np.asarray(img.convert("RGB"))
 
 
-def _row(rid: str, answer: str, split: str = "train", fmt: str = "PNG", **kw) -> dict:
-    images = kw.pop("images", None) or [_encode(_scene(len(rid)), fmt)]
-    row = {name: None for name in STAGE_SCHEMA.names}
-    row.update(
-        id=rid,
-        images=images,
-        task="corridor_risk",
-        prompt="Grade the fire risk.",
-        answer=answer,
-        split=split,
-        source_uri=f"file:///data/{rid}",
-        content_hash=content_hash(images),
-        aug_ops=[],
-        _order=len(rid),
-        _image_uris=[f"file:///data/{rid}"],
-    )
-    row.update(kw)
-    return row
-
-
 def _rows() -> list[dict]:
     return [
-        _row("a.jpg", "no_risk", fmt="JPEG"),
-        _row("bb.png", "high_risk"),
-        _row("ccc.png", "low_risk", images=[b""], **{REJECT_REASON: "undecodable"}),
-        _row("dddd.png", "no_risk", split="val"),
-        _row("eeeee.png", "high_risk", split="test"),
-        _row("a.jpg#aug9", "no_risk", parent_id="a.jpg"),
-        _row("ggggggg.png", "non_corridor"),
+        stage_row("a.jpg", "no_risk", fmt="JPEG"),
+        stage_row("bb.png", "high_risk"),
+        stage_row("ccc.png", "low_risk", images=[b""], **{REJECT_REASON: "undecodable"}),
+        stage_row("dddd.png", "no_risk", split="val"),
+        stage_row("eeeee.png", "high_risk", split="test"),
+        stage_row("a.jpg#aug9", "no_risk", parent_id="a.jpg"),
+        stage_row("ggggggg.png", "non_corridor"),
     ]
 
 
@@ -134,7 +97,7 @@ def test_copies_are_reencoded_per_validation_and_keep_the_size(out):
     for rid, fmt in [("a.jpg#aug0", "JPEG"), ("bb.png#aug3", "PNG")]:  # 'auto' keeps JPEG
         got_fmt, arr = _decode(by_id[rid]["images"][0])
         assert (got_fmt, arr.shape) == (fmt, (72, 96, 3))
-    row = _row("a.jpg", "no_risk", fmt="JPEG")
+    row = stage_row("a.jpg", "no_risk", fmt="JPEG")
     webp = augment_rows([row], CFG, ValidationConfig(encode_format="WEBP"))[1]
     assert _decode(webp["images"][0])[0] == "WEBP"
     low, high = (
@@ -144,32 +107,32 @@ def test_copies_are_reencoded_per_validation_and_keep_the_size(out):
 
 
 def test_same_seed_id_and_copy_give_the_same_bytes_whatever_the_batch(out):
-    alone = augment_rows([_row("bb.png", "high_risk")], CFG, VALIDATION)
+    alone = augment_rows([stage_row("bb.png", "high_risk")], CFG, VALIDATION)
     copies = [r for r in out if r["parent_id"] == "bb.png"]
     assert [r["images"] for r in alone[1:]] == [r["images"] for r in copies]
     assert [r["aug_ops"] for r in alone[1:]] == [r["aug_ops"] for r in copies]
     assert len({tuple(r["aug_ops"]) for r in copies}) == 5  # each copy its own plan
     reseeded = augment_rows(
-        [_row("bb.png", "high_risk")], CFG.model_copy(update={"seed": 1}), VALIDATION
+        [stage_row("bb.png", "high_risk")], CFG.model_copy(update={"seed": 1}), VALIDATION
     )
     assert all(a["images"] != b["images"] for a, b in zip(reseeded[1:], copies, strict=True))
 
 
 def test_per_label_ops_apply_exactly():
     cfg = AugmentConfig(copies=1, labels={"high_risk": {"copies": 3, "ops": ["hflip"]}})
-    row = _row("bb.png", "high_risk")
+    row = stage_row("bb.png", "high_risk")
     copies = augment_rows([row], cfg, VALIDATION)[1:]
     assert [c["aug_ops"] for c in copies] == [["hflip"]] * 3
     parent = _decode(row["images"][0])[1]
     for c in copies:  # PNG in, PNG out: the mirror is exact
         assert np.array_equal(_decode(c["images"][0])[1], parent[:, ::-1])
-    other = augment_rows([_row("a.png", "no_risk")], cfg, VALIDATION)[1:]
+    other = augment_rows([stage_row("a.png", "no_risk")], cfg, VALIDATION)[1:]
     assert len(other) == 1 and len(other[0]["aug_ops"]) >= 4  # defaults for other labels
 
 
 def test_protected_colours_survive_a_colour_only_copy():
     cfg = AugmentConfig(copies=4, ops=["hsv"], hue_shift_deg=30.0)
-    row = _row("bb.png", "high_risk")
+    row = stage_row("bb.png", "high_risk")
     parent = _decode(row["images"][0])[1]
     for c in augment_rows([row], cfg, VALIDATION)[1:]:
         arr = _decode(c["images"][0])[1]
@@ -179,20 +142,20 @@ def test_protected_colours_survive_a_colour_only_copy():
 
 
 def test_multi_image_rows_apply_one_plan_to_each_image():
-    scene = _encode(_scene(3), "PNG")
-    row = _row("pair.png", "no_risk", images=[scene, scene])
+    png = encode(scene(3), "PNG")
+    row = stage_row("pair.png", "no_risk", images=[png, png])
     for c in augment_rows([row], AugmentConfig(copies=3), VALIDATION)[1:]:
         assert len(c["images"]) == 2 and c["images"][0] == c["images"][1]
-    flat = _encode(np.full((72, 96, 3), 128, np.uint8), "PNG")
+    flat = encode(np.full((72, 96, 3), 128, np.uint8), "PNG")
     checker = (np.indices((72, 96)).sum(0) % 2 * 120 + 60).astype(np.uint8)
-    mixed = _row("mixed.png", "no_risk", images=[flat, _encode(checker, "PNG")])
+    mixed = stage_row("mixed.png", "no_risk", images=[flat, encode(checker, "PNG")])
     cfg = AugmentConfig(copies=3, ops=["rotate"])
     ops = [c["aug_ops"] for c in augment_rows([mixed], cfg, VALIDATION)[1:]]
     assert all(re.fullmatch(r"rotate:[+-]\d+\.\d:constant/reflect", o[0]) for o in ops), ops
 
 
 def test_a_copy_that_fails_is_rejected_and_the_parent_kept():
-    bad = _row("bad.png", "no_risk", images=[b"not an image"])
+    bad = stage_row("bad.png", "no_risk", images=[b"not an image"])
     out = augment_rows([bad], CFG, VALIDATION)
     assert out[0] == bad
     assert [r["id"] for r in out[1:]] == ["bad.png#aug0", "bad.png#aug1"]

@@ -1,4 +1,5 @@
-"""Plans: which registered ops a copy applies, with which parameters, and applying them.
+"""Augmentation plans: which registered ops (`hazard/augment`) a copy applies, with which
+parameters, and applying them; the augment stage (`augment.py`) runs them.
 
 A copy's plan is a list of steps `(name, params)` drawn from (seed, sample id, copy index)
 only, in the registry's plan order (`plan_copy`); `step_labels` turns it into the `aug_ops`
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -28,9 +29,7 @@ from hazard.augment.registry import (
     op_names,
     ops_in_order,
 )
-
-if TYPE_CHECKING:
-    from hazard.config.data import AugmentConfig
+from hazard.config.data import AugmentConfig
 
 
 def copy_rng(seed: int, sample_id: str, copy: int) -> np.random.Generator:
