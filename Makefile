@@ -44,8 +44,8 @@ test: setup setup-locks ## the whole suite (CPU image's versions), then test-loc
 test-locks: setup-locks ## the image_lock tests (unit, training, scoring, calibration) in the GPU image's versions
 	$(GPU_LOCK_VENV)/bin/python -m pytest -q -m image_lock
 
-test-fast: setup ## unit tests only
-	$(PY) -m pytest -q tests/unit
+test-fast: setup ## the unmarked tests (not slow, gpu or network): a few minutes on 2 cores
+	$(PY) -m pytest -q -m "not slow and not gpu and not network"
 
 lint: setup ## ruff lint + format check, and the import rules of docs/architecture.md
 	$(VENV)/bin/ruff check .
