@@ -64,8 +64,8 @@ def make_photos(folder: Path, n: int, seed: int = 0) -> Path:
     """`n` labelled photo-like JPEGs in `folder` (labels.csv without splits); cached."""
     from PIL import Image, ImageFilter
 
+    from hazard.core.labels import RISK_LABELS
     from hazard.demo.synthetic import render_scene
-    from hazard.labels import RISK_LABELS
 
     done = folder / "labels.csv"
     if done.is_file() and sum(1 for _ in done.open()) == n + 1:
@@ -98,7 +98,7 @@ def decode_floor(folder: Path, budget: int | None, limit: int = 60) -> dict[str,
     """Images/s of decoding alone in one process: to the budget (draft) and at full size."""
     from PIL import Image
 
-    from hazard.images import decode_image
+    from hazard.infra.images import decode_image
 
     files = sorted((folder / "images").glob("*.jpg"))[:limit]
     blobs = [f.read_bytes() for f in files]
@@ -121,7 +121,7 @@ def run_loop(config) -> dict[str, object]:
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    from hazard import storage
+    from hazard.infra import storage
     from pipelines.augment import augment_rows
     from pipelines.common import stage_table
     from pipelines.decode import decode_row, probe_row

@@ -1,11 +1,11 @@
 """Label scoring throughput: first-token read-out (what serving uses) vs whole-sequence scoring.
 
-`hazard.vlm.label_log_likelihoods` scores the five risk labels in one of two ways:
+`hazard.model.vlm.label_log_likelihoods` scores the five risk labels in one of two ways:
 (a) first-token: the labels' first tokens are distinct, so one forward pass over the B prompts
     reads the next-token distribution at the answer position;
 (b) whole-sequence: one forward pass over B x 5 prompt+label sequences, summing each label's
     token log-likelihoods (the path for labels whose first tokens collide).
-This benchmark forces (b) on the same labels by patching `hazard.vlm.first_tokens_collide` to
+This benchmark forces (b) on the same labels by patching `hazard.model.vlm.first_tokens_collide` to
 return True inside the benchmark only, and times whole `label_log_likelihoods` calls (processor
 encoding included, as serving pays it) on the cached tiny Qwen2.5-VL at several batch sizes.
 
@@ -50,7 +50,7 @@ PATHS = ("first_token", "whole_sequence")
 @contextlib.contextmanager
 def whole_sequence_path() -> Iterator[None]:
     """Force `label_log_likelihoods` onto its whole-sequence path (benchmark-local patch)."""
-    import hazard.vlm as vlm
+    import hazard.model.vlm as vlm
 
     with mock.patch.object(vlm, "first_tokens_collide", lambda label_ids: True):
         yield
@@ -61,7 +61,7 @@ def path_context(path: str) -> contextlib.AbstractContextManager:
 
 
 def model_kind(path: Path) -> str:
-    from hazard.bundle import NotABundleError, read_meta
+    from hazard.infra.bundle import NotABundleError, read_meta
 
     try:
         read_meta(path)
@@ -103,12 +103,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def setup(args: argparse.Namespace, n_images: int):
     """Tiny model, processor, benchmark images (labels cycle through RISK_LABELS), prompt."""
-    from hazard.bundle import NotABundleError, open_bundle
+    from hazard.core.labels import RISK_LABELS
+    from hazard.core.tasks import get_task
     from hazard.demo.synthetic import render_scene
     from hazard.demo.tiny_qwen import ensure_tiny_model
-    from hazard.labels import RISK_LABELS
-    from hazard.tasks import get_task
-    from hazard.vlm import load_model, load_processor
+    from hazard.infra.bundle import NotABundleError, open_bundle
+    from hazard.model.vlm import load_model, load_processor
 
     path = args.model or ensure_tiny_model()
     task = get_task("corridor_risk")
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     model_path, model, processor, images, truth, prompt, labels = setup(args, n_images)
     setup_s = time.perf_counter() - t0
 
-    import hazard.vlm as vlm
+    import hazard.model.vlm as vlm
 
     first_distinct = not vlm.first_tokens_collide(vlm.label_token_ids(processor, labels))
     if not first_distinct:
@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": NAME,
         "description": "images/s scoring the five risk labels: (a) first-token read-out vs "
-        "(b) whole-sequence likelihood, hazard.vlm.label_log_likelihoods, tiny Qwen2.5-VL, CPU",
+        "(b) whole-sequence likelihood, hazard.model.vlm.label_log_likelihoods, "
+        "tiny Qwen2.5-VL, CPU",
         "started_utc": started.isoformat(timespec="seconds"),
         **command(MODULE, argv),
         "git": git_state(),

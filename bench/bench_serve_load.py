@@ -61,8 +61,8 @@ from bench.common import (
     write_json,
 )
 from hazard.client import wait_ready
+from hazard.core.labels import RISK_LABELS
 from hazard.demo.local_ray import free_port, stop_process_group
-from hazard.labels import RISK_LABELS
 
 NAME = "serve_load"
 MODULE = "bench.bench_serve_load"
@@ -281,7 +281,7 @@ def floor(args, png: bytes) -> dict:
     """The base engine's batched forward on the decoded test image, ms per image per batch."""
     from PIL import Image
 
-    from hazard.engines import TransformersEngine
+    from hazard.model.engines import TransformersEngine
 
     engine = TransformersEngine(args.base)
     image = Image.open(io.BytesIO(png)).convert("RGB")

@@ -12,10 +12,11 @@ per sample instead of 16) and optim.max_length to 512.
 - `ray`: `ray_jobs.train.run(cfg)` on a local Ray (2 CPUs, started by the benchmark) with
   `scaling.num_workers` workers: Ray Data shards, DeepSpeed ZeRO-2 engine, the shared
   worker loop, then the final evaluation, checkpoint and bundle (outside the timed window).
-- `plain`: one process per worker, no Ray, no DeepSpeed: `hazard.vlm.load_model`,
-  `hazard.finetune.apply_lora`, `torch.optim.AdamW` over the LoRA weights with
-  `hazard.finetune.lr_scheduler`, the train split read with pyarrow in a seeded shuffled order,
-  per micro-batch the worker loop's own ingest (`hazard.training.ingest.Ingest` over
+- `plain`: one process per worker, no Ray, no DeepSpeed: `hazard.model.vlm.load_model`,
+  `hazard.model.finetune.apply_lora`, `torch.optim.AdamW` over the LoRA weights with
+  `hazard.model.finetune.lr_scheduler`, the train split read with pyarrow in a seeded shuffled
+  order,
+  per micro-batch the worker loop's own ingest (`hazard.model.training.ingest.Ingest` over
   `prepare_micro_batch`, `optim.prefetch_batches` ahead) and `inputs_loss`, backward, gradient
   clipping at `deepspeed.gradient_clipping`, step; losses read once per step. With 2 workers:
   two processes at once, each on half the rows, starting their loops together, without
@@ -146,9 +147,9 @@ def prepare_data(root: Path, n_per_label: int, image_size: int = 112) -> Path:
 
 def token_stats(cfg, model_path: str) -> dict:
     """Non-padding tokens per sample (prompt, image tokens, answer) over every train row."""
-    from hazard.storage import read_parquet
-    from hazard.tasks import get_task
-    from hazard.vlm import encode, load_processor, open_stored_image
+    from hazard.core.tasks import get_task
+    from hazard.infra.storage import read_parquet
+    from hazard.model.vlm import encode, load_processor, open_stored_image
 
     processor = load_processor(model_path, cfg.model.max_pixels, cfg.model.min_pixels)
     prompt = get_task(cfg.optim.task).prompt
@@ -185,11 +186,11 @@ def plain_worker(job: dict) -> dict:
     import pyarrow.parquet as pq
 
     from hazard.config.train import TrainConfig
-    from hazard.finetune import apply_lora, lr_scheduler
-    from hazard.tasks import get_task
-    from hazard.training.ingest import Ingest
-    from hazard.training.step import inputs_loss, prepare_micro_batch
-    from hazard.vlm import load_model, load_processor
+    from hazard.core.tasks import get_task
+    from hazard.model.finetune import apply_lora, lr_scheduler
+    from hazard.model.training.ingest import Ingest
+    from hazard.model.training.step import inputs_loss, prepare_micro_batch
+    from hazard.model.vlm import load_model, load_processor
 
     start = time.time()
     cfg = TrainConfig.model_validate(job["config"])
@@ -559,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from hazard.demo.tiny_qwen import ensure_tiny_model
-    from hazard.finetune import class_weight_table
+    from hazard.model.finetune import class_weight_table
 
     load_before = loadavg()
     model_path = str(ensure_tiny_model())

@@ -312,7 +312,7 @@ def backward_scope(lora) -> dict[str, bool]:
     """Which parts the backward pass runs through, by the LoRA spec: the language model always
     (the loss is at its top); the merger when it or the blocks are adapted; the vision blocks
     only when adapted. A part left out runs forward only and keeps no activation: training
-    builds the model with `hazard.finetune.apply_lora(..., gradient_checkpointing=...)`, which
+    builds the model with `hazard.model.finetune.apply_lora(..., gradient_checkpointing=...)`, which
     leaves no input that requires grad (`tests/unit/test_frozen_vision.py` checks it)."""
     blocks = bool(lora.vision_attention)
     return {
@@ -441,7 +441,7 @@ def memory_plan(a: Arch, cfg, variant: str, full_logits: bool = False) -> dict[s
 
 
 def eval_peak_bytes(a: Arch, cfg) -> float:
-    """Validation scoring (`hazard.vlm.label_log_likelihoods`, no gradients) at
+    """Validation scoring (`hazard.model.vlm.label_log_likelihoods`, no gradients) at
     eval_batch_size: it asks the model for the logits at every position (bf16), plus one
     layer's working set (SwiGLU: 3 x I-wide tensors, 3 residual-width tensors)."""
     b, s, t = cfg.optim.eval_batch_size, cfg.optim.max_length, a.text

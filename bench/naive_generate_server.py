@@ -1,7 +1,7 @@
 """The naive baseline of bench_serve_load: how a fine-tuned VLM is usually put behind HTTP.
 
 One FastAPI process holding one model; each request decodes its image, calls `model.generate`
-for up to 150 new tokens and reads the risk label out of the text (`hazard.answers`, the most
+for up to 150 new tokens and reads the risk label out of the text (`hazard.core.answers`, the most
 forgiving parser this project has). A sync endpoint, so FastAPI runs requests in its thread pool
 on the one model, as the published attempts did. No batching, no admission, no auth.
 
@@ -21,9 +21,9 @@ from fastapi import FastAPI
 from PIL import Image
 from pydantic import BaseModel
 
-from hazard.answers import parse_risk_level
-from hazard.bundle import open_bundle
-from hazard.vlm import load_model, load_processor, prompt_text
+from hazard.core.answers import parse_risk_level
+from hazard.infra.bundle import open_bundle
+from hazard.model.vlm import load_model, load_processor, prompt_text
 
 MAX_NEW_TOKENS = 150
 

@@ -3,7 +3,7 @@
 Figures are built with the object API (`matplotlib.figure.Figure` rendered by
 `FigureCanvasAgg`), never through pyplot's global state, so Ray workers may draw in parallel
 threads. Every `plot_*` function draws one figure, writes it as a PNG (`DPI` dots per inch,
-pixel size = figure size x DPI) through `hazard.storage.write_bytes` (local: temp file +
+pixel size = figure size x DPI) through `hazard.infra.storage.write_bytes` (local: temp file +
 `os.replace`; `s3://` URIs work too) and returns the `Figure` for inspection. A plot with
 nothing to draw (no steps, no evaluations, no samples, no high_risk sample) raises
 `NothingToPlot`, a ValueError that the `write_*_report` functions catch: they skip that plot
@@ -26,7 +26,7 @@ Inputs (plain dicts and lists, as the jobs hold them in JSON):
   any value outside the labels counts as an invalid prediction), and per sample
   ``p_high_base`` / ``p_high_fused`` (probability of high_risk before and after fusion).
 
-Conventions (the numbers come from `hazard.metrics`): the confusion matrix has true labels as
+Conventions (the numbers come from `hazard.core.metrics`): the confusion matrix has true labels as
 rows and predicted labels as columns; calibration uses the top-label confidence (max
 probability, the first label on ties) in `bins` equal-width bins where bin i holds
 ``i/bins <= c < (i+1)/bins`` and the last bin also holds 1.0; a precision/recall point per
@@ -46,8 +46,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hazard.labels import HIGH_RISK, RISK_LABELS
-from hazard.metrics import (
+from hazard.core.labels import HIGH_RISK, RISK_LABELS
+from hazard.core.metrics import (
     average_precision,
     classification_report,
     confusion_matrix,
@@ -56,7 +56,7 @@ from hazard.metrics import (
     reliability_table,
     top_label_confidence,
 )
-from hazard.storage import join_uri, write_bytes
+from hazard.infra.storage import join_uri, write_bytes
 
 logger = logging.getLogger(__name__)
 

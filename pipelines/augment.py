@@ -39,8 +39,8 @@ from PIL import Image
 
 from hazard.augment.geometry import Padding, choose_padding, normalize_mode
 from hazard.config.data import AugmentConfig, RayConfig, ValidationConfig
-from hazard.images import encode_image, storage_format
-from hazard.schema import content_hash
+from hazard.core.schema import content_hash
+from hazard.infra.images import encode_image, storage_format
 from pipelines.augment_plan import apply_plan, plan_answer, plan_copy, step_labels
 from pipelines.common import (
     REJECT_DETAIL,

@@ -16,7 +16,7 @@ import pyarrow as pa
 import ray
 
 from hazard.config.data import RayConfig
-from hazard.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA
+from hazard.core.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA
 
 ORDER = "_order"
 IMAGE_URIS = "_image_uris"

@@ -1,17 +1,18 @@
 """Consistency filter stage: drop augmented copies the model no longer sees as their label.
 
 Needs: `id`, `images`, `answer`, `split`, `parent_id`, `_reject_reason` (augmented rows), a model
-bundle (`hazard.bundle`: its prompt and labels; local, file:// or s3://) and a task with a closed
+bundle (`hazard.infra.bundle`: its prompt and labels; local, file:// or s3://) and a task with a
+closed
 label set.
 Adds: `consistency_score` = p(row's answer) (float32) on every kept train row (originals and
-copies), scored like the server does (`hazard.engines.make_engine`: the transformers engine
+copies), scored like the server does (`hazard.model.engines.make_engine`: the transformers engine
 over the bundle, with its prompt, labels and pixel limits). A copy whose score is more than
 `margin` below its parent's is rejected (`inconsistent`, stage `consistency`). Val/test rows
 and rejected rows pass through untouched; a copy whose parent was not scored (absent or
 rejected) is kept.
 
 Scoring runs in an actor pool (each actor opens, verifies and loads the bundle once through
-`hazard.engines`, in the configured dtype, on the GPU it reserved with `gpus_per_actor` or on
+`hazard.model.engines`, in the configured dtype, on the GPU it reserved with `gpus_per_actor` or on
 CPU; the driver reads its metadata only). Parents are joined on the driver, whatever the block
 layout: the scored dataset is materialized, {original id: score} is
 collected from its light columns only (never the images), and a second map marks the copies.
@@ -28,13 +29,13 @@ import pyarrow as pa
 import ray
 from ray.data.expressions import col
 
-from hazard.bundle import BundleMeta, read_meta
 from hazard.config.data import ConsistencyConfig, RayConfig
-from hazard.tasks import TaskSpec
+from hazard.core.tasks import TaskSpec
+from hazard.infra.bundle import BundleMeta, read_meta
 from pipelines.common import REJECT_REASON, map_rows, reject, stage_table
 
 if TYPE_CHECKING:
-    from hazard.engines import ScoringEngine
+    from hazard.model.engines import ScoringEngine
 
 STAGE = "consistency"
 REASON = "inconsistent"
@@ -116,7 +117,7 @@ def mark_inconsistent(rows: Sequence[dict[str, Any]], margin: float) -> list[dic
 
 
 class _Scorer:
-    """Actor of the scoring map: opens the bundle once (`hazard.engines.make_engine`, the
+    """Actor of the scoring map: opens the bundle once (`hazard.model.engines.make_engine`, the
     transformers engine serving uses), sets `consistency_score` per batch.
 
     Rows whose answer is not a label stay unscored; the driver reports them (`_unscorable`).
@@ -125,7 +126,7 @@ class _Scorer:
     def __init__(self, model_uri: str, cpus: float, dtype: str):
         import torch
 
-        from hazard.engines import make_engine
+        from hazard.model.engines import make_engine
 
         torch.set_num_threads(max(1, math.floor(cpus)))
         self.engine = make_engine("transformers", model_uri, dtype)

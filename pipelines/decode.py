@@ -2,21 +2,22 @@
 
 The job reads each image twice so that no stage ever holds the whole data set's pixels:
 - `probe_stage` (before dedup and split, materialized; light: no images kept) reads each file,
-  hashes it and checks it without decoding a pixel (`hazard.images.probe_image`), so that
+  hashes it and checks it without decoding a pixel (`hazard.infra.images.probe_image`), so that
   dedup and split decide on the rows that can be used;
 - `decode_stage` (streaming, fused with augment and write) reads the files again and decodes
   them; a row whose files changed since the probe is rejected.
 
 Needs: in-flight rows (STAGE_SCHEMA) from import with `_image_uris` set (file:// or s3://, read
-through hazard.storage); rows already rejected pass through untouched.
-Adds, on kept rows: `content_hash` = `hazard.schema.content_hash` of the ORIGINAL file bytes
+through hazard.infra.storage); rows already rejected pass through untouched.
+Adds, on kept rows: `content_hash` = `hazard.core.schema.content_hash` of the ORIGINAL file bytes
 (probe and decode), so byte-identical files are found as duplicates whatever re-encoding does;
-`images` (decode) = per image, the bytes to store (`hazard.images.bytes_to_store`: the original
+`images` (decode) = per image, the bytes to store (`hazard.infra.images.bytes_to_store`: the
+original
 file when decoding changed nothing, else upright, RGB, within `validation.pixel_budget`,
 re-encoded per `encode_format`/`jpeg_quality`).
 Rejects (stage "decode"): `missing_file`, `unreadable` (any other storage or OS error, e.g. a
 NUL byte in the path, a directory, no permission; or the file changed between probe and
-decode), and the decode reasons of hazard.images: `too_many_bytes` (judged from the file size,
+decode), and the decode reasons of hazard.infra.images: `too_many_bytes` (judged from the file size,
 before reading), `undecodable`, `unsupported_format`, `too_small`, `too_large`,
 `aspect_ratio` (200:1 or more once within the pixel budget: the models refuse it). All but
 `undecodable` for a file whose header and structure pass (e.g. a truncated JPEG) are found by
@@ -35,16 +36,17 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 
-from hazard import storage
 from hazard.config.data import DataConfig, ValidationConfig
-from hazard.images import (
+from hazard.config.storage import StorageConfig
+from hazard.core.schema import content_hash
+from hazard.infra import storage
+from hazard.infra.images import (
     ImageRejected,
     bytes_to_store,
     check_byte_count,
     decode_image,
     probe_image,
 )
-from hazard.schema import content_hash
 from pipelines.common import IMAGE_URIS, REJECT_REASON, map_rows, reject, stage_table
 
 STAGE = "decode"
@@ -53,7 +55,7 @@ STAGE = "decode"
 def read_image(
     uri: str,
     max_bytes: int,
-    config: storage.StorageConfig | None = None,
+    config: StorageConfig | None = None,
     filesystem: pafs.FileSystem | None = None,
 ) -> bytes:
     """The file's bytes; `too_many_bytes` (ImageTooLarge) from its size, before reading, if it

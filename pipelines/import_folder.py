@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from hazard.config.data import DataConfig
-from hazard.schema import SPLITS
-from hazard.tasks import TaskSpec, get_task
+from hazard.core.schema import SPLITS
+from hazard.core.tasks import TaskSpec, get_task
 from pipelines.common import IMAGE_URIS, reject
 from pipelines.sources import (
     STAGE,

@@ -35,8 +35,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
 from hazard.config.data import DataConfig
-from hazard.storage import StorageConfig, StorageError, join_uri, read_bytes
-from hazard.tasks import TaskSpec, get_task
+from hazard.config.storage import StorageConfig
+from hazard.core.tasks import TaskSpec, get_task
+from hazard.infra.storage import StorageError, join_uri, read_bytes
 from pipelines.common import IMAGE_URIS, reject
 from pipelines.sources import (
     IMAGE_PLACEHOLDER,

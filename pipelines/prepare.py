@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hazard.config.data import DataConfig
-from hazard.storage import absolute
-from hazard.tasks import get_task
+from hazard.core.tasks import get_task
+from hazard.infra.storage import absolute
 from pipelines.augment import augment
 from pipelines.common import tune_ray_data_executor
 from pipelines.consistency import consistency_filter

@@ -5,7 +5,7 @@
 shards with the sample schema's `id` and `images` columns, or an s3:// prefix of either. Ray
 Data reads it (the driver lists names, never image bytes), decodes each image with the guarded
 `decode_image`, and scores with `map_batches` over a pool of actors that each hold both
-engines (`hazard.engines.make_engine`: `engine`, in `dtype`, on the actor's GPU when
+engines (`hazard.model.engines.make_engine`: `engine`, in `dtype`, on the actor's GPU when
 `gpus_per_actor` reserves one): the base scores every image, the specialist only the rows
 `needs_specialist` escalates, then `combine` fuses them with the fusion recorded in the
 specialist bundle (refused before scoring if it was calibrated with another engine, unless
@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hazard.bundle import BundleError, check_calibration, pixel_budget, read_meta
 from hazard.config.score import ScoreDatasetConfig
-from hazard.labels import HIGH_RISK, RISK_LABELS
-from hazard.storage import (
+from hazard.core.labels import HIGH_RISK, RISK_LABELS
+from hazard.infra.bundle import BundleError, check_calibration, pixel_budget, read_meta
+from hazard.infra.storage import (
     StorageError,
     absolute,
     filesystem_for,
@@ -122,9 +122,9 @@ class CascadeScorer:
         engine: str = "transformers",
         vllm: dict | None = None,
     ):
-        from hazard.engines import make_engine
+        from hazard.model.engines import make_engine
 
-        # on the actor's GPU when it reserved one (hazard.device; vLLM: always)
+        # on the actor's GPU when it reserved one (hazard.model.device; vLLM: always)
         self.base = make_engine(engine, base_uri, dtype, vllm)
         self.specialist = make_engine(engine, specialist_uri, dtype, vllm)
         self.fusion = self.specialist.meta.fusion_spec()
@@ -135,7 +135,7 @@ class CascadeScorer:
     def decode(self, images: list[bytes]) -> list:
         """Upright RGB images of one row, within the models' pixel budget (decoded as the
         serving ingress decodes); raises ImageRejected (with a reason) for bad ones."""
-        from hazard.images import InvalidImage, decode_image
+        from hazard.infra.images import InvalidImage, decode_image
 
         if not images:
             raise InvalidImage("no_image", "the row holds no image")
@@ -174,8 +174,8 @@ class CascadeScorer:
         return dict(zip(rows, probs, strict=True))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from hazard.cascade import combine, needs_specialist
-        from hazard.images import ImageRejected
+        from hazard.core.cascade import combine, needs_specialist
+        from hazard.infra.images import ImageRejected
 
         n = batch.num_rows
         ids = batch.column("id").to_pylist()

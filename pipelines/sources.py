@@ -53,11 +53,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 
-from hazard.answers import parse_score
 from hazard.config.data import DataConfig
 from hazard.config.score import ScoreDatasetConfig
-from hazard.storage import (
-    StorageConfig,
+from hazard.config.storage import StorageConfig
+from hazard.core.answers import parse_score
+from hazard.core.tasks import TaskSpec
+from hazard.infra.storage import (
     StorageError,
     filesystem_for,
     join_uri,
@@ -65,7 +66,6 @@ from hazard.storage import (
     open_input,
     parse_uri,
 )
-from hazard.tasks import TaskSpec
 from pipelines.common import (
     IMAGE_URIS,
     ORDER,
@@ -381,7 +381,7 @@ def check_answer(task: TaskSpec, answer: str, where: str) -> None:
     """RowProblem unless `answer` (stripped) is valid for `task`.
 
     Label tasks: exactly one of the labels (`unknown_label`; case is not folded). `score`: a
-    score `hazard.answers.parse_score` reads; `counting`: a whole number (`bad_answer`). Other
+    score `hazard.core.answers.parse_score` reads; `counting`: a whole number (`bad_answer`). Other
     label-free tasks accept any non-empty text.
     """
     if task.labels is not None:

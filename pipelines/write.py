@@ -1,7 +1,7 @@
 """Write stage: Parquet shards per split, the quarantine table and the lineage report.
 
 Needs: the in-flight rows after the last stage, kept and rejected alike. Writes under
-`output_dir` (a local folder or an s3:// prefix, through hazard.storage):
+`output_dir` (a local folder or an s3:// prefix, through hazard.infra.storage):
 - `{split}/{split}-<first source row of the batch>-<k>.parquet` for split in train/val/test,
   exactly SAMPLE_SCHEMA, at most `shards.rows_per_file` rows each: every map task writes the kept
   rows of its batch itself (`write_shards`), so the images never travel back to the driver and
@@ -33,10 +33,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from hazard import storage
 from hazard.config.data import DataConfig
-from hazard.schema import SAMPLE_SCHEMA, SPLITS
-from hazard.tasks import get_task
+from hazard.core.schema import SAMPLE_SCHEMA, SPLITS
+from hazard.core.tasks import get_task
+from hazard.infra import storage
 from pipelines.common import ORDER, REJECT_DETAIL, REJECT_REASON, REJECT_STAGE, quarantine_table
 from pipelines.dedup_split import Decisions
 

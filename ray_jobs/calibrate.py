@@ -8,7 +8,7 @@ per bundle, in parallel, each on the GPU it reserves with `gpus_per_task`, or on
 engine and dtype serving uses, fits `FusionSpec` on validation, writes `fusion.json` and
 `calibration.json` (base-only versus fused metrics on the test split) to `output_dir`, and
 records the fusion, with the engine and dtype it was fitted on, in the specialist bundle's
-hazard_model.json (`hazard.bundle.attach_fusion`), where serving reads and checks it.
+hazard_model.json (`hazard.infra.bundle.attach_fusion`), where serving reads and checks it.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import json
 import time
 from pathlib import Path
 
-from hazard.bundle import BundleError, attach_fusion, read_meta
-from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config import add_config_args, load_job_config
 from hazard.config.calibrate import CalibrateConfig
-from hazard.fusion import fit_correction, fit_escalation_threshold
-from hazard.labels import HIGH_RISK, RISK_LABELS
-from hazard.metrics import classification_report
+from hazard.core.cascade import FusionSpec, combine, needs_specialist
+from hazard.core.fusion import fit_correction, fit_escalation_threshold
+from hazard.core.labels import HIGH_RISK, RISK_LABELS
+from hazard.core.metrics import classification_report
+from hazard.infra.bundle import BundleError, attach_fusion, read_meta
+from hazard.infra.storage import absolute
 from hazard.reports import write_calibration_report
-from hazard.storage import absolute
 
 
 def score_bundle(
@@ -38,10 +38,10 @@ def score_bundle(
     vllm: dict | None = None,
 ) -> list[tuple[list[dict], list[str]]]:
     """Per split: probabilities (label → p) and true labels of every row, scored as the
-    server scores (`hazard.engines.make_engine`: the serving engine over the verified bundle,
+    server scores (`hazard.model.engines.make_engine`: the serving engine over the verified bundle,
     on the task's GPU when it has one). The model is loaded once for all splits."""
-    from hazard.engines import make_engine
-    from hazard.storage import read_parquet
+    from hazard.infra.storage import read_parquet
+    from hazard.model.engines import make_engine
 
     scorer = make_engine(engine, model_uri, dtype, vllm)
     out = []

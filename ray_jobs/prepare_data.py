@@ -21,7 +21,7 @@ from typing import Any
 
 from hazard.config import ConfigError, add_config_args, load_config
 from hazard.config.data import DataConfig
-from hazard.storage import StorageError
+from hazard.infra.storage import StorageError
 
 
 def summary_table(report: dict[str, Any]) -> str:

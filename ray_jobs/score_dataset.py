@@ -31,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from hazard.bundle import BundleError
-    from hazard.storage import StorageError
+    from hazard.infra.bundle import BundleError
+    from hazard.infra.storage import StorageError
     from pipelines.score import score_dataset
     from pipelines.sources import SourceError
 

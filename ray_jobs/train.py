@@ -26,9 +26,8 @@ from pathlib import Path
 
 from hazard.config import ConfigError, add_config_args, load_job_config
 from hazard.config.train import TrainConfig
-from hazard.finetune import class_weight_table
-from hazard.labels import HIGH_RISK
-from hazard.storage import (
+from hazard.core.labels import HIGH_RISK
+from hazard.infra.storage import (
     StorageError,
     absolute,
     exists,
@@ -39,6 +38,7 @@ from hazard.storage import (
     read_bytes,
     upload_dir,
 )
+from hazard.model.finetune import class_weight_table
 
 
 def resolve_model_uri(path: str) -> str:
@@ -131,7 +131,7 @@ def best_checkpoint(result):
 
 def _export_task(cfg: TrainConfig, model_uri, checkpoint, out_uri, lineage, summary) -> dict:
     """Ray task body: build the bundle of `checkpoint`; returns its metadata as a dict."""
-    from hazard.training.export import export_bundle
+    from hazard.model.training.export import export_bundle
 
     with checkpoint.as_directory() as ckpt_dir:
         meta = export_bundle(cfg, model_uri, Path(ckpt_dir), out_uri, lineage, summary)
@@ -144,8 +144,8 @@ def run(cfg: TrainConfig) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from hazard.training.checkpoint import STATE_FILE
-    from hazard.training.state import TrainState
+    from hazard.model.training.checkpoint import STATE_FILE
+    from hazard.model.training.state import TrainState
     from ray_jobs.train_loop import train_loop
 
     # paths from the config are relative to the job's directory: resolve them here, on the

@@ -1,7 +1,7 @@
 """The Ray Train worker loop both stages share: DeepSpeed + PEFT LoRA on Qwen2.5-VL.
 
 `train_loop` is the Ray Train entry; `StageRecipe` holds the steps of the recipe
-(`hazard.training`): set-up, resume, train step, evaluate, checkpoint. Every
+(`hazard.model.training`): set-up, resume, train step, evaluate, checkpoint. Every
 `eval.every_steps` and at the end the validation split is scored with serving's read-out and
 reported to Ray Train with a checkpoint; `checkpoint.every_steps` adds checkpoints between
 evaluations. Decisions (best checkpoint, early stop) are taken on gathered metrics, so every
@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from hazard.config.train import TrainConfig
-from hazard.tasks import get_task
-from hazard.training.checkpoint import load_checkpoint, save_checkpoint
-from hazard.training.evaluate import eval_summary, evaluate_split
-from hazard.training.ingest import Ingest
-from hazard.training.state import BestTracker, TrainState
-from hazard.training.step import inputs_loss, prepare_micro_batch
-from hazard.vlm import SequenceTooLong
+from hazard.core.tasks import get_task
+from hazard.model.training.checkpoint import load_checkpoint, save_checkpoint
+from hazard.model.training.evaluate import eval_summary, evaluate_split
+from hazard.model.training.ingest import Ingest
+from hazard.model.training.state import BestTracker, TrainState
+from hazard.model.training.step import inputs_loss, prepare_micro_batch
+from hazard.model.vlm import SequenceTooLong
 
 MAX_SKIPPED_IDS = 20
 
@@ -60,7 +60,7 @@ class StageRecipe:
         import ray.train
         import torch.distributed as dist
 
-        from hazard.training.setup import build_engine, local_model_source
+        from hazard.model.training.setup import build_engine, local_model_source
 
         seed = self.cfg.optim.seed + self.rank
         torch.manual_seed(seed)
@@ -87,7 +87,8 @@ class StageRecipe:
         """Train until max_steps or early stop, evaluating and checkpointing on schedule.
 
         Micro-batches are prepared (decode, processor, collate) by a loader process
-        (`hazard.training.ingest.Ingest`, `optim.prefetch_batches` ahead; 0: on this thread) in
+        (`hazard.model.training.ingest.Ingest`, `optim.prefetch_batches` ahead; 0: on this thread)
+        in
         the data's order, so resuming by `batches_in_epoch` skips the same batches; losses stay
         on the device and are read once per optimizer step."""
         import ray.train

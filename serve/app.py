@@ -14,10 +14,10 @@ import os
 
 from ray import serve
 
-from hazard.bundle import BundleMeta, check_calibration, pixel_budget, read_meta
-from hazard.cascade import FusionSpec
 from hazard.config.serve import ModelReplicas, ServeConfig
-from hazard.labels import HIGH_RISK, RISK_LABELS
+from hazard.core.cascade import FusionSpec
+from hazard.core.labels import HIGH_RISK, RISK_LABELS
+from hazard.infra.bundle import BundleMeta, check_calibration, pixel_budget, read_meta
 from serve.auth import replica_api_key
 from serve.ingress import HazardAPI
 from serve.model_deployment import ModelScorer, batch_slots

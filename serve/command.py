@@ -24,10 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from hazard.bundle import CalibrationMismatch, check_calibration, read_meta
 from hazard.config import add_config_args, load_job_config
 from hazard.config.serve import ServeConfig, serve_config, with_api_key, write_serve_config
-from hazard.labels import HIGH_RISK, RISK_LABELS
+from hazard.core.labels import HIGH_RISK, RISK_LABELS
+from hazard.infra.bundle import CalibrationMismatch, check_calibration, read_meta
 
 
 def preflight(cfg: ServeConfig, environ: dict[str, str]) -> list[str]:

@@ -24,11 +24,11 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from hazard.answers import parse_risk_level
-from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config.serve import ServeConfig
-from hazard.images import ImageRejected, ImageTooLarge, decode_image
-from hazard.labels import HIGH_RISK, RISK_LABELS
+from hazard.core.answers import parse_risk_level
+from hazard.core.cascade import FusionSpec, combine, needs_specialist
+from hazard.core.labels import HIGH_RISK, RISK_LABELS
+from hazard.infra.images import ImageRejected, ImageTooLarge, decode_image
 from serve.admission import Admission, Overloaded
 from serve.asgi import (
     ApiError,

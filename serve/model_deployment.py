@@ -1,5 +1,5 @@
 """The model deployment: one replica of one model (base or specialist) behind an engine of
-`hazard.engines`, batching images with `@serve.batch` and answering label probabilities."""
+`hazard.model.engines`, batching images with `@serve.batch` and answering label probabilities."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class ModelScorer:
         health_cache_s: float = 5.0,
         vllm: dict | None = None,
     ):
-        from hazard.engines import make_engine
+        from hazard.model.engines import make_engine
 
         self.model, self.role = ServedModel.model_validate(model), role
         self.engine = make_engine(engine, self.model.model_uri, dtype, vllm or {})

@@ -43,7 +43,7 @@ class ModelRef(BaseModel):
 class Explanation(BaseModel):
     text: str = Field(description="The base model's rationale, generated after the label.")
     label_in_text: str | None = Field(
-        description="The risk label hazard.answers reads in the text (null: none)."
+        description="The risk label hazard.core.answers reads in the text (null: none)."
     )
     agrees: bool = Field(description="Whether that label is the scored `risk_level`.")
 

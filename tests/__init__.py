@@ -1,1 +1,2 @@
-"""Test package: makes shared helpers importable as `tests.<module>` (e.g. tests.moto_s3)."""
+"""Test package. Shared helpers live in `tests/helpers/`, one module per subject, imported
+as `from tests.helpers.<subject> import ...`."""

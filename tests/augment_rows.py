@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from hazard.schema import content_hash
+from hazard.core.schema import content_hash
 from pipelines.common import STAGE_SCHEMA
 
 

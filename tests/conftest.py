@@ -35,7 +35,7 @@ def _fresh_home() -> Path:
 
 TEST_HOME = _fresh_home()
 
-from tests.moto_s3 import moto_s3  # noqa: E402, F401  (a real S3 endpoint on loopback)
+from tests.helpers.moto_s3 import moto_s3  # noqa: E402, F401  (a real S3 endpoint on loopback)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def tiny_model_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny(tiny_model_path):
     """(model, processor) loaded through the same from_pretrained path as the 7B/3B."""
-    from hazard.vlm import load_model, load_processor
+    from hazard.model.vlm import load_model, load_processor
 
     return load_model(tiny_model_path).eval(), load_processor(tiny_model_path)
 

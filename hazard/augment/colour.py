@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import Field, field_validator
 
 from hazard.augment.geometry import normalize_mode
-from hazard.config.strict import StrictModel
+from hazard.core.strict import StrictModel
 
 
 class HueBand(StrictModel):

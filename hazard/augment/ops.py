@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 from hazard.augment.colour import HueBand, hsv_jitter
 from hazard.augment.geometry import Padding, about_centre, warp
 from hazard.augment.registry import AugmentOp, register
-from hazard.config.strict import StrictModel
+from hazard.core.strict import StrictModel
 
 
 def ordered_range(bounds: tuple[float, float], floor: float, ceil: float) -> tuple[float, float]:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from hazard.augment.geometry import Padding
-from hazard.config.strict import StrictModel
+from hazard.core.strict import StrictModel
 
 Step = tuple[str, tuple[float, ...]]
 """One planned op: (name, parameters), e.g. ("rotate", (6.2,)) or ("crop", (0.91, fx, fy))."""

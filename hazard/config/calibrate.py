@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from hazard.config.serve import VLLMOptions
-from hazard.config.strict import StrictModel
+from hazard.core.strict import StrictModel
 
 
 class CalibrateConfig(StrictModel):

@@ -21,9 +21,9 @@ from pydantic import (
 
 from hazard.augment.colour import HueBand
 from hazard.augment.registry import check_names, param_models
-from hazard.config.strict import StrictModel
-from hazard.storage import StorageConfig
-from hazard.tasks import get_task
+from hazard.config.storage import StorageConfig
+from hazard.core.strict import StrictModel
+from hazard.core.tasks import get_task
 
 ImageFormat = Literal["PNG", "JPEG", "WEBP"]
 
@@ -341,7 +341,9 @@ class DataConfig(StrictModel):
         description="Output folder or s3:// prefix: {split}/*.parquet, quarantine.parquet, "
         "lineage.json."
     )
-    task: str = Field("corridor_risk", description="Task name (hazard.tasks): prompt and labels.")
+    task: str = Field(
+        "corridor_risk", description="Task name (hazard.core.tasks): prompt and labels."
+    )
     storage: StorageConfig = Field(
         default_factory=StorageConfig,
         description="S3 endpoint/region overrides (credentials only from the environment).",

@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from hazard.config.serve import VLLMOptions
-from hazard.config.strict import StrictModel
-from hazard.storage import StorageConfig
+from hazard.config.storage import StorageConfig
+from hazard.core.strict import StrictModel
 
 
 class ScoreDatasetConfig(StrictModel):

@@ -16,7 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, model_validator
 
-from hazard.config.strict import StrictModel
+from hazard.core.strict import StrictModel
 
 
 class ServedModel(StrictModel):
@@ -102,7 +102,7 @@ class ServeConfig(StrictModel):
     base: ServedModel = Field(description="Stage-1 five-class base model.")
     specialist: ServedModel = Field(
         description="Stage-2 high-risk specialist. Its bundle carries the fusion the calibration "
-        "job fitted; without one the defaults of hazard.fusion apply (always consult it)."
+        "job fitted; without one the defaults of hazard.core.fusion apply (always consult it)."
     )
     engine: Literal["transformers", "vllm"] = Field(
         "transformers", description="Inference engine: transformers (CPU/GPU) or vllm (GPU)."

@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from hazard.config.strict import StrictModel
-from hazard.storage import StorageConfig
-from hazard.tasks import TASKS
+from hazard.config.storage import StorageConfig
+from hazard.core.strict import StrictModel
+from hazard.core.tasks import TASKS
 
 
 class ModelSpec(StrictModel):

@@ -29,15 +29,15 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 
-from hazard.bundle import open_bundle
 from hazard.client import wait_ready
 from hazard.config import load_config
 from hazard.config.serve import ServeConfig, serve_config, with_api_key, write_serve_config
+from hazard.core.metrics import classification_report
 from hazard.demo.console import Console, JobFailed, run_logged
 from hazard.demo.local_ray import LocalRay, free_port
 from hazard.demo.synthetic import write_folder_dataset
 from hazard.demo.tiny_qwen import default_cache_dir
-from hazard.metrics import classification_report
+from hazard.infra.bundle import open_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = Path("runs/demo")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from hazard.labels import RISK_LABELS
+from hazard.core.labels import RISK_LABELS
 
 RGB = tuple[int, int, int]
 Box = tuple[float, float, float, float]

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hazard.labels import RISK_LABELS
-from hazard.storage import cache_root
-from hazard.tasks import TASKS
+from hazard.core.labels import RISK_LABELS
+from hazard.core.tasks import TASKS
+from hazard.infra.storage import cache_root
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -228,7 +228,7 @@ def pretrain_text(spec, rng) -> str:
 def pretrain(model, processor, steps: int, batch_size: int, lr: float, seed: int, log=print):
     """Full-parameter pre-training on (synthetic scene, caption) pairs; returns loss history."""
     from hazard.demo.synthetic import render_scene
-    from hazard.vlm import collate, encode
+    from hazard.model.vlm import collate, encode
 
     rng = np.random.default_rng(seed)
     random.seed(seed)

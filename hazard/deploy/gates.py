@@ -26,10 +26,10 @@ from pathlib import Path
 import httpx
 
 from hazard.client import post_image
+from hazard.core.labels import RISK_LABELS
 from hazard.deploy.cluster import KubeError
 from hazard.deploy.plan import FailFast, HealthGate, Poll
 from hazard.deploy.target import ClusterTarget
-from hazard.labels import RISK_LABELS
 
 Say = Callable[[str], None]
 PROGRESS_EVERY_S = 30.0

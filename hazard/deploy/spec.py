@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import ConfigDict
 from pydantic.alias_generators import to_camel
 
-from hazard.config.strict import StrictModel
+from hazard.core.strict import StrictModel
 
 
 class CamelModel(StrictModel):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hazard.labels import RISK_LABELS
+from hazard.core.labels import RISK_LABELS
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -16,9 +16,9 @@ from PIL import Image
 
 from hazard.config import load_config
 from hazard.config.data import DataConfig
+from hazard.core.schema import SPLITS
 from hazard.demo.synthetic import write_folder_dataset
-from hazard.schema import SPLITS
-from tests.integration.train_fixtures import REPO, stage_config
+from tests.helpers.train import REPO, stage_config
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +150,7 @@ def test_stage1_trains_on_the_rebuilt_copies_like_on_the_stored_ones(ray_local, 
 
     from pipelines.prepare import prepare
     from ray_jobs.train import run
-    from tests.integration.train_fixtures import prepare_small
+    from tests.helpers.train import prepare_small
 
     prepare_small(tmp_path)  # writes tmp_path/raw and tmp_path/data (store: images)
     recipes = load_config(
@@ -193,7 +193,7 @@ def test_the_consistency_filter_scores_the_recipes_pixels(ray_local, tiny_model_
     copies are the stored ones."""
     from pipelines.prepare import prepare
     from ray_jobs.train import build_datasets
-    from tests.integration.serve_fixtures import make_bundle
+    from tests.helpers.serve import make_bundle
 
     bundle = make_bundle(tiny_model_path, tmp_path / "model", "m", "1", "base")
     write_folder_dataset(tmp_path / "raw", n_per_label=4, seed=2, corrupt=0)

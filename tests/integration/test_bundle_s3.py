@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hazard.bundle import (
+from hazard.infra.bundle import (
     BUNDLE_FILE,
     NotABundleError,
     attach_fusion,
@@ -18,8 +18,8 @@ from hazard.bundle import (
     read_meta,
     write_bundle,
 )
-from hazard.storage import ChecksumMismatchError
-from tests.bundle_fixtures import bundle_fields, checkpoint
+from hazard.infra.storage import ChecksumMismatchError
+from tests.helpers.bundle import bundle_fields, checkpoint
 
 FUSION = {
     "correction": {"slope": 2.0, "intercept": 0.25, "k_min": 0.5, "k_max": 2.5},

@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from hazard.bundle import check_calibration, read_meta
-from hazard.cascade import FusionSpec
 from hazard.config.calibrate import CalibrateConfig
-from hazard.fusion import fit_correction, fit_escalation_threshold
-from hazard.labels import HIGH_RISK, RISK_LABELS
+from hazard.core.cascade import FusionSpec
+from hazard.core.fusion import fit_correction, fit_escalation_threshold
+from hazard.core.labels import HIGH_RISK, RISK_LABELS
+from hazard.infra.bundle import check_calibration, read_meta
 from ray_jobs.calibrate import run
-from tests.integration.serve_fixtures import image_bytes, make_bundle
+from tests.helpers.serve import image_bytes, make_bundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.image_lock]
 
@@ -44,10 +44,10 @@ def _split(folder, n: int, seed: int) -> list[tuple[bytes, str]]:
 
 
 def _probs(bundle, rows, dtype: str) -> list[dict]:
-    """label -> p per row, in batches of BATCH, straight from hazard.vlm."""
+    """label -> p per row, in batches of BATCH, straight from hazard.model.vlm."""
     import io
 
-    from hazard.vlm import label_probabilities, load_model, load_processor
+    from hazard.model.vlm import label_probabilities, load_model, load_processor
 
     meta = read_meta(bundle)
     model = load_model(bundle, dtype).eval()

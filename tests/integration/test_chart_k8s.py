@@ -2,7 +2,7 @@
 restricted standard, RBAC and NetworkPolicy are as narrow as documented, and the staging
 canary runs production's values scaled down.
 
-Helpers and scenarios: tests/integration/chart_fixtures.py.
+Helpers and scenarios: tests/helpers/chart.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.chart_fixtures import (
+from tests.helpers.chart import (
     K8S,
     NOT_MANIFESTS,
     OVERLAYS,

@@ -2,7 +2,7 @@
 (`kubernetes-validate`, strict) and checkov, with the accepted findings listed in
 charts/hazard-cascade/checkov-accepted.yaml.
 
-Helpers and scenarios: tests/integration/chart_fixtures.py.
+Helpers and scenarios: tests/helpers/chart.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.chart_fixtures import (
+from tests.helpers.chart import (
     CHART,
     CI_DIR,
     K8S,

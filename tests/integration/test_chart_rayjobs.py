@@ -2,7 +2,7 @@
 the job loads it, the jobs' paths chained and mounted, and each cluster holding what its
 config asks of Ray.
 
-Helpers and scenarios: tests/integration/chart_fixtures.py.
+Helpers and scenarios: tests/helpers/chart.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.chart_fixtures import (
+from tests.helpers.chart import (
     CHART,
     CI_DIR,
     JOBS,

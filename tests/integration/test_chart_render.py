@@ -2,7 +2,7 @@
 of each supported operator version, names fit KubeRay's limits, and the optional objects
 (PodDisruptionBudget, Ingress, PodMonitor) and NOTES come out as the values ask.
 
-Helpers and scenarios: tests/integration/chart_fixtures.py.
+Helpers and scenarios: tests/helpers/chart.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from tests.integration.chart_fixtures import (
+from tests.helpers.chart import (
     CHART,
     CI_DIR,
     CI_FILES,

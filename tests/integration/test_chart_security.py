@@ -2,7 +2,7 @@
 secrets are passed by reference only, images are pinned, GPUs only where asked, the
 NetworkPolicy limits ingress, and no values file holds a secret-looking literal.
 
-Helpers and scenarios: tests/integration/chart_fixtures.py.
+Helpers and scenarios: tests/helpers/chart.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from hazard.config.serve import ServeConfig
-from tests.integration.chart_fixtures import (
+from tests.helpers.chart import (
     CHART,
     CI_FILES,
     K8S,

@@ -2,7 +2,7 @@
 Ray Serve's schema, replicas fit the worker group, GPU scenarios serve with vLLM in
 bfloat16 on GPU nodes, and a model rollout changes only the Serve config.
 
-Helpers and scenarios: tests/integration/chart_fixtures.py.
+Helpers and scenarios: tests/helpers/chart.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from hazard.config.serve import ServeConfig
-from tests.integration.chart_fixtures import (
+from tests.helpers.chart import (
     CHART,
     CI_DIR,
     CI_FILES,
@@ -100,8 +100,8 @@ def test_serve_args_are_the_values_unchanged(helm: str, values_file: Path | None
 @pytest.mark.parametrize("values_file", [None, *CI_FILES, *OVERLAYS], ids=SCENARIO_IDS)
 def test_values_args_validate_as_serve_config(values_file: Path | None) -> None:
     """The args of values.yaml and of every overlay, merged as Helm merges them, are a valid
-    ServeConfig whose model URIs use a scheme hazard.storage reads."""
-    from hazard.storage import SUPPORTED_SCHEMES, parse_uri
+    ServeConfig whose model URIs use a scheme hazard.infra.storage reads."""
+    from hazard.infra.storage import SUPPORTED_SCHEMES, parse_uri
 
     values = merged_values(values_file)
     cfg = ServeConfig.model_validate(values["serve"]["app"]["args"])
@@ -115,7 +115,7 @@ def test_values_args_validate_as_serve_config(values_file: Path | None) -> None:
 
 
 def test_default_model_uris_are_s3() -> None:
-    from hazard.storage import parse_uri
+    from hazard.infra.storage import parse_uri
 
     args = merged_values(None)["serve"]["app"]["args"]
     for role in ("base", "specialist"):

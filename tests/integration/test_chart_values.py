@@ -1,7 +1,7 @@
 """The chart's values schema: unknown keys and bad values fail with a clear message, every
 values file validates, and every default key is declared and documented.
 
-Helpers and scenarios: tests/integration/chart_fixtures.py.
+Helpers and scenarios: tests/helpers/chart.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.integration.chart_fixtures import (
+from tests.helpers.chart import (
     CHART,
     CI_FILES,
     OVERLAYS,

@@ -4,7 +4,7 @@ The in-flight dataset: 10 train originals (2 synthetic scenes per label), each w
 augmented copy and a destroyed one (uniform grey, noise, or a scene of another label), plus
 val/test rows, rejected rows and a copy whose parent was rejected. The expected scores and
 keep/drop decisions are computed here without Ray: each row scored alone with
-hazard.vlm.label_probabilities, the margin rule applied by hand.
+hazard.model.vlm.label_probabilities, the margin rule applied by hand.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ import pytest
 import ray
 from PIL import Image
 
-from hazard.bundle import read_meta
 from hazard.config.data import ConsistencyConfig, RayConfig
+from hazard.core.labels import RISK_LABELS
+from hazard.core.schema import content_hash
+from hazard.core.tasks import get_task
 from hazard.demo.synthetic import render_scene
-from hazard.engines import TransformersEngine
-from hazard.labels import RISK_LABELS
-from hazard.schema import content_hash
-from hazard.tasks import get_task
-from hazard.vlm import label_probabilities, load_model, load_processor, open_stored_image
+from hazard.infra.bundle import read_meta
+from hazard.model.engines import TransformersEngine
+from hazard.model.vlm import label_probabilities, load_model, load_processor, open_stored_image
 from pipelines.common import REJECT_DETAIL, REJECT_REASON, REJECT_STAGE, stage_table
 from pipelines.consistency import consistency_filter, mark_inconsistent, score_rows
-from tests.integration.serve_fixtures import make_bundle
+from tests.helpers.serve import make_bundle
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -1,4 +1,5 @@
-"""`hazard deploy` end to end against stand-ins (tests/deploy_fixtures.py, tests/deploy_rig.py).
+"""`hazard deploy` end to end against stand-ins (tests/helpers/deploy.py,
+tests/helpers/deploy_rig.py).
 
 The real command runs in-process: the real `kubernetes` client talks HTTP to a stand-in API
 server per cluster (RayService status scripted), helm is a scripted stand-in on PATH that logs
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy_fixtures import (
+from tests.helpers.deploy import (
     RELEASE,
     fail_on,
     helm_calls,
@@ -25,7 +26,7 @@ from tests.deploy_fixtures import (
     served,
     write_kubeconfig,
 )
-from tests.deploy_rig import (
+from tests.helpers.deploy_rig import (
     CHART,
     CONTEXTS,
     KEY_ENV,

@@ -1,7 +1,7 @@
 """KubeRay compatibility and the server-side dry run (hazard/deploy/compat.py, Helm.dry_run).
 
 The real `kubernetes` client reads the operator Deployment from the stand-in API server
-(tests/deploy_fixtures.py) over HTTP with the kube context's token; the supported range comes
+(tests/helpers/deploy.py) over HTTP with the kube context's token; the supported range comes
 from the real chart's Chart.yaml through the helm stand-in's `helm show chart`. The expected
 verdicts are written out by hand, not computed with the code under test.
 """
@@ -26,7 +26,7 @@ from hazard.deploy.compat import (
 from hazard.deploy.helm import Helm, HelmError
 from hazard.deploy.plan import load_plan
 from hazard.deploy.target import ClusterTarget
-from tests.deploy_fixtures import (
+from tests.helpers.deploy import (
     NAMESPACE,
     RELEASE,
     KubeStandIn,

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy_fixtures import (
+from tests.helpers.deploy import (
     RELEASE,
     rayservice,
     releases,
     seed_release,
 )
-from tests.deploy_rig import CONTEXTS, Rig, deploy, helm, make_rig, row, upgrade
+from tests.helpers.deploy_rig import CONTEXTS, Rig, deploy, helm, make_rig, row, upgrade
 
 FLEET = ["staging", "prod-eu", "prod-us"]
 WAVES = [

@@ -23,7 +23,7 @@ from hazard.deploy.lock import (
     lease_name,
     micro_time,
 )
-from tests.deploy_fixtures import _MICRO_TIME, NAMESPACE, RELEASE, KubeStandIn, write_kubeconfig
+from tests.helpers.deploy import _MICRO_TIME, NAMESPACE, RELEASE, KubeStandIn, write_kubeconfig
 
 ALICE = "alice@ci-1 pid 101 r-alice"
 BOB = "bob@ci-2 pid 202 r-bob"

@@ -12,14 +12,14 @@ import io
 import numpy as np
 import pytest
 import torch
-from serve_fixtures import make_bundle
-from train_fixtures import REPO, STAGE1
 
 from hazard.config import load_config
 from hazard.config.train import TrainConfig
+from hazard.core.labels import RISK_LABELS
 from hazard.demo.local_ray import free_port
 from hazard.demo.synthetic import render_scene
-from hazard.labels import RISK_LABELS
+from tests.helpers.serve import make_bundle
+from tests.helpers.train import REPO, STAGE1
 
 pytestmark = pytest.mark.gpu
 
@@ -38,8 +38,8 @@ def _scenes(n_per_label: int = 2) -> tuple[list, list[str]]:
 
 
 def test_transformers_engine_runs_on_cuda_in_bf16(tmp_path, tiny_model_path, record_property):
-    from hazard.engines import TransformersEngine
-    from hazard.vlm import label_probabilities, load_model, load_processor
+    from hazard.model.engines import TransformersEngine
+    from hazard.model.vlm import label_probabilities, load_model, load_processor
 
     bundle = str(make_bundle(tiny_model_path, tmp_path / "bundle", "tiny", "0", "base"))
     engine = TransformersEngine(bundle, "bfloat16")
@@ -48,7 +48,7 @@ def test_transformers_engine_runs_on_cuda_in_bf16(tmp_path, tiny_model_path, rec
     images, _ = _scenes()
     got = engine.score([[img] for img in images])
 
-    # the reference: the same bundle in float32 on the CPU, through hazard.vlm directly
+    # the reference: the same bundle in float32 on the CPU, through hazard.model.vlm directly
     model = load_model(engine.path, "float32").eval()
     processor = load_processor(engine.path, engine.meta.max_pixels, engine.meta.min_pixels)
     ref = label_probabilities(
@@ -71,9 +71,9 @@ def one_deepspeed_step(model_path: str, overrides: list[str]) -> dict:
     The caller sets RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (deepspeed.initialize reads them)."""
     import torch.distributed as dist
 
-    from hazard.tasks import get_task
-    from hazard.training.setup import build_engine
-    from hazard.training.step import encode_batch, micro_batch_loss
+    from hazard.core.tasks import get_task
+    from hazard.model.training.setup import build_engine
+    from hazard.model.training.step import encode_batch, micro_batch_loss
 
     cfg = load_config(
         REPO / STAGE1,

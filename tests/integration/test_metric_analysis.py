@@ -12,7 +12,7 @@ buckets' raw samples must hold the sent latencies, and the p99 must be what Prom
 extrapolation and interpolation make of them (`assert_p99`).
 
 The last test runs `hazard deploy` itself on one cluster whose service is this app and whose
-Prometheus is this one (the kube API and helm are the stand-ins of tests/deploy_fixtures.py,
+Prometheus is this one (the kube API and helm are the stand-ins of tests/helpers/deploy.py,
 the API server's "KubeRay" serving each revision helm deploys): a good version passes its
 analysis, an erroring one is rolled back.
 """
@@ -37,7 +37,6 @@ import httpx
 import pytest
 import ray
 import yaml
-from serve_fixtures import b64, free_port, fusion, image_bytes, make_bundle
 
 from hazard.config.serve import APP_NAME
 from hazard.demo.local_ray import stop_process_group
@@ -50,7 +49,7 @@ from hazard.deploy.analysis import (
     query,
 )
 from serve.metrics import LATENCY_BOUNDS_S
-from tests.deploy_fixtures import (
+from tests.helpers.deploy import (
     APP,
     NAMESPACE,
     RELEASE,
@@ -60,13 +59,14 @@ from tests.deploy_fixtures import (
     releases,
     write_kubeconfig,
 )
-from tests.deploy_rig import CONTEXTS, KEY_ENV, deploy, make_rig
-from tests.prometheus_fixtures import (
+from tests.helpers.deploy_rig import CONTEXTS, KEY_ENV, deploy, make_rig
+from tests.helpers.prometheus import (
     SCRAPE_INTERVAL_S,
     prometheus_binary,
     prometheus_server,
     wait_for_value,
 )
+from tests.helpers.serve import b64, free_port, fusion, image_bytes, make_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,9 @@ from PIL import Image
 
 from hazard.config import ConfigError, load_config
 from hazard.config.data import AugmentConfig, DataConfig, RayConfig, ShardConfig, SourceConfig
+from hazard.core.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA, SPLITS, content_hash
+from hazard.core.tasks import get_task
 from hazard.demo.synthetic import write_folder_dataset
-from hazard.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA, SPLITS, content_hash
-from hazard.tasks import get_task
 from pipelines.prepare import prepare
 from ray_jobs import prepare_data
 

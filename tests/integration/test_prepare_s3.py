@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from hazard.config.data import AugmentConfig, DataConfig, RayConfig, SourceConfig
+from hazard.core.schema import SAMPLE_SCHEMA, SPLITS
 from hazard.demo.synthetic import write_folder_dataset
-from hazard.schema import SAMPLE_SCHEMA, SPLITS
 from pipelines.prepare import prepare
 from ray_jobs import prepare_data
 

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from ray_jobs.train import run
-from tests.integration.train_fixtures import kept_checkpoints, prepare_small, stage_config
+from tests.helpers.train import kept_checkpoints, prepare_small, stage_config
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,7 @@
 """The batch scoring job end to end: two different real bundles, a folder with a corrupt file,
 the same folder on S3 (moto on loopback) and Parquet shards; every number is checked against
-`hazard.vlm.label_probabilities` and `hazard.cascade.combine` computed here, image by image."""
+`hazard.model.vlm.label_probabilities` and `hazard.core.cascade.combine` computed here, image by
+image."""
 
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from hazard.bundle import attach_fusion
-from hazard.cascade import FusionSpec, combine, needs_specialist
 from hazard.config.score import ScoreDatasetConfig
-from hazard.labels import HIGH_RISK, RISK_LABELS
-from hazard.storage import read_bytes, read_parquet, upload_dir
+from hazard.core.cascade import FusionSpec, combine, needs_specialist
+from hazard.core.labels import HIGH_RISK, RISK_LABELS
+from hazard.infra.bundle import attach_fusion
+from hazard.infra.storage import read_bytes, read_parquet, upload_dir
 from pipelines.score import PROB_COLUMNS, CascadeScorer, score_dataset
-from tests.integration.serve_fixtures import fusion, image_bytes, make_bundle
+from tests.helpers.serve import fusion, image_bytes, make_bundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.image_lock]
 
@@ -60,9 +61,9 @@ def _perturbed_checkpoint(src: Path, dest: Path, seed: int = 1) -> Path:
 
 
 def _probs(path: Path, images: dict[str, bytes]) -> dict[str, dict[str, float]]:
-    """label -> p per image, one forward per image, straight from hazard.vlm."""
-    from hazard.bundle import read_meta
-    from hazard.vlm import label_probabilities, load_model, load_processor
+    """label -> p per image, one forward per image, straight from hazard.model.vlm."""
+    from hazard.infra.bundle import read_meta
+    from hazard.model.vlm import label_probabilities, load_model, load_processor
 
     meta = read_meta(path)
     model = load_model(path).eval()

@@ -23,11 +23,10 @@ import pytest
 from fastapi.routing import APIRoute
 from PIL import Image
 from ray import serve
-from serve_fixtures import b64, fusion, image_bytes, make_bundle, serve_cluster
 
 from hazard.config.serve import ServeConfig
-from hazard.fusion import CorrectionParams, fuse, hazard_score, predict_label
-from hazard.labels import HIGH_RISK, RISK_LABELS
+from hazard.core.fusion import CorrectionParams, fuse, hazard_score, predict_label
+from hazard.core.labels import HIGH_RISK, RISK_LABELS
 from serve.app import compose_app
 from serve.ingress import app as ingress_app
 from serve.schemas import (
@@ -42,6 +41,7 @@ from serve.schemas import (
     Readiness,
     ScoreResult,
 )
+from tests.helpers.serve import b64, fusion, image_bytes, make_bundle, serve_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -473,7 +473,7 @@ def test_theta_one_never_escalates(client, base_only):
 def test_cascade_fuses_with_the_specialist_bundles_correction(client, cascade, base_only):
     """The base-only app answers p_base itself; both bundles hold the same tiny weights, so the
     specialist's p(high_risk) is p_base's. The cascade must answer their fusion under the
-    bundle's correction, computed here with hazard.fusion, not the default one."""
+    bundle's correction, computed here with hazard.core.fusion, not the default one."""
     image = {"id": "f", "image": b64(image_bytes())}  # the tiny model: p(high_risk) ~ 0.9
     p_base = client.post(f"{base_only}/v1/score", headers=AUTH, json=image).json()["probabilities"]
     got = client.post(f"{cascade}/v1/score", headers=AUTH, json=image).json()

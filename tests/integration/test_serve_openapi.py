@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 from ray import serve
-from serve_fixtures import b64, fusion, image_bytes, make_bundle, serve_cluster
 
 from hazard.config.serve import ServeConfig
 from serve.app import build_app, compose_app
 from serve.auth import MissingApiKey
+from tests.helpers.serve import b64, fusion, image_bytes, make_bundle, serve_cluster
 
 pytestmark = pytest.mark.slow
 

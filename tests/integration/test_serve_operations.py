@@ -18,7 +18,12 @@ import httpx
 import pytest
 import ray
 from ray import serve
-from serve_fixtures import (
+
+from hazard.config.serve import ServeConfig
+from hazard.core.fusion import CorrectionParams, fuse, hazard_score, predict_label, should_escalate
+from hazard.core.labels import HIGH_RISK, RISK_LABELS
+from serve.app import compose_app
+from tests.helpers.serve import (
     b64,
     free_port,
     fusion,
@@ -26,11 +31,6 @@ from serve_fixtures import (
     make_bundle,
     serve_cluster,
 )
-
-from hazard.config.serve import ServeConfig
-from hazard.fusion import CorrectionParams, fuse, hazard_score, predict_label, should_escalate
-from hazard.labels import HIGH_RISK, RISK_LABELS
-from serve.app import compose_app
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +45,12 @@ PAIR: dict = {}  # the /pair app's bundles and the base's probabilities, set by 
 
 
 def probabilities(bundle: Path, png: bytes) -> dict[str, float]:
-    """A bundle's label probabilities for one image, through hazard.vlm in this process (not
+    """A bundle's label probabilities for one image, through hazard.model.vlm in this process (not
     through serving): the independent value the served numbers are checked against."""
     from PIL import Image
 
-    from hazard.bundle import open_bundle
-    from hazard.vlm import label_probabilities, load_model, load_processor
+    from hazard.infra.bundle import open_bundle
+    from hazard.model.vlm import label_probabilities, load_model, load_processor
 
     opened = open_bundle(str(bundle))
     meta = opened.meta
@@ -402,12 +402,12 @@ def test_the_base_deployment_scales_up_under_load_and_down_after(cluster):
 # -- optional explanation ----------------------------------------------------------------------
 def test_explain_adds_the_base_models_rationale_and_whether_it_agrees(cluster):
     """`?explain=true`: the text is the base model's greedy rationale for the scored label
-    (generated here in process from the same bundle: equal), read back with hazard.answers."""
+    (generated here in process from the same bundle: equal), read back with hazard.core.answers."""
     from PIL import Image
 
-    from hazard.answers import parse_risk_level
-    from hazard.bundle import open_bundle
-    from hazard.vlm import explain_text, load_model, load_processor
+    from hazard.core.answers import parse_risk_level
+    from hazard.infra.bundle import open_bundle
+    from hazard.model.vlm import explain_text, load_model, load_processor
 
     root, _ = cluster
     png = image_bytes(color=(30, 120, 60))

@@ -1,4 +1,4 @@
-"""hazard.storage against a real S3 protocol endpoint: moto on loopback (never AWS)."""
+"""hazard.infra.storage against a real S3 protocol endpoint: moto on loopback (never AWS)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hazard import storage as st
-from hazard.storage import ChecksumMismatchError, StorageConfig, StorageNotFoundError
+from hazard.config.storage import StorageConfig
+from hazard.infra import storage as st
+from hazard.infra.storage import ChecksumMismatchError, StorageNotFoundError
 
 DEAD_ENDPOINT = "http://127.0.0.1:1"  # loopback, nothing listens: a wrong choice fails fast
 

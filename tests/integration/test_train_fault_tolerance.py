@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from ray_jobs.train import run
-from tests.integration.train_fixtures import prepare_small, stage_config
+from tests.helpers.train import prepare_small, stage_config
 
 pytestmark = pytest.mark.slow
 

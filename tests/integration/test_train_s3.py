@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from hazard.storage import cache_root, list_files, read_bytes, upload_dir
-from hazard.vlm import open_stored_image
+from hazard.infra.storage import cache_root, list_files, read_bytes, upload_dir
+from hazard.model.vlm import open_stored_image
 from ray_jobs.train import run
-from tests.integration.train_fixtures import prepare_small, stage_config
+from tests.helpers.train import prepare_small, stage_config
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_stage1_from_s3_to_s3_and_served_from_s3(
     written = json.loads(read_bytes(f"{prefix}/stage1/metrics.json"))
     assert written["best_step"] == metrics["best_step"] and written["step"] == 2
 
-    from hazard.engines import TransformersEngine
+    from hazard.model.engines import TransformersEngine
 
     monkeypatch.setenv("HAZARD_CACHE", str(tmp_path / "cache"))  # a replica with no cache
     engine = TransformersEngine(metrics["model_dir"])
@@ -63,7 +63,7 @@ def test_stage1_from_s3_to_s3_and_served_from_s3(
     table = pq.read_table(tmp_path / "data/val", columns=["images"])
     images = [[open_stored_image(b) for b in row] for row in table.column("images").to_pylist()]
     served = engine.score(images)
-    from hazard.bundle import read_meta
+    from hazard.infra.bundle import read_meta
 
     exported = np.array(read_meta(metrics["model_dir"]).val_predictions.probabilities)
     assert served.shape == exported.shape == (5, 5)

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hazard.bundle import open_bundle
 from hazard.config.train import TrainConfig
-from hazard.labels import RISK_LABELS
-from hazard.metrics import classification_report
-from hazard.storage import sha256_file
-from hazard.vlm import load_model, load_processor, score_split
+from hazard.core.labels import RISK_LABELS
+from hazard.core.metrics import classification_report
+from hazard.infra.bundle import open_bundle
+from hazard.infra.storage import sha256_file
+from hazard.model.vlm import load_model, load_processor, score_split
 from ray_jobs.train import run
-from tests.integration.train_fixtures import (
+from tests.helpers.train import (
     ADAPTER,
     STAGE1,
     kept_checkpoints,

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from serve_fixtures import make_bundle
 
+from hazard.core.labels import RISK_LABELS
 from hazard.demo.synthetic import render_scene
-from hazard.labels import RISK_LABELS
+from tests.helpers.serve import make_bundle
 
 TOLERANCE = 0.03
 TINY_POSITIONS = 2048  # hazard/demo/tiny_qwen.py TINY_ARCH max_position_embeddings
@@ -44,7 +44,7 @@ def bundle(tmp_path_factory, tiny_model_path) -> str:
 def test_a_context_longer_than_the_model_is_refused_before_vllm_starts(bundle):
     """The options' default 4096 on the 2,048-position tiny model: a clear error naming both,
     raised before vLLM is imported (so this runs on CPU machines too)."""
-    from hazard.engines import VLLMEngine
+    from hazard.model.engines import VLLMEngine
 
     with pytest.raises(ValueError, match=r"max_model_len 4096 exceeds the 2048 positions"):
         VLLMEngine(bundle, "bfloat16", {"max_model_len": 4096})
@@ -53,7 +53,7 @@ def test_a_context_longer_than_the_model_is_refused_before_vllm_starts(bundle):
 @pytest.mark.gpu
 def test_vllm_label_probabilities_match_transformers(bundle, record_property):
     pytest.importorskip("vllm", reason="vLLM is installed on GPU nodes only")
-    from hazard.engines import TransformersEngine, VLLMEngine
+    from hazard.model.engines import TransformersEngine, VLLMEngine
 
     rng = np.random.default_rng(0)
     images = [[render_scene(label, rng)[0]] for label in RISK_LABELS for _ in range(2)]

@@ -1,11 +1,11 @@
-"""hazard.answers on outputs that fine-tuned VLMs really produce."""
+"""hazard.core.answers on outputs that fine-tuned VLMs really produce."""
 
 from __future__ import annotations
 
 import pytest
 
-from hazard.answers import parse_choice, parse_risk_level, parse_score
-from hazard.labels import RISK_LABELS
+from hazard.core.answers import parse_choice, parse_risk_level, parse_score
+from hazard.core.labels import RISK_LABELS
 
 ECHOED_SCORE_PROMPT = (
     "USER: <image>\nRate the fire safety of this corridor on a scale of 1 to 10, where 1 is very "

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from hazard.config.data import AugmentConfig, ValidationConfig
-from hazard.schema import SAMPLE_SCHEMA, content_hash
+from hazard.core.schema import SAMPLE_SCHEMA, content_hash
 from pipelines.augment import RecipeError, apply_recipes, augment_rows, copy_index
 from pipelines.common import STAGE_SCHEMA
 from pipelines.write import strip_copy_images
@@ -142,9 +142,9 @@ def test_the_write_stage_strips_the_copies_images_only(both):
 
 
 def test_a_recipe_row_that_reaches_the_encoder_is_a_clear_error(tiny_model_path):
-    from hazard.tasks import CORRIDOR_RISK_PROMPT
-    from hazard.training.step import encode_batch
-    from hazard.vlm import load_processor
+    from hazard.core.tasks import CORRIDOR_RISK_PROMPT
+    from hazard.model.training.step import encode_batch
+    from hazard.model.vlm import load_processor
 
     batch = {
         "id": ["a.jpg", "a.jpg#aug0"],

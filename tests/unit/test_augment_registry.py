@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError
 
 from hazard.augment.registry import AugmentOp, op_names, register, unregister
 from hazard.config.data import AugmentConfig, ValidationConfig
-from hazard.config.strict import StrictModel
+from hazard.core.strict import StrictModel
 from pipelines.augment import augment_rows
 from pipelines.augment_plan import plan_copy
 from tests.augment_rows import stage_row

@@ -1,4 +1,4 @@
-"""hazard.bundle on local folders: write, open and verify, attach the fusion."""
+"""hazard.infra.bundle on local folders: write, open and verify, attach the fusion."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from hazard.bundle import (
+from hazard.core.cascade import FusionSpec
+from hazard.core.fusion import CorrectionParams
+from hazard.infra.bundle import (
     BUNDLE_FILE,
     BundleError,
     NotABundleError,
@@ -19,10 +21,8 @@ from hazard.bundle import (
     read_meta,
     write_bundle,
 )
-from hazard.cascade import FusionSpec
-from hazard.fusion import CorrectionParams
-from hazard.storage import ChecksumMismatchError
-from tests.bundle_fixtures import bundle_fields, checkpoint
+from hazard.infra.storage import ChecksumMismatchError
+from tests.helpers.bundle import bundle_fields, checkpoint
 
 FUSION = {
     "correction": {"slope": 2.5, "intercept": 0.1, "k_min": 0.3, "k_max": 3.0},

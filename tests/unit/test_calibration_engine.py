@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hazard.bundle import (
+from hazard.config.score import ScoreDatasetConfig
+from hazard.config.serve import ServeConfig
+from hazard.infra.bundle import (
     BUNDLE_FILE,
     CalibrationMismatch,
     attach_fusion,
@@ -17,10 +19,8 @@ from hazard.bundle import (
     read_meta,
     write_bundle,
 )
-from hazard.config.score import ScoreDatasetConfig
-from hazard.config.serve import ServeConfig
 from serve.command import preflight
-from tests.bundle_fixtures import bundle_fields, checkpoint
+from tests.helpers.bundle import bundle_fields, checkpoint
 
 FUSION = {"correction": {"slope": 2.0}, "theta": 0.3, "fitted_on": "data/val"}
 

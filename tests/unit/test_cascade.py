@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from hazard.cascade import FusionSpec, combine, needs_specialist
-from hazard.fusion import CorrectionParams
+from hazard.core.cascade import FusionSpec, combine, needs_specialist
+from hazard.core.fusion import CorrectionParams
 
 P_BASE = {
     "no_risk": 0.1,

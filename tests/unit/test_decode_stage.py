@@ -24,7 +24,7 @@ from pipelines.common import (
 )
 from pipelines.decode import decode_row, decode_stage, probe_row, probe_stage
 from pipelines.dedup_split import LIGHT_COLUMNS, apply_decisions, decide
-from tests.fixtures.images.builders import RED, noise, write_samples
+from tests.helpers.images import RED, noise, write_samples
 
 UNCHANGED = ("plain.jpg", "grey.png", "photo.webp")  # stored byte for byte
 KEPT_FORMATS = {  # what the other kept samples are re-encoded to ('auto')

@@ -19,8 +19,8 @@ from hazard.deploy.gates import score_problems
 from hazard.deploy.lock import lease_name
 from hazard.deploy.plan import load_plan
 from hazard.deploy.target import rayservices
-from hazard.images import decode_image
-from tests.deploy_fixtures import rayservice, valid_answer
+from hazard.infra.images import decode_image
+from tests.helpers.deploy import rayservice, valid_answer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,5 @@
-"""Scoring device and dtype: every scoring job loads through hazard.device.load_scoring_model."""
+"""Scoring device and dtype: every scoring job loads through
+hazard.model.device.load_scoring_model."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import logging
 import pytest
 import torch
 
-from hazard.device import load_scoring_model, no_cuda_reason, place_model, scoring_device
-from hazard.vlm import label_probabilities, load_model, load_processor
+from hazard.model.device import load_scoring_model, no_cuda_reason, place_model, scoring_device
+from hazard.model.vlm import label_probabilities, load_model, load_processor
 
 
 def _fallback_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "hazard.device"]
+    return [r.getMessage() for r in caplog.records if r.name == "hazard.model.device"]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -20,7 +21,7 @@ def test_cpu_fallback_keeps_the_configured_dtype_and_logs_once(
     tiny_model_path, caplog, monkeypatch, dtype
 ):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with caplog.at_level(logging.INFO, logger="hazard.device"):
+    with caplog.at_level(logging.INFO, logger="hazard.model.device"):
         model = load_scoring_model(tiny_model_path, dtype)
     params = list(model.parameters())
     assert {p.dtype for p in params} == {getattr(torch, dtype)}
@@ -73,7 +74,7 @@ def test_a_model_in_another_dtype_is_refused(tiny_model_path):
 
 @pytest.mark.gpu
 def test_cuda_scoring_uses_the_gpu_in_bfloat16(tiny_model_path, caplog):
-    with caplog.at_level(logging.INFO, logger="hazard.device"):
+    with caplog.at_level(logging.INFO, logger="hazard.model.device"):
         model = load_scoring_model(tiny_model_path, "bfloat16")
     assert {p.device.type for p in model.parameters()} == {"cuda"}
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
@@ -83,12 +84,13 @@ def test_cuda_scoring_uses_the_gpu_in_bfloat16(tiny_model_path, caplog):
 
 def test_every_scoring_loader_goes_through_the_device_helper(tiny_model_path, tmp_path, caplog):
     """The transformers engine (serving, batch scoring, calibration, the consistency filter)
-    and the export's Scorer load in the configured dtype, on the device hazard.device picks."""
-    from hazard.engines import Scorer, TransformersEngine
-    from tests.integration.serve_fixtures import make_bundle
+    and the export's Scorer load in the configured dtype, on the device hazard.model.device
+    picks."""
+    from hazard.model.engines import Scorer, TransformersEngine
+    from tests.helpers.serve import make_bundle
 
     bundle = make_bundle(tiny_model_path, tmp_path / "b", "b", "1", "base")
-    with caplog.at_level(logging.INFO, logger="hazard.device"):
+    with caplog.at_level(logging.INFO, logger="hazard.model.device"):
         engine = TransformersEngine(str(bundle), "bfloat16")
         scorer = Scorer(bundle, "?", ["a"], "bfloat16")  # the export's merged-model scorer
     for model in (engine.model, scorer.model):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hazard.config.train import DeepSpeedSpec, LoraSpec, OptimSpec
-from hazard.finetune import (
+from hazard.model.finetune import (
     answer_logit_mask,
     apply_lora,
     class_weight_table,
@@ -19,7 +19,7 @@ from hazard.finetune import (
     lr_scheduler,
     weighted_answer_loss,
 )
-from hazard.vlm import IGNORE_INDEX, load_model
+from hazard.model.vlm import IGNORE_INDEX, load_model
 
 
 def _linear_names(model) -> list[str]:

@@ -1,6 +1,6 @@
 """What back-propagates under gradient checkpointing, on the real tiny model built the way
-training builds it (`hazard.training.setup.build_model`) and run through the training step
-(`hazard.training.step.micro_batch_loss`):
+training builds it (`hazard.model.training.setup.build_model`) and run through the training step
+(`hazard.model.training.step.micro_batch_loss`):
 
 - stage 1 (text-only LoRA): the vision tower and merger run forward only: no vision block
   output or merger output carries a grad_fn, no backward hook on a vision block fires, and no
@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from hazard.config.train import TrainConfig
-from hazard.tasks import CORRIDOR_RISK_PROMPT
-from hazard.training.setup import build_model
-from hazard.training.step import micro_batch_loss
-from hazard.vlm import encode
+from hazard.core.tasks import CORRIDOR_RISK_PROMPT
+from hazard.model.training.setup import build_model
+from hazard.model.training.step import micro_batch_loss
+from hazard.model.vlm import encode
 
 
 def _config(**lora) -> TrainConfig:
@@ -137,8 +137,8 @@ def test_lora_refuses_a_model_already_checkpointed(tiny_model_path):
     """Enabled before PEFT wraps the model, checkpointing leaves input hooks behind that make
     the frozen vision tower take part in backward."""
     from hazard.config.train import LoraSpec
-    from hazard.finetune import apply_lora
-    from hazard.vlm import load_model
+    from hazard.model.finetune import apply_lora
+    from hazard.model.vlm import load_model
 
     model = load_model(tiny_model_path)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,4 +1,4 @@
-"""hazard.fusion: the correction coefficient, fusion, escalation, hazard score and fitting."""
+"""hazard.core.fusion: the correction coefficient, fusion, escalation, hazard score and fitting."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hazard.fusion import (
+from hazard.core.fusion import (
     CorrectionParams,
     correction_coefficient,
     fit_correction,
@@ -18,7 +18,7 @@ from hazard.fusion import (
     predict_label,
     should_escalate,
 )
-from hazard.labels import RISK_LABELS
+from hazard.core.labels import RISK_LABELS
 
 NO, LOW, MED, HIGH, NON = RISK_LABELS
 BASE = {NO: 0.4, LOW: 0.2, MED: 0.2, HIGH: 0.1, NON: 0.1}

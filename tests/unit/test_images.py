@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from hazard.images import (
+from hazard.infra.images import (
     ImageRejected,
     ImageTooLarge,
     InvalidImage,
@@ -19,7 +19,7 @@ from hazard.images import (
     fit_pixels,
     probe_image,
 )
-from tests.fixtures.images.builders import (
+from tests.helpers.images import (
     BLUE,
     RED,
     SAMPLES,

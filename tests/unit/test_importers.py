@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from hazard.config.data import DataConfig, SourceConfig
-from hazard.storage import open_input
-from hazard.tasks import get_task
+from hazard.core.tasks import get_task
+from hazard.infra.storage import open_input
 from pipelines import import_folder, import_llava
 from pipelines.sources import (
     SourceError,

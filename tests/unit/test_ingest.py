@@ -1,4 +1,4 @@
-"""hazard.training.ingest: the loader process keeps order across epochs, drops an abandoned
+"""hazard.model.training.ingest: the loader process keeps order across epochs, drops an abandoned
 epoch's results, hands errors to the consumer, reports its own death; and the micro-batches it
 prepares with the real tiny processor equal those prepared on the step's thread."""
 
@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hazard.tasks import CORRIDOR_RISK_PROMPT
-from hazard.training.ingest import Ingest, IngestDied
-from hazard.training.step import collate_inputs, encode_batch, prepare_micro_batch
+from hazard.core.tasks import CORRIDOR_RISK_PROMPT
+from hazard.model.training.ingest import Ingest, IngestDied
+from hazard.model.training.step import collate_inputs, encode_batch, prepare_micro_batch
 
 
 def _square_slowly(x):

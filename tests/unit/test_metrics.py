@@ -1,10 +1,10 @@
-"""hazard.metrics against hand-computed values."""
+"""hazard.core.metrics against hand-computed values."""
 
 from __future__ import annotations
 
 import pytest
 
-from hazard.metrics import classification_report
+from hazard.core.metrics import classification_report
 
 NO, LOW, MED, HIGH, NON = "no_risk", "low_risk", "medium_risk", "high_risk", "non_corridor"
 

@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from hazard.bundle import read_meta
-from hazard.engines import make_engine
-from hazard.vlm import label_probabilities, load_model, load_processor, open_stored_image
+from hazard.infra.bundle import read_meta
+from hazard.model.engines import make_engine
+from hazard.model.vlm import label_probabilities, load_model, load_processor, open_stored_image
 from pipelines.consistency import score_rows
 from ray_jobs.calibrate import score_bundle
-from tests.integration.serve_fixtures import make_bundle
+from tests.helpers.serve import make_bundle
 
 SMALL = 28 * 28 * 4  # a 112x96 picture shrinks to about 56x56: fewer image tokens
 
@@ -63,7 +63,7 @@ def test_callers_share_one_scorer_and_the_bundle_pixel_limits(tiny_model_path, t
     for name, bundle, max_pixels in (("full", full, None), ("small", small, SMALL)):
         meta = read_meta(bundle)
         labels = tuple(meta.labels)
-        # the reference, straight from hazard.vlm with the limits this bundle records
+        # the reference, straight from hazard.model.vlm with the limits this bundle records
         processor = load_processor(tiny_model_path, max_pixels)
         images = [[open_stored_image(d)] for d in data]
         ref = label_probabilities(model, processor, images, meta.prompt, labels).numpy()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hazard import metrics
 from hazard import reports as rp
-from hazard.metrics import PRPoint
+from hazard.core import metrics
+from hazard.core.metrics import PRPoint
 
 A, B, C = "a", "b", "c"
 

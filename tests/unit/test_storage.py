@@ -1,4 +1,4 @@
-"""hazard.storage on local paths and file:// URIs; S3 settings resolution (no network)."""
+"""hazard.infra.storage on local paths and file:// URIs; S3 settings resolution (no network)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pyarrow.fs as pafs
 import pytest
 from pydantic import ValidationError
 
-from hazard import storage as st
-from hazard.storage import (
+from hazard.config.storage import StorageConfig
+from hazard.infra import storage as st
+from hazard.infra.storage import (
     ChecksumMismatchError,
     InvalidURIError,
-    StorageConfig,
     StorageError,
     StorageNotFoundError,
 )

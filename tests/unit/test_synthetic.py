@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hazard.core.labels import RISK_LABELS
 from hazard.demo.synthetic import (
     CORRUPT_KINDS,
     SceneSpec,
@@ -19,7 +20,6 @@ from hazard.demo.synthetic import (
     render_scene,
     write_folder_dataset,
 )
-from hazard.labels import RISK_LABELS
 
 SEEDS = range(20)
 CORRIDOR_LABELS = ("no_risk", "low_risk", "medium_risk", "high_risk")

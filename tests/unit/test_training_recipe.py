@@ -16,18 +16,18 @@ import torch
 from PIL import Image
 
 from hazard.config.train import DeepSpeedSpec, LoraSpec, OptimSpec, TrainConfig
-from hazard.labels import RISK_LABELS
-from hazard.storage import sha256_file
-from hazard.tasks import CORRIDOR_RISK_PROMPT
-from hazard.training.checkpoint import (
+from hazard.core.labels import RISK_LABELS
+from hazard.core.tasks import CORRIDOR_RISK_PROMPT
+from hazard.infra.storage import sha256_file
+from hazard.model.training.checkpoint import (
     CheckpointIntegrityError,
     WorldSizeMismatch,
     current_world_size,
     load_checkpoint,
     verify_checkpoint,
 )
-from hazard.training.state import BestTracker, TrainState
-from hazard.training.step import encode_batch, micro_batch_loss
+from hazard.model.training.state import BestTracker, TrainState
+from hazard.model.training.step import encode_batch, micro_batch_loss
 
 
 # -- best checkpoint and early stopping ------------------------------------------------------
@@ -186,7 +186,7 @@ def _png(size: int) -> bytes:
 
 
 def test_encode_batch_skips_over_long_samples_by_id(tiny):
-    from hazard.vlm import encode
+    from hazard.model.vlm import encode
 
     _, processor = tiny
     image = Image.open(io.BytesIO(_png(112))).convert("RGB")
@@ -235,8 +235,8 @@ def test_too_many_skipped_samples_fail_the_run_with_their_ids():
 # -- the loss on the real model --------------------------------------------------------------
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model_path, tiny):
     """The answer-position loss through the PEFT model, with and without recomputation."""
-    from hazard.finetune import apply_lora
-    from hazard.vlm import encode, load_model
+    from hazard.model.finetune import apply_lora
+    from hazard.model.vlm import encode, load_model
 
     _, processor = tiny
     imgs = [Image.open(io.BytesIO(_png(112))).convert("RGB") for _ in range(2)]

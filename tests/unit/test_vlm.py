@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from hazard.core.labels import RISK_LABELS
 from hazard.demo.synthetic import render_scene
 from hazard.demo.tiny_qwen import SPECIAL_TOKENS
-from hazard.labels import RISK_LABELS
-from hazard.vlm import (
+from hazard.model.vlm import (
     IGNORE_INDEX,
     SequenceTooLong,
     collate,
@@ -51,7 +51,7 @@ def test_tokenizer_has_qwen_special_tokens_and_round_trips(tiny):
 
 def test_chat_template_places_image_and_generation_prompt(tiny):
     _, processor = tiny
-    from hazard.vlm import prompt_text
+    from hazard.model.vlm import prompt_text
 
     text = prompt_text(processor, "Grade it.", n_images=2)
     assert text.count("<|vision_start|><|image_pad|><|vision_end|>") == 2
@@ -104,7 +104,7 @@ def _ragged_batch(processor):
 def test_logits_at_equals_a_full_forward_at_the_answer_positions(tiny):
     """Training's read-out (several answer positions per sample, ragged rows) matches a plain
     full forward's logits at the same positions, in the same order."""
-    from hazard.finetune import answer_logit_mask
+    from hazard.model.finetune import answer_logit_mask
 
     model, processor = tiny
     inputs = _ragged_batch(processor)
@@ -168,7 +168,7 @@ def test_colliding_labels_use_whole_sequence_likelihood(tiny):
 def test_max_pixels_caps_image_tokens_and_is_saved_with_the_processor(tiny_model_path, tmp_path):
     from transformers import AutoProcessor
 
-    from hazard.vlm import load_processor
+    from hazard.model.vlm import load_processor
 
     capped = load_processor(tiny_model_path, max_pixels=28 * 28 * 8)
     big = [Image.new("RGB", (400, 300))]

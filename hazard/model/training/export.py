@@ -4,8 +4,8 @@ The LoRA adapter is merged into the base in fp32 (small LoRA deltas round away w
 bf16), the merged model is cast to the configured dtype and saved as a standard Qwen2.5-VL
 (safetensors), and that saved model, as it will be served, is scored on the validation split:
 the bundle's metrics are those of the model it holds. That scoring loads the saved folder with
-`hazard.engines.Scorer`, as serving's transformers engine does, on the GPU the export task
-reserved (`hazard.device`); the merge itself stays on CPU, in fp32.
+`hazard.model.engines.Scorer`, as serving's transformers engine does, on the GPU the export task
+reserved (`hazard.model.device`); the merge itself stays on CPU, in fp32.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from hazard.config.train import TrainConfig
-from hazard.training.checkpoint import ADAPTER_DIR, verify_checkpoint
-from hazard.training.evaluate import eval_summary, evaluate_split
+from hazard.model.training.checkpoint import ADAPTER_DIR, verify_checkpoint
+from hazard.model.training.evaluate import eval_summary, evaluate_split
 
 
 def merge_adapter(base_path: str, adapter_dir: Path, dtype: str):
@@ -24,7 +24,7 @@ def merge_adapter(base_path: str, adapter_dir: Path, dtype: str):
     import torch
     from peft import PeftModel
 
-    from hazard.vlm import load_model
+    from hazard.model.vlm import load_model
 
     merged = PeftModel.from_pretrained(load_model(base_path, "float32"), str(adapter_dir))
     return merged.merge_and_unload().to(getattr(torch, dtype))
@@ -39,11 +39,11 @@ def export_bundle(
     run_summary: dict,
 ):
     """Write the bundle of `checkpoint_dir` to `out_uri`; returns its BundleMeta."""
-    from hazard.bundle import write_bundle
-    from hazard.engines import Scorer
-    from hazard.tasks import get_task
-    from hazard.training.setup import local_model_source
-    from hazard.vlm import load_processor
+    from hazard.core.tasks import get_task
+    from hazard.infra.bundle import write_bundle
+    from hazard.model.engines import Scorer
+    from hazard.model.training.setup import local_model_source
+    from hazard.model.vlm import load_processor
 
     verify_checkpoint(checkpoint_dir, cfg.run_name)
     task = get_task(cfg.optim.task)
@@ -56,7 +56,7 @@ def export_bundle(
         processor = load_processor(base_path, cfg.model.max_pixels, cfg.model.min_pixels)
         processor.save_pretrained(out)
         shutil.copytree(Path(checkpoint_dir) / ADAPTER_DIR, out / ADAPTER_DIR)
-        # scored as serving will score it (`hazard.engines.Scorer`: the bundle's pixel
+        # scored as serving will score it (`hazard.model.engines.Scorer`: the bundle's pixel
         # limits; on the GPU the export task reserved, or on CPU with a log line)
         served = Scorer(
             out,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from hazard.labels import RISK_LABELS
+from hazard.core.labels import RISK_LABELS
 
 
 def add_adapter(folder: Path, seed: int = 0) -> Path:

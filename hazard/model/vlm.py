@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from hazard.images import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
+from hazard.infra.images import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
@@ -55,7 +55,8 @@ def load_processor(path: str | Path, max_pixels: int | None = None, min_pixels: 
 
 def open_stored_image(data: bytes) -> Image.Image:
     """RGB image of bytes the data job stored (already checked, upright, within budget);
-    raises PIL's errors on bad input. Untrusted bytes go through `hazard.images.decode_image`."""
+    raises PIL's errors on bad input. Untrusted bytes go through
+    `hazard.infra.images.decode_image`."""
     with Image.open(io.BytesIO(data)) as img:
         return img.convert("RGB")
 
@@ -251,7 +252,7 @@ def score_split(
     """Label probabilities and true answers for every `world`-th row of a Parquet split
     (a local folder or `s3://` prefix; `storage` a StorageConfig), starting at `rank` (so
     `world` workers score each row exactly once)."""
-    from hazard.storage import read_parquet
+    from hazard.infra.storage import read_parquet
 
     table = read_parquet(split_dir, storage, columns=["images", "answer"])
     rows = list(range(rank, table.num_rows, world))

@@ -1,6 +1,7 @@
 """One training micro-batch: encode (skipping over-long samples), collate, forward, weighted loss.
 
-`prepare_micro_batch` is the CPU half (decode, processor, collate; what `hazard.training.ingest`
+`prepare_micro_batch` is the CPU half (decode, processor, collate; what
+`hazard.model.training.ingest`
 runs ahead of the step in a loader process), `inputs_loss` the accelerator half."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hazard.finetune import answer_logit_mask, weighted_answer_loss
-from hazard.vlm import SequenceTooLong, collate, encode, logits_at, open_stored_image
+from hazard.model.finetune import answer_logit_mask, weighted_answer_loss
+from hazard.model.vlm import SequenceTooLong, collate, encode, logits_at, open_stored_image
 
 
 def encode_batch(processor, batch: dict, prompt: str, max_length: int):

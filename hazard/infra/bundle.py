@@ -30,12 +30,12 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from hazard.cascade import FusionSpec
-from hazard.config.strict import StrictModel
-from hazard.images import QWEN_MAX_PIXELS
-from hazard.storage import (
+from hazard.config.storage import StorageConfig
+from hazard.core.cascade import FusionSpec
+from hazard.core.strict import StrictModel
+from hazard.infra.images import QWEN_MAX_PIXELS
+from hazard.infra.storage import (
     ChecksumMismatchError,
-    StorageConfig,
     StorageNotFoundError,
     cache_root,
     delete_file,

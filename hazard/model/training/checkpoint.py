@@ -6,7 +6,7 @@ A checkpoint directory (one per reported step; Ray Train merges the ranks' folde
                                    (exclude_frozen_parameters): LoRA weights, optimizer,
                                    scheduler; one optimizer partition per rank
     adapter/                       the LoRA adapter (PEFT, safetensors), from rank 0
-    train_state.json               hazard.training.state.TrainState, from rank 0
+    train_state.json               hazard.model.training.state.TrainState, from rank 0
     rng.rank<r>.safetensors/.json  each rank's torch / numpy / python RNG state
     manifest.rank<r>.json          {"run_name", "step", "rank", "world_size",
                                     "files": {path: sha256}}
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from hazard.storage import sha256_file
-from hazard.training.state import TrainState
+from hazard.infra.storage import sha256_file
+from hazard.model.training.state import TrainState
 
 DS_DIR, DS_TAG = "deepspeed", "ds"
 ADAPTER_DIR = "adapter"

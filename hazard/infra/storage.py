@@ -1,6 +1,7 @@
 """The one storage layer: local paths, ``file://`` and ``s3://`` URIs, on pyarrow filesystems.
 
-Used by the data job (sources, Parquet outputs, lineage) and by `hazard.bundle` (model bundles:
+Used by the data job (sources, Parquet outputs, lineage) and by `hazard.infra.bundle` (model
+bundles:
 upload, download into the local cache under `cache_root()`, sha256 manifests). Everything goes
 through `filesystem_for`, which builds a `pyarrow.fs.LocalFileSystem` or
 `pyarrow.fs.S3FileSystem`; pass that filesystem to pyarrow and Ray Data too (`ray_io`), so all
@@ -34,9 +35,8 @@ from urllib.parse import quote, unquote, urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pydantic import Field
 
-from hazard.config.strict import StrictModel
+from hazard.config.storage import StorageConfig
 
 SUPPORTED_SCHEMES = ("file", "s3")  # plus plain local paths
 _CHUNK = 8 * 1024 * 1024
@@ -57,35 +57,6 @@ class InvalidURIError(StorageError, ValueError):
 
 class ChecksumMismatchError(StorageError):
     """A file's sha256 differs from the one in the manifest."""
-
-
-class StorageConfig(StrictModel):
-    """S3 connection settings; each unset field falls back to the standard AWS variable."""
-
-    endpoint_url: str | None = Field(
-        None,
-        description="S3 endpoint, e.g. http://minio:9000 (its scheme sets http/https). "
-        "Default: $AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL, else AWS itself.",
-    )
-    region: str | None = Field(
-        None, description="Region. Default: $AWS_REGION, else $AWS_DEFAULT_REGION, else the SDK's."
-    )
-    allow_http: bool = Field(
-        True, description="Accept an http:// endpoint (false: refuse it, credentials in clear)."
-    )
-    ca_bundle: str | None = Field(
-        None, description="PEM file of CAs to verify TLS with. Default: $AWS_CA_BUNDLE."
-    )
-    anonymous: bool = Field(False, description="Send unsigned requests (public buckets).")
-    access_key_id_env: str = Field(
-        "AWS_ACCESS_KEY_ID", description="Name of the env var holding the access key id."
-    )
-    secret_access_key_env: str = Field(
-        "AWS_SECRET_ACCESS_KEY", description="Name of the env var holding the secret key."
-    )
-    session_token_env: str = Field(
-        "AWS_SESSION_TOKEN", description="Name of the env var holding the session token, if any."
-    )
 
 
 class FileEntry(NamedTuple):

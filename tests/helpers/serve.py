@@ -13,10 +13,10 @@ import ray
 from PIL import Image
 from ray import serve
 
-from hazard.bundle import write_bundle
+from hazard.core.tasks import get_task
 from hazard.demo.local_ray import free_port
-from hazard.tasks import get_task
-from tests.bundle_fixtures import add_adapter, bundle_fields
+from hazard.infra.bundle import write_bundle
+from tests.helpers.bundle import add_adapter, bundle_fields
 
 
 def make_bundle(

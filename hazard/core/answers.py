@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from hazard.labels import RISK_LABELS
+from hazard.core.labels import RISK_LABELS
 
 _I = re.IGNORECASE
 

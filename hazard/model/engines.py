@@ -1,10 +1,11 @@
 """Inference engines: turn a batch of images into probabilities over a model's label set.
 
 The one path from a model bundle to label probabilities. `ScoringEngine` opens and verifies
-the bundle (`hazard.bundle.open_bundle`) and builds its processor with the bundle's pixel
+the bundle (`hazard.infra.bundle.open_bundle`) and builds its processor with the bundle's pixel
 limits; `make_engine` is how serving, calibration, the consistency filter and batch scoring
 get one. `TransformersEngine` (CPU and GPU) scores through `Scorer`, which loads a checkpoint
-folder with `hazard.device.load_scoring_model` and reads `hazard.vlm.label_probabilities`;
+folder with `hazard.model.device.load_scoring_model` and reads
+`hazard.model.vlm.label_probabilities`;
 the training export scores its merged model, before it is sealed as a bundle, with `Scorer`
 too. `VLLMEngine` runs on GPU, reading the same restricted next-token distribution from
 vLLM's logprobs. Both read answers, never generate free text.
@@ -20,13 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hazard.bundle import open_bundle
+from hazard.infra.bundle import open_bundle
 
 
 class Scorer:
     """A Qwen2.5-VL checkpoint folder loaded for scoring against `prompt` and `labels`: the
     processor resizes images within `max_pixels`/`min_pixels` (the limits training used), the
-    model is in `dtype` on the scoring device (`hazard.device`)."""
+    model is in `dtype` on the scoring device (`hazard.model.device`)."""
 
     def __init__(
         self,
@@ -37,8 +38,8 @@ class Scorer:
         max_pixels: int | None = None,
         min_pixels: int | None = None,
     ):
-        from hazard.device import load_scoring_model
-        from hazard.vlm import load_processor
+        from hazard.model.device import load_scoring_model
+        from hazard.model.vlm import load_processor
 
         self.prompt, self.labels = prompt, tuple(labels)
         self.processor = load_processor(path, max_pixels, min_pixels)
@@ -46,14 +47,14 @@ class Scorer:
 
     def score(self, images: list[list[Image.Image]]) -> np.ndarray:
         """Probabilities of shape [len(images), len(labels)]; rows sum to 1."""
-        from hazard.vlm import label_probabilities
+        from hazard.model.vlm import label_probabilities
 
         probs = label_probabilities(self.model, self.processor, images, self.prompt, self.labels)
         return probs.cpu().numpy()
 
     def explain(self, image: Image.Image, label: str) -> str:
-        """A short generated rationale for `label` (`hazard.vlm.explain_text`)."""
-        from hazard.vlm import explain_text
+        """A short generated rationale for `label` (`hazard.model.vlm.explain_text`)."""
+        from hazard.model.vlm import explain_text
 
         return explain_text(self.model, self.processor, image, self.prompt, label)
 
@@ -73,7 +74,7 @@ class ScoringEngine(ABC):
 
     def load_processor(self):
         """The bundle's processor, resizing images as training did."""
-        from hazard.vlm import load_processor
+        from hazard.model.vlm import load_processor
 
         return load_processor(self.path, self.meta.max_pixels, self.meta.min_pixels)
 
@@ -92,7 +93,7 @@ class ScoringEngine(ABC):
     def score_stored(self, rows: Sequence[Sequence[bytes]], batch_size: int) -> np.ndarray:
         """`score` of samples whose images are the bytes the data job stored (each row a list
         of encoded images), `batch_size` samples per forward pass."""
-        from hazard.vlm import open_stored_image
+        from hazard.model.vlm import open_stored_image
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
@@ -158,7 +159,7 @@ class VLLMEngine(ScoringEngine):
             raise RuntimeError(
                 "engine 'vllm' needs vLLM on a GPU node; use 'transformers'"
             ) from exc
-        from hazard.vlm import first_tokens_collide, label_token_ids
+        from hazard.model.vlm import first_tokens_collide, label_token_ids
 
         self.processor = self.load_processor()
         ids = label_token_ids(self.processor, self.labels)
@@ -190,7 +191,7 @@ class VLLMEngine(ScoringEngine):
 
     def request(self, images: list[Image.Image]) -> dict:
         """One vLLM prompt: the chat turn with one image slot per image, and the images."""
-        from hazard.vlm import prompt_text
+        from hazard.model.vlm import prompt_text
 
         if not 1 <= len(images) <= self.max_images:
             raise ValueError(

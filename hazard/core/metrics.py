@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 
-from hazard.labels import HIGH_RISK, RISK_LABELS
+from hazard.core.labels import HIGH_RISK, RISK_LABELS
 
 
 def _check_lengths(y_true: Sequence[Any], y_pred: Sequence[Any]) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hazard.metrics import classification_report
-from hazard.vlm import score_split
+from hazard.core.metrics import classification_report
+from hazard.model.vlm import score_split
 
 
 def evaluate_split(

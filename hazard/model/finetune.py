@@ -14,7 +14,7 @@ import math
 import torch
 
 from hazard.config.train import DeepSpeedSpec, LoraSpec, OptimSpec
-from hazard.vlm import IGNORE_INDEX
+from hazard.model.vlm import IGNORE_INDEX
 
 VISION_ATTENTION = r"model\.visual\.blocks\.\d+\.attn\.(qkv|proj)"
 VISION_MERGER = r"model\.visual\.merger\.mlp\.(0|2)"
@@ -135,7 +135,7 @@ def class_weight_table(
 def answer_logit_mask(labels: torch.Tensor) -> torch.Tensor:
     """[B, T] bool: the positions whose next token is an answer token (labels not ignored).
 
-    Given to `hazard.vlm.logits_at`, only these hidden states are projected onto the
+    Given to `hazard.model.vlm.logits_at`, only these hidden states are projected onto the
     vocabulary: a few positions per sample instead of every prompt and image token."""
     mask = torch.zeros_like(labels, dtype=torch.bool)
     mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
@@ -151,7 +151,7 @@ def weighted_answer_loss(
     """Cross-entropy over the answer tokens, each sample's tokens weighted by its class weight.
 
     answer_logits [N, V] are the logits at the N True positions of `mask` (row-major, as
-    `hazard.vlm.logits_at` returns them); labels [B, T] with IGNORE_INDEX on
+    `hazard.model.vlm.logits_at` returns them); labels [B, T] with IGNORE_INDEX on
     prompt, image and padding tokens; sample_weights [B].
     """
     next_tokens = torch.zeros_like(labels)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("hazard.device")
+log = logging.getLogger("hazard.model.device")
 
 
 def no_cuda_reason() -> str | None:
@@ -38,7 +38,7 @@ def scoring_device() -> torch.device:
 def place_model(model, dtype: str):
     """`model` (already loaded in `dtype`) in eval mode on `scoring_device()`.
 
-    The dtype is set at load time (`hazard.vlm.load_model`), not cast here: `model.to(dtype)`
+    The dtype is set at load time (`hazard.model.vlm.load_model`), not cast here: `model.to(dtype)`
     would also cast the rotary `inv_freq` buffers that `from_pretrained` keeps in float32, and
     the scores would differ from the served model's. A model in another dtype is an error.
 
@@ -53,7 +53,7 @@ def place_model(model, dtype: str):
     if have != {want}:
         raise ValueError(
             f"model parameters are {sorted(map(str, have))}, not {dtype}: load it in {dtype} "
-            "(hazard.vlm.load_model) rather than casting after loading"
+            "(hazard.model.vlm.load_model) rather than casting after loading"
         )
     device = scoring_device()
     reason = no_cuda_reason() if device.type == "cpu" else None
@@ -72,6 +72,6 @@ def place_model(model, dtype: str):
 
 def load_scoring_model(path: str | Path, dtype: str):
     """The Qwen2.5-VL checkpoint at `path`, loaded in `dtype` and placed by `place_model`."""
-    from hazard.vlm import load_model
+    from hazard.model.vlm import load_model
 
     return place_model(load_model(path, dtype), dtype)

@@ -2,7 +2,7 @@
 
 `Ingest(prepare, depth)` starts one child process (spawned, so it shares no lock or thread
 with the trainer) that runs `prepare` (decode, processor, collate: see
-`hazard.training.step.prepare_micro_batch`) on the items it is sent. `ingest.iterate(items)`
+`hazard.model.training.step.prepare_micro_batch`) on the items it is sent. `ingest.iterate(items)`
 keeps `depth` items in flight and yields their results in the order of `items`, so a run that
 resumes by skipping the first N items of a pass sees the same micro-batches. The process lives
 for the whole run (one start, not one per epoch). An exception in `prepare` is raised by the

@@ -1,4 +1,4 @@
-"""The deploy tests' rig: `hazard deploy` on N clusters of stand-ins (tests/deploy_fixtures.py),
+"""The deploy tests' rig: `hazard deploy` on N clusters of stand-ins (tests/helpers/deploy.py),
 with the helpers that read what it did. Used by test_deploy, test_deploy_fleet and
 test_metric_analysis."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from hazard.cli import main
-from tests.deploy_fixtures import (
+from tests.helpers.deploy import (
     NAMESPACE,
     RELEASE,
     KubeStandIn,
@@ -21,7 +21,7 @@ from tests.deploy_fixtures import (
     write_kubeconfig,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHART = str(REPO / "charts" / "hazard-cascade")
 SMOKE_PNG = (REPO / "hazard" / "deploy" / "smoke.png").read_bytes()
 KEY_ENV, KEY = "HC_DEPLOY_TEST_KEY", "test-key-123"

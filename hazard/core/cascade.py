@@ -2,7 +2,7 @@
 
 A `FusionSpec` (correction-coefficient parameters + escalation threshold θ) is fitted by the
 calibration job, recorded in the specialist bundle's hazard_model.json (`fusion`, see
-`hazard.bundle`) and read from there by the app.
+`hazard.infra.bundle`) and read from there by the app.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from hazard.fusion import CorrectionParams, fuse, hazard_score, predict_label, should_escalate
+from hazard.core.fusion import CorrectionParams, fuse, hazard_score, predict_label, should_escalate
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hazard.labels import HIGH_RISK, RISK_LABELS, SEVERITY
+from hazard.core.labels import HIGH_RISK, RISK_LABELS, SEVERITY
 
 _SUM_TOL = 1e-4
 _OTHERS = tuple(label for label in RISK_LABELS if label != HIGH_RISK)

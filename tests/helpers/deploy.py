@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlparse
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "hazard-cascade"
 OPERATOR_NAMESPACE, OPERATOR_DEPLOYMENT = "kuberay-system", "kuberay-operator"
 RELEASE = "hazard-cascade"
@@ -569,7 +569,7 @@ def install_helm(bin_dir: Path, state: Path, log: Path) -> dict[str, str]:
     helm = bin_dir / "helm"
     helm.write_text(
         f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "from tests.deploy_fixtures import helm_main\nsys.exit(helm_main(sys.argv[1:]))\n"
+        "from tests.helpers.deploy import helm_main\nsys.exit(helm_main(sys.argv[1:]))\n"
     )
     helm.chmod(0o755)
     if not state.exists():

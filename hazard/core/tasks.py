@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hazard.labels import RISK_LABELS
+from hazard.core.labels import RISK_LABELS
 
 CORRIDOR_RISK_PROMPT = (
     "Grade the fire risk in this picture. Answer with one label: " + ", ".join(RISK_LABELS) + "."
