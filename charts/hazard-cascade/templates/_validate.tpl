@@ -30,7 +30,7 @@ Cross-field checks the JSON schema cannot express. Each failure names the values
 {{- if not (hasPrefix "s3://" $uri) }}
 {{- $path := trimPrefix "file://" $uri }}
 {{- if not (hasPrefix "/" $path) }}
-{{- fail (printf "serve.app.args.%s.model_uri %q: use s3://bucket/prefix, file:///absolute/path or an absolute path (the schemes hazard.storage reads)" $role $uri) }}
+{{- fail (printf "serve.app.args.%s.model_uri %q: use s3://bucket/prefix, file:///absolute/path or an absolute path (the schemes hazard.infra.storage reads)" $role $uri) }}
 {{- end }}
 {{- $mounted := false }}
 {{- range $v.volumes }}
