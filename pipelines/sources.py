@@ -56,7 +56,6 @@ import ray
 from hazard.config.data import DataConfig
 from hazard.config.score import ScoreDatasetConfig
 from hazard.config.storage import StorageConfig
-from hazard.core.answers import parse_score
 from hazard.core.tasks import TaskSpec
 from hazard.infra.storage import (
     StorageError,
@@ -380,9 +379,8 @@ class ImageResolver:
 def check_answer(task: TaskSpec, answer: str, where: str) -> None:
     """RowProblem unless `answer` (stripped) is valid for `task`.
 
-    Label tasks: exactly one of the labels (`unknown_label`; case is not folded). `score`: a
-    score `hazard.core.answers.parse_score` reads; `counting`: a whole number (`bad_answer`). Other
-    label-free tasks accept any non-empty text.
+    Label tasks: exactly one of the labels (`unknown_label`; case is not folded). Label-free
+    tasks: what the task's own `answer_check` refuses (`bad_answer`), else any non-empty text.
     """
     if task.labels is not None:
         if answer not in task.labels:
@@ -391,10 +389,8 @@ def check_answer(task: TaskSpec, answer: str, where: str) -> None:
                 f"{where}: {show(answer)} is not a label of task {task.name}; expected one of "
                 + ", ".join(task.labels),
             )
-    elif task.name == "score" and parse_score(answer) is None:
-        raise RowProblem("bad_answer", f"{where}: {show(answer)} holds no score from 1 to 10")
-    elif task.name == "counting" and not re.fullmatch(r"[0-9]+", answer):
-        raise RowProblem("bad_answer", f"{where}: {show(answer)} is not a whole number (counting)")
+    elif task.answer_check is not None and (problem := task.answer_check(answer)):
+        raise RowProblem("bad_answer", f"{where}: {show(answer)} {problem}")
 
 
 def tidy_prompt(text: str) -> str:

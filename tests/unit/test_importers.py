@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from hazard.config.data import DataConfig, SourceConfig
-from hazard.core.tasks import get_task
+from hazard.core.tasks import TaskSpec, get_task
 from hazard.infra.storage import open_input
 from pipelines import import_folder, import_llava
 from pipelines.sources import (
+    RowProblem,
     SourceError,
+    check_answer,
     check_source,
     iter_json_list,
     plan_source,
@@ -618,3 +620,35 @@ def test_rows_per_block_follows_the_file_size(folder: Path):
     assert rows_per_block(big, 32) == 500  # 100k estimated rows / 200 blocks
     huge = dataclasses.replace(source, size=10**10)
     assert rows_per_block(huge, 32) == 8192
+
+
+@pytest.mark.parametrize(
+    "task, answer, problem",
+    [
+        ("score", "7", None),
+        ("score", "Score: 10/10", None),
+        ("score", "eleven", "'eleven' holds no score from 1 to 10"),
+        ("counting", "12", None),
+        ("counting", "12.5", "'12.5' is not a whole number (counting)"),
+        ("counting", "twelve", "'twelve' is not a whole number (counting)"),
+        ("vqa", "anything at all", None),
+    ],
+)
+def test_free_text_answers_are_checked_by_their_task(task, answer, problem):
+    if problem is None:
+        check_answer(get_task(task), answer, "f.json[0]")
+        return
+    with pytest.raises(RowProblem) as err:
+        check_answer(get_task(task), answer, "f.json[0]")
+    assert err.value.reason == "bad_answer"
+    assert err.value.detail == f"f.json[0]: {problem}"
+
+
+def test_a_new_task_brings_its_own_answer_check():
+    """A task defined here, with no change to pipelines/: its check decides what is refused."""
+    even = TaskSpec(
+        "even", "An even number?", answer_check=lambda a: None if a in ("0", "2") else "is odd"
+    )
+    check_answer(even, "2", "x")
+    with pytest.raises(RowProblem, match=r"^x: '3' is odd$"):
+        check_answer(even, "3", "x")
