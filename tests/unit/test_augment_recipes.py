@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
+from tests.helpers.augment import encode, stage_row
 
 from hazard.config.data import AugmentConfig, ValidationConfig
 from hazard.core.schema import SAMPLE_SCHEMA, content_hash
@@ -35,38 +36,21 @@ def _photo(seed: int, w: int = 120, h: int = 80) -> np.ndarray:
     return arr
 
 
-def _bytes(arr: np.ndarray, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, fmt, **({"quality": 92} if fmt == "JPEG" else {}))
-    return buf.getvalue()
-
-
 def _pixels(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"))
 
 
 def _row(rid: str, answer: str, images: list[bytes]) -> dict:
-    row = {name: None for name in STAGE_SCHEMA.names}
-    row.update(
-        id=rid,
-        images=images,
-        task="corridor_risk",
-        prompt="Grade the fire risk.",
-        answer=answer,
-        split="train",
-        source_uri=f"file:///data/{rid}",
-        content_hash=content_hash(images),
-        _order=len(rid),
-    )
-    return row
+    """A stage row as the recipes store sees it: no provenance or source URIs yet."""
+    return stage_row(rid, answer, images=images, aug_ops=None, _image_uris=None)
 
 
 def _rows() -> list[dict]:
     return [
-        _row("a.jpg", "no_risk", [_bytes(_photo(1), "JPEG")]),
-        _row("b.png", "high_risk", [_bytes(_photo(2), "PNG")]),
-        _row("two.png", "low_risk", [_bytes(_photo(3), "PNG"), _bytes(_photo(4), "JPEG")]),
+        _row("a.jpg", "no_risk", [encode(_photo(1), "JPEG")]),
+        _row("b.png", "high_risk", [encode(_photo(2), "PNG")]),
+        _row("two.png", "low_risk", [encode(_photo(3), "PNG"), encode(_photo(4), "JPEG")]),
     ]
 
 
@@ -148,7 +132,7 @@ def test_a_recipe_row_that_reaches_the_encoder_is_a_clear_error(tiny_model_path)
 
     batch = {
         "id": ["a.jpg", "a.jpg#aug0"],
-        "images": [[_bytes(_photo(1), "JPEG")], []],
+        "images": [[encode(_photo(1), "JPEG")], []],
         "answer": ["no_risk", "no_risk"],
     }
     with pytest.raises(ValueError, match=r"a.jpg#aug0 has no image bytes.*augment.store"):

@@ -15,7 +15,7 @@ from hazard.config.data import AugmentConfig, ValidationConfig
 from hazard.core.strict import StrictModel
 from pipelines.augment import augment_rows
 from pipelines.augment_plan import plan_copy
-from tests.augment_rows import stage_row
+from tests.helpers.augment import stage_row
 
 
 class BlackoutParams(StrictModel):

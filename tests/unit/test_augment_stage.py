@@ -20,7 +20,7 @@ from pipelines.common import (
     REJECT_STAGE,
     stage_table,
 )
-from tests.augment_rows import encode, scene, stage_row
+from tests.helpers.augment import encode, scene, stage_row
 
 VALIDATION = ValidationConfig()
 CFG = AugmentConfig(

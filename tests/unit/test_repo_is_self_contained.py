@@ -60,3 +60,31 @@ def test_test_files_have_unique_basenames():
     basename, and a second file of the same name stops `make test` at collection."""
     names = [p.name for p in (REPO / "tests").rglob("test_*.py")]
     assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
+def test_tests_share_code_only_through_tests_helpers():
+    """A test module imports shared code from `tests.helpers.<subject>` only: never from another
+    test module (whose tests would run twice and whose fixtures leak), and the only helper
+    modules are those in tests/helpers/."""
+    import ast
+
+    wrong = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        rel = path.relative_to(REPO)
+        if rel.parts[1] not in ("helpers", "fixtures") and not path.name.startswith(
+            ("test_", "conftest", "__init__")
+        ):
+            wrong.append(f"{rel}: a helper module outside tests/helpers/")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            for name in names:
+                last = name.split(".")[-1]
+                if last.startswith("test_") or last.endswith("_fixtures"):
+                    wrong.append(f"{rel}:{node.lineno}: imports {name}")
+    assert wrong == []
