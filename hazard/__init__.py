@@ -1,12 +1,16 @@
-"""hazard-cascade domain core: labels, tasks, answer parsing, metrics, fusion, schema, configs,
-model code, storage, CLI.
+"""hazard-cascade's library, in rooms by purpose (docs/architecture.md, "Layout and import
+rules", says what each may import; tests/unit/test_layering.py enforces it):
 
-Direct third-party imports: none in labels, tasks, answers, bundle, cascade and cli; numpy in
-fusion and metrics; pyarrow in schema and storage; PIL in images; pydantic and PyYAML in config;
-httpx in client; torch and PIL in vlm (transformers and pyarrow inside functions); torch in
-finetune (peft inside `apply_lora`); `hazard.demo` adds tqdm and tokenizers. No module imports
-Ray; `cli` imports the job modules (`ray_jobs.*`, `serve.command`, `hazard.demo.run`) by name
-when one is run.
+core/     labels, tasks, answers, fusion and cascade maths, metrics, schema, StrictModel (pure)
+augment/  augmentation ops in one registry (PIL + numpy)
+config/   every job's config model and the YAML loader
+infra/    storage (local, file://, s3://), the model bundle, image decoding
+model/    model loading and scoring, engines, LoRA/DeepSpeed, the training recipe's steps
+deploy/   `hazard deploy` (needs the `deploy` extra: the Kubernetes client)
+demo/     the demo kit: synthetic scenes, the tiny model, a local Ray head, the driver
+
+Beside them: the `hazard` CLI (`cli.py`, which loads job modules by name when one runs), the
+HTTP client (`client.py`) and the report plots (`reports.py`).
 """
 
 __version__ = "0.1.0"

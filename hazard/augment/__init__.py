@@ -1,5 +1,6 @@
 """Image augmentation (pure PIL + numpy, no Ray): the op registry (`registry`), the built-in
-ops (`ops`, registered on import), their geometry and colour maths (`geometry`, `colour`) and
-plans (`plan`). The Ray Data stage that uses them is `pipelines/augment.py`."""
+ops (`ops`, registered on import) and their geometry and colour maths (`geometry`, `colour`).
+The plans that draw them (`pipelines/augment_plan.py`) and the Ray Data stage that runs them
+(`pipelines/augment.py`) are in `pipelines/`."""
 
 from hazard.augment import ops as _builtin_ops  # noqa: F401  (registers the built-in ops)
