@@ -5,6 +5,8 @@ Zero-division conventions, used throughout:
   F1 = 0.0 when precision + recall = 0;
 - balanced accuracy averages recall over the classes present in y_true;
 - macro-F1 averages F1 over the classes present in y_true or (validly) in y_pred;
+- micro-F1 (`micro_f1`) pools every class: 2 TP / (2 TP + FP + FN); with every prediction
+  valid it equals accuracy;
 - empty inputs raise ValueError (a metric over nothing is not 0 or 1).
 """
 
@@ -91,6 +93,25 @@ def classification_report(
         "high_risk_recall": high["recall"] if high and high["support"] > 0 else None,
         "invalid_predictions": invalid,
     }
+
+
+def micro_f1(
+    y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str] = RISK_LABELS
+) -> float:
+    """Micro-averaged F1 of single-label predictions: 2 TP / (2 TP + FP + FN) over all classes.
+
+    A valid wrong prediction is one FP (its predicted class) and one FN (its true class). A
+    prediction outside `labels` (None for an unparsed answer) predicts no class: one FN, no FP,
+    so it lowers recall and F1 but not precision, and micro-F1 then exceeds accuracy. The
+    denominator is at least len(y_true), so there is no zero division; empty input and true
+    labels outside `labels` raise ValueError.
+    """
+    _check_lengths(y_true, y_pred)
+    cm, _ = _confusion(y_true, y_pred, list(labels))
+    tp = int(np.trace(cm))
+    fp = int(cm.sum()) - tp  # valid predictions that are wrong
+    fn = len(y_true) - tp  # every true sample not predicted correctly, unparsed ones included
+    return 2 * tp / (2 * tp + fp + fn)
 
 
 # --- calibration, confusion and precision/recall (the report plots draw these) ---------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hazard.core.metrics import classification_report
+from hazard.core.metrics import classification_report, micro_f1
 
 NO, LOW, MED, HIGH, NON = "no_risk", "low_risk", "medium_risk", "high_risk", "non_corridor"
 
@@ -116,3 +116,32 @@ def test_invalid_predictions_count_as_wrong() -> None:
 def test_report_rejects_bad_input(y_true: list, y_pred: list, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         classification_report(y_true, y_pred)
+
+
+def test_micro_f1_equals_accuracy_when_every_prediction_is_valid() -> None:
+    # TP 2 (no, low); each wrong valid prediction is one FP and one FN: FP 2, FN 2
+    # micro-F1 = 2*2 / (2*2 + 2 + 2) = 1/2 = accuracy 2/4
+    y_true, y_pred = [NO, NO, LOW, MED], [NO, LOW, LOW, HIGH]
+    assert micro_f1(y_true, y_pred) == approx(0.5)
+    assert classification_report(y_true, y_pred)["accuracy"] == approx(0.5)
+
+
+def test_micro_f1_counts_an_unparsed_answer_as_a_miss() -> None:
+    y_true = [NO, NO, LOW, MED, HIGH]
+    y_pred = [NO, LOW, LOW, None, HIGH]
+    # TP 3; FP 1 (the low for a no); FN = 5 - 3 = 2 (the no predicted low, the unparsed med)
+    # micro-F1 = 6 / (6 + 1 + 2) = 2/3, above accuracy 3/5: the None is a miss, not a false alarm
+    assert micro_f1(y_true, y_pred) == approx(2 / 3)
+    # a string outside the label set counts like None
+    assert micro_f1(y_true, [NO, LOW, LOW, "medium", HIGH]) == approx(2 / 3)
+    # nothing parsed: TP 0, FP 0, FN 5 -> 0, no zero division
+    assert micro_f1(y_true, [None] * 5) == 0.0
+
+
+def test_micro_f1_bad_input() -> None:
+    with pytest.raises(ValueError, match="2 items but y_pred has 1"):
+        micro_f1([NO, LOW], [NO])
+    with pytest.raises(ValueError, match="zero samples"):
+        micro_f1([], [])
+    with pytest.raises(ValueError, match=r"labels \['cat'\] outside"):
+        micro_f1(["cat"], [NO])
