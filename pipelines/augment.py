@@ -7,10 +7,10 @@ id `<parent>#aug<k>`, `parent_id`, `aug_ops` (e.g. ["scale:0.93:reflect", "rotat
 "crop:0.91", "hflip", "hsv:h+8.0,s0.92,v1.05"]), images re-encoded per
 `validation.encode_format` ('auto': JPEG for JPEG sources, PNG otherwise) and `jpeg_quality`,
 a fresh `content_hash`, and the answer its ops map the parent's to (the built-in ops keep it);
-every other column is the parent's. How many copies and which ops
-follow the row's label (`answer`) through `augment.labels`. Every input row, rejected ones
-included, passes through unchanged; val/test gain nothing. A copy that fails comes out rejected
-(`augment_failed`, stage `augment`).
+every other column is the parent's. How many copies and which ops follow the row's label
+(`answer`) through `augment.labels`. Every input row, rejected ones included, passes through
+unchanged; val/test and unlabelled rows (answer None) gain nothing. A copy that fails comes out
+rejected (`augment_failed`, stage `augment`).
 
 Each copy is drawn from (seed, sample id, copy index) only, so results do not depend on block
 layout or worker. Per row, each image is decoded once and its padding chosen once; per copy,
@@ -56,11 +56,12 @@ STAGE = "augment"
 
 
 def is_augmentable(row: dict[str, Any]) -> bool:
-    """A kept, original train row."""
+    """A kept, original, labelled train row (unlabelled rows, answer None, never are)."""
     return (
         row.get(REJECT_REASON) is None
         and row.get("split") == "train"
         and row.get("parent_id") is None
+        and row.get("answer") is not None
     )
 
 

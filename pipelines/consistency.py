@@ -7,9 +7,9 @@ label set.
 Adds: `consistency_score` = p(row's answer) (float32) on every kept train row (originals and
 copies), scored like the server does (`hazard.model.engines.make_engine`: the transformers engine
 over the bundle, with its prompt, labels and pixel limits). A copy whose score is more than
-`margin` below its parent's is rejected (`inconsistent`, stage `consistency`). Val/test rows
-and rejected rows pass through untouched; a copy whose parent was not scored (absent or
-rejected) is kept.
+`margin` below its parent's is rejected (`inconsistent`, stage `consistency`). Val/test rows,
+unlabelled rows (answer None) and rejected rows pass through untouched; a copy whose parent was
+not scored (absent or rejected) is kept.
 
 Scoring runs in an actor pool (each actor opens, verifies and loads the bundle once through
 `hazard.model.engines`, in the configured dtype, on the GPU it reserved with `gpus_per_actor` or on
@@ -65,8 +65,12 @@ def check_labels(task: TaskSpec, meta: BundleMeta, model_uri: str) -> tuple[str,
 
 
 def needs_score(row: dict[str, Any]) -> bool:
-    """True for the rows the filter scores: kept rows of the train split."""
-    return row.get(REJECT_REASON) is None and row.get("split") == "train"
+    """True for the rows the filter scores: kept, labelled rows of the train split."""
+    return (
+        row.get(REJECT_REASON) is None
+        and row.get("split") == "train"
+        and row.get("answer") is not None
+    )
 
 
 def score_rows(

@@ -12,8 +12,10 @@ applied to the rows by a map.
   asked something else is another sample), the first in the source (lowest `_order`) is kept,
   whatever its split, so a copy in another split (a leak) is rejected; each other row is
   rejected `duplicate` naming the kept id. A group whose rows disagree on the answer is reported
-  as a label conflict (the kept row's answer stands).
-- Splits: rows without one are assigned by a seeded rule stratified by answer: within each
+  as a label conflict (the kept row's answer stands); an unlabelled row (answer None) conflicts
+  with nothing.
+- Splits: a split the source gives (folder CSV, llamafactory `source.splits`) is kept; rows
+  without one are assigned by a seeded rule stratified by answer: within each
   answer, rows are ordered by sha256(seed, id) and cut at the cumulative fractions, so a row's
   split depends only on the seed, its id and the other ids with its answer.
 """
@@ -91,7 +93,7 @@ def decide(light: pa.Table, cfg: SplitConfig) -> Decisions:
             continue
         keep = first[h]
         detail = f"same content as {keep['id']} (split {keep['split'] or 'unassigned'})"
-        if r["answer"] != keep["answer"]:
+        if r["answer"] != keep["answer"] and None not in (r["answer"], keep["answer"]):
             detail += f"; conflicting label {r['answer']!r} vs kept {keep['answer']!r}"
             c = conflicts.setdefault(
                 h, {"kept_id": keep["id"], "kept_label": keep["answer"], "others": []}

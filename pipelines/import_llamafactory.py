@@ -1,27 +1,41 @@
 """Source format `llamafactory`: LLaMA-Factory's `dataset_info.json` + a sharegpt/alpaca file.
 
 Needs: `<uri>/dataset_info.json`; `source.dataset` names the entry (None: the only entry, or
-else the only entry whose `file_name` exists in the folder). The entry is read as LLaMA-Factory
-reads it (src/llamafactory/data/parser.py, converter.py): `file_name` (a .json list or .jsonl,
-relative to the folder), `formatting` (`sharegpt`, default `alpaca`), `columns` and `tags`.
-Without `columns`/`tags` LLaMA-Factory's defaults apply (alpaca: instruction, input, output;
-sharegpt: messages=conversations; tags from, value, human, gpt, observation, function_call,
-system); when the entry has `columns` or `tags`, a key they do not list is unset, as in
-LLaMA-Factory. Images: the `images` column (one path or a list), relative to
+else the only entry whose `file_name` exists in the folder), or `source.splits` names one entry
+per split, {train: image2text_train, val: image2text_dev, test: image2text_test}, all read in
+one run (test, then val, then train: dedup keeps the first copy, so a sample also in train stays
+in its held-out split), each entry's rows getting its split (none is drawn). An entry is read as
+LLaMA-Factory reads it (src/llamafactory/data/parser.py, converter.py): `file_name` (a .json
+list or .jsonl, relative to the folder), `formatting` (`sharegpt`, default `alpaca`), `columns`
+and `tags`. Without `columns`/`tags` LLaMA-Factory's defaults apply (alpaca: instruction, input,
+output; sharegpt: messages=conversations; tags from, value, human, gpt, observation,
+function_call, system); when the entry has `columns` or `tags`, a key they do not list is unset,
+as in LLaMA-Factory. Images: the `images` column (one path or a list), relative to
 `<uri>/<image_dir>` (LLaMA-Factory's media_dir, which defaults to the dataset folder).
 
 Adds (see pipelines/sources.py): id = the sample's `id` field when present, else
 `<file name>:<index>`; prompt = the last user turn, `<image>` placeholders removed and spaces
 tidied; answer = the last assistant turn (stripped); conversation = JSON
 `[{"role": "system"|"user"|"assistant", "content": ...}]` of all turns, placeholders kept (an
-alpaca sample: history pairs, then instruction + "\\n" + input, then output); split None.
+alpaca sample: history pairs, then instruction + "\\n" + input, then output); split: the
+entry's under `source.splits`, else None.
+
+Unlabelled rows: in a split of `source.unlabelled_splits` (a submission set's test split, e.g.
+MAC's `{"id", "system", "input", "output": "", "images"}`), a sample whose answer is blank or
+absent (alpaca: the response column; sharegpt: no last assistant turn, or a blank one) is kept
+with answer None, its `id` as given and its conversation ending with the user's turn; it is
+decoded, validated and deduplicated like any row, and never augmented, consistency-filtered or
+trained on. A blank answer anywhere else is `bad_row`, as is a wrong one in any split
+(`unknown_label` / `bad_answer`). Several images per row (MAC text2image: four options, four
+`<image>` placeholders) need a task with `multi_image` (`multiple_choice`).
 
 Rejections: `bad_row` where LLaMA-Factory would skip or misread the sample (turns must be user,
 assistant, user, ... after an optional leading system turn and end with the assistant; no tool
 turns; every turn non-empty text; wrong types; no image), `bad_path`, `outside_source`,
 `image_count_mismatch` (`<image>` placeholders in the user/assistant turns != images, or several
 images for a single-image task), `unknown_label` / `bad_answer`.
-SourceError: no dataset_info.json, no or ambiguous entry (the message lists them), hub/script
+SourceError: no dataset_info.json, no or ambiguous entry, an unknown entry in `source.splits`
+(the messages list the entries), hub/script
 entries (no file_name), preference (`ranking`) or KTO data, an entry without an images column,
 sharegpt tags without role/content/user/assistant tags, a file that is not .json/.jsonl or a
 .json file that is not a list of objects.
@@ -185,20 +199,48 @@ def _mapping(
     return {k: given.get(k) for k in defaults}
 
 
-def plan(source: Source, config: DataConfig) -> Source:
-    """The source with its entry resolved and its data file checked; SourceError otherwise."""
-    storage = config.storage
-    info = _load_info(source, storage)
-    name = select_entry(info, config.source.dataset, source, storage)
+PART_ORDER = ("test", "val", "train")
+"""The order `source.splits` entries are read in: a sample in a held-out split and in train is
+kept in the held-out one (dedup keeps the first), so test ids all reach the answers file."""
+
+
+def plan_entry(
+    source: Source,
+    info: dict[str, Any],
+    name: str,
+    storage: StorageConfig,
+    split: str | None = None,
+    unlabelled: bool = False,
+) -> Source:
+    """The source reading entry `name` (its rows get `split`; `unlabelled`: they may lack an
+    answer), its data file checked; SourceError otherwise."""
     options = entry_options(name, info[name])
     rel = inside(info[name]["file_name"], f"{INFO} entry {name!r} file_name")
     jsonl = json_kind(rel, f"{INFO} entry {name!r} file_name")
     source = dataclasses.replace(source, annotation=rel)
     size = require_file(source, rel, storage, f"data file of entry {name!r}")
     check_json_head(read_head(source, rel, storage), source.annotation_uri, jsonl)
-    return dataclasses.replace(
-        source, size=size, options={**options, "dataset": name, "jsonl": jsonl}
-    )
+    options.update(dataset=name, jsonl=jsonl, split=split, unlabelled=unlabelled)
+    return dataclasses.replace(source, size=size, options=options)
+
+
+def plan(source: Source, config: DataConfig) -> Source:
+    """The source with its entry (or, with `source.splits`, one part per split's entry)
+    resolved and its data file(s) checked; SourceError otherwise."""
+    storage, src = config.storage, config.source
+    info = _load_info(source, storage)
+    if src.splits is None:
+        return plan_entry(source, info, select_entry(info, src.dataset, source, storage), storage)
+    parts = []
+    for split in (s for s in PART_ORDER if s in src.splits):
+        try:
+            name = select_entry(info, src.splits[split], source, storage)
+        except SourceError as exc:
+            raise SourceError(f"source.splits.{split}: {exc}") from None
+        unlabelled = split in src.unlabelled_splits
+        parts.append(plan_entry(source, info, name, storage, split, unlabelled))
+    size = sum(p.size for p in parts)
+    return dataclasses.replace(parts[0], size=size, parts=tuple(parts))
 
 
 # --- rows (pure) ------------------------------------------------------------------------------
@@ -213,11 +255,21 @@ def _text(value: Any, where: str, what: str) -> str:
     return value
 
 
+def _blank(value: Any) -> bool:
+    """An absent answer: None or text of spaces only."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def sharegpt_turns(
-    sample: dict[str, Any], where: str, columns: Mapping[str, Any], tags: Mapping[str, Any]
+    sample: dict[str, Any],
+    where: str,
+    columns: Mapping[str, Any],
+    tags: Mapping[str, Any],
+    unlabelled: bool = False,
 ) -> Turns:
     """(system, turns) of a sharegpt sample, as LLaMA-Factory's SharegptDatasetConverter
-    aligns them; RowProblem bad_row where it would mark the sample broken."""
+    aligns them; RowProblem bad_row where it would mark the sample broken. `unlabelled`: the
+    sample may end with the user's turn (a blank last assistant turn is dropped)."""
     messages = sample.get(columns["messages"])
     if not isinstance(messages, list) or not messages:
         raise RowProblem("bad_row", f"{where}: {columns['messages']!r} is not a non-empty list")
@@ -225,6 +277,11 @@ def sharegpt_turns(
         if not isinstance(m, dict):
             raise RowProblem("bad_row", f"{where}: turn {i} is {type(m).__name__}, not an object")
     role_tag, content_tag = tags["role_tag"], tags["content_tag"]
+    last = messages[-1]
+    if unlabelled and last.get(role_tag) == tags["assistant_tag"] and _blank(last.get(content_tag)):
+        messages = messages[:-1]
+        if not messages:
+            raise RowProblem("bad_row", f"{where}: no user turn")
     system, first = "", 0
     if tags["system_tag"] and messages[0].get(role_tag) == tags["system_tag"]:
         system = messages[0].get(content_tag)
@@ -250,14 +307,19 @@ def sharegpt_turns(
             )
         content = _text(m.get(content_tag), where, f"turn {i}")
         turns.append({"role": ("user", "assistant")[(i - first) % 2], "content": content})
-    if len(turns) % 2:
+    if not turns:
+        raise RowProblem("bad_row", f"{where}: no user turn")
+    if len(turns) % 2 and not unlabelled:
         raise RowProblem("bad_row", f"{where}: the last turn is the user's: no assistant answer")
     return system, turns
 
 
-def alpaca_turns(sample: dict[str, Any], where: str, columns: Mapping[str, Any]) -> Turns:
+def alpaca_turns(
+    sample: dict[str, Any], where: str, columns: Mapping[str, Any], unlabelled: bool = False
+) -> Turns:
     """(system, turns) of an alpaca sample, as LLaMA-Factory's AlpacaDatasetConverter builds
-    them: history pairs, then prompt + "\\n" + query, then the response."""
+    them: history pairs, then prompt + "\\n" + query, then the response (`unlabelled`: a
+    blank or absent response ends the turns at the user's)."""
     turns: list[dict[str, str]] = []
     history = sample.get(columns["history"]) if columns["history"] else None
     if history is not None:
@@ -277,8 +339,10 @@ def alpaca_turns(sample: dict[str, Any], where: str, columns: Mapping[str, Any])
             raise RowProblem("bad_row", f"{where}: {columns[key]!r} is not text")
         parts.append(value)
     turns.append({"role": "user", "content": _text("\n".join(parts), where, "the instruction")})
-    answer = _text(sample.get(columns["response"]), where, f"{columns['response']!r}")
-    turns.append({"role": "assistant", "content": answer})
+    response = sample.get(columns["response"])
+    if not (unlabelled and _blank(response)):
+        answer = _text(response, where, f"{columns['response']!r}")
+        turns.append({"role": "assistant", "content": answer})
     system = sample.get(columns["system"]) if columns["system"] else None
     if system is not None and not isinstance(system, str):
         raise RowProblem("bad_row", f"{where}: {columns['system']!r} is not text")
@@ -311,8 +375,11 @@ def chat_row(
     images_column: str,
     resolve: ImageResolver,
 ) -> dict[str, Any]:
-    """One chat sample (sharegpt, alpaca or LLaVA) as a row, rejected at its first problem."""
+    """One chat sample (sharegpt, alpaca or LLaVA) as a row, rejected at its first problem.
+    Its split is the source's (`options["split"]`); turns that end with the user's (only
+    `turns_of` of an unlabelled split gives them) make an unlabelled row, answer None."""
     row = base_row(source, task, index, f"{source.annotation_name}:{index}")
+    row["split"] = source.options.get("split")
     try:
         if isinstance(sample, RowProblem):
             raise sample
@@ -322,8 +389,9 @@ def chat_row(
         system, turns = turns_of(sample, where)
         conversation = ([{"role": "system", "content": system}] if system else []) + turns
         row["conversation"] = json.dumps(conversation, ensure_ascii=False)
-        row["prompt"] = tidy_prompt(turns[-2]["content"])
-        row["answer"] = turns[-1]["content"].strip()
+        labelled = turns[-1]["role"] == "assistant"
+        row["prompt"] = tidy_prompt(turns[-2 if labelled else -1]["content"])
+        row["answer"] = turns[-1]["content"].strip() if labelled else None
         paths = _image_paths(sample.get(images_column))
         if not paths:
             raise RowProblem("bad_row", f"{where}: no image ({images_column!r} is empty)")
@@ -341,7 +409,8 @@ def chat_row(
                 f"{where}: {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) in the turns but "
                 f"{len(paths)} image(s)",
             )
-        check_answer(task, row["answer"], where)
+        if labelled:
+            check_answer(task, row["answer"], where)
         if len(paths) > 1 and not task.multi_image:
             raise RowProblem(
                 "image_count_mismatch",
@@ -373,14 +442,14 @@ def chat_rows(
 def iter_rows(stream: TextIO, source: Source) -> Iterator[dict[str, Any]]:
     """Every sample of the entry's file as a row (pure: no Ray, no image I/O)."""
     opts = source.options
-    columns, tags = opts["columns"], opts["tags"]
+    columns, tags, unlabelled = opts["columns"], opts["tags"], opts["unlabelled"]
     if opts["formatting"] == "sharegpt":
 
         def turns_of(sample: dict[str, Any], where: str) -> Turns:
-            return sharegpt_turns(sample, where, columns, tags)
+            return sharegpt_turns(sample, where, columns, tags, unlabelled)
     else:
 
         def turns_of(sample: dict[str, Any], where: str) -> Turns:
-            return alpaca_turns(sample, where, columns)
+            return alpaca_turns(sample, where, columns, unlabelled)
 
     return chat_rows(stream, source, turns_of, columns["images"], opts["jsonl"])

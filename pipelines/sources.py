@@ -5,10 +5,13 @@
 
 Needs: `config.source` (format, uri = local folder, file:// or s3:// prefix, file names) and
 `config.task`. Adds: STAGE_SCHEMA rows WITHOUT image bytes: `id`, `task`, `prompt`, `answer`,
-`split` (None when the source gives none), `source_uri` (the image URI; multi-image or
+`split` (None when the source gives none; llamafactory `source.splits`: the entry's split),
+`source_uri` (the image URI; multi-image or
 unresolved rows: `<annotation URI>#<index>`), `images=[]`, `content_hash=""`, `parent_id=None`,
 `aug_ops=[]`, `conversation` (JSON turns for chat sources, else None), `_order` (record index
-in the annotation file, 0-based) and `_image_uris` (file:// or s3:// URI per image).
+in the annotation file, 0-based; numbered on across the files of a several-file source) and
+`_image_uris` (file:// or s3:// URI per image). `answer` is None only on the unlabelled rows of
+`source.unlabelled_splits` (see pipelines/import_llamafactory.py).
 
 `check_source` runs on the driver and reads only a few KB (folder/prefix and annotation file
 exist, CSV header, dataset_info entry, first bytes of a JSON list): whole-source problems raise
@@ -117,6 +120,9 @@ class Source:
     # batch scoring's sources (no annotation file): (relative path, URI) of each image or
     # Parquet file, sorted; empty for the data job's
     files: tuple[tuple[str, str], ...] = ()
+    # several annotation files read in one pass (llamafactory `source.splits`): one planned
+    # Source per file, read in order; empty for a one-file source
+    parts: tuple[Source, ...] = ()
 
     @functools.cached_property
     def annotation_uri(self) -> str:
@@ -562,18 +568,39 @@ def source_rows(source: Source, stream) -> Iterator[dict[str, Any]]:
     return _module(source.format).iter_rows(open_text(stream), source)
 
 
+def all_rows(source: Source, fs: pafs.FileSystem) -> Iterator[dict[str, Any]]:
+    """Every row of the source, read through `fs` (pure, no Ray). A source of several parts
+    (`Source.parts`) yields each part's rows in turn, `_order` numbered on across the parts and
+    ids made unique across them (`finalize`)."""
+    if not source.parts:
+        with fs.open_input_stream(parse_uri(source.annotation_uri)[1]) as stream:
+            yield from source_rows(source, stream)
+        return
+
+    def chained() -> Iterator[dict[str, Any]]:
+        offset = 0
+        for part in source.parts:
+            count = 0
+            with fs.open_input_stream(parse_uri(part.annotation_uri)[1]) as stream:
+                for row in source_rows(part, stream):
+                    count = row[ORDER] + 1
+                    yield {**row, ORDER: offset + row[ORDER]}
+            offset += count
+
+    yield from finalize(chained(), source.annotation_name)
+
+
 def _read_blocks(
-    _seed: pa.Table, source: Source, fs: pafs.FileSystem, path: str, block_rows: int
+    _seed: pa.Table, source: Source, fs: pafs.FileSystem, block_rows: int
 ) -> Iterator[pa.Table]:
-    """map_batches fn (one task per source): stream the annotation file, yield row tables."""
+    """map_batches fn (one task per source): stream the annotation file(s), yield row tables."""
     rows: list[dict[str, Any]] = []
     emitted = False
-    with fs.open_input_stream(path) as stream:
-        for row in source_rows(source, stream):
-            rows.append(row)
-            if len(rows) >= block_rows:
-                yield stage_table(rows)
-                rows, emitted = [], True
+    for row in all_rows(source, fs):
+        rows.append(row)
+        if len(rows) >= block_rows:
+            yield stage_table(rows)
+            rows, emitted = [], True
     if rows or not emitted:
         yield stage_table(rows)
 
@@ -581,14 +608,14 @@ def _read_blocks(
 def read_source(config: DataConfig) -> ray.data.Dataset:
     """The source's rows as a lazy dataset (see the module docstring); checks it first."""
     source = plan_source(config)
-    fs, path = filesystem_for(source.annotation_uri, config.storage)
+    fs, _ = filesystem_for(source.annotation_uri, config.storage)
     block_rows = rows_per_block(source, config.ray.batch_size)
     seed = ray.data.from_items([{"annotation": source.annotation_uri}])
     ds = seed.map_batches(
         _read_blocks,
         batch_format="pyarrow",
         batch_size=None,
-        fn_kwargs={"source": source, "fs": fs, "path": path, "block_rows": block_rows},
+        fn_kwargs={"source": source, "fs": fs, "block_rows": block_rows},
         num_cpus=config.ray.num_cpus,
     )
     return ds.repartition(target_num_rows_per_block=block_rows)

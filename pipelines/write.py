@@ -14,9 +14,10 @@ Counts. `listed` rows came from the source; each is `accepted` (written) or `rej
 stage and reason), so listed = accepted + rejected. The augment stage adds rows: `augmented`
 copies, of which `augment_failed` and `filtered` (consistency) are rejected; written = accepted
 + augmented - augment_failed - filtered. The same identities hold per split (rows rejected
-before a split was known count under `unassigned`). The written counts are read back from the
-shards' Parquet metadata, a second path to the same numbers; `LineageError` is raised (after
-lineage.json is written) when any identity fails.
+before a split was known count under `unassigned`). `unlabelled` counts a split's accepted rows
+without an answer (`source.unlabelled_splits`; never augmented). The written counts, unlabelled
+ones included, are read back from the shards, a second path to the same numbers; `LineageError`
+is raised (after lineage.json is written) when any identity fails.
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ def count(rows: list[dict[str, Any]], labels: tuple[str, ...] | None) -> dict[st
         splits[split] = {
             "listed": len(mine),
             "accepted": len(mine) - sum(rejected.values()),
+            "unlabelled": sum(r[REJECT_REASON] is None and r["answer"] is None for r in mine),
             "rejected": dict(sorted(rejected.items())),
             "augmented": len(kids),
             "augment_failed": kid_rejected.get("augment_failed", 0),
@@ -178,20 +180,31 @@ def count(rows: list[dict[str, Any]], labels: tuple[str, ...] | None) -> dict[st
 
 def _labels(table: pa.Table, labels: tuple[str, ...] | None) -> dict[str, Any]:
     answers, parents = table["answer"].to_pylist(), table["parent_id"].to_pylist()
-    by_label = Counter(answers)
+    by_label = Counter(a for a in answers if a is not None)
     aug = Counter(a for a, p in zip(answers, parents, strict=True) if p is not None)
     ops = Counter(op.split(":", 1)[0] for o in table["aug_ops"].to_pylist() if o for op in o)
     order = [*(labels or ()), *sorted(set(by_label) - set(labels or ()))]
     return {
+        "written_unlabelled": answers.count(None),
         "labels": {label: by_label[label] for label in order if by_label[label]},
         "augmented_labels": {label: aug[label] for label in order if aug[label]},
         "aug_ops": dict(sorted(ops.items())),
     }
 
 
-def check(counts: dict[str, Any], written: dict[str, int], quarantined: int) -> list[str]:
-    """Every identity of the module docstring that fails, as a message."""
+def check(
+    counts: dict[str, Any],
+    written: dict[str, int],
+    quarantined: int,
+    unlabelled: dict[str, int] | None = None,
+) -> list[str]:
+    """Every identity of the module docstring that fails, as a message (`unlabelled`: the
+    unlabelled rows the shards of each split hold)."""
     problems = []
+    for split, n in (unlabelled or {}).items():
+        if n != counts["splits"][split]["unlabelled"]:
+            expected = counts["splits"][split]["unlabelled"]
+            problems.append(f"{split}: shards hold {n} unlabelled rows, expected {expected}")
     for s in counts["stages"]:
         if s["rows_out"] < 0:
             problems.append(f"stage {s['name']}: more rows rejected than came in")
@@ -260,15 +273,17 @@ def write_outputs(
         }
     splits[UNASSIGNED] = counts["splits"][UNASSIGNED]
     timings = {**timings, "lineage": time.perf_counter() - t}
-    problems = check(counts, written, len(records))
+    unlabelled = {split: splits[split].pop("written_unlabelled") for split in SPLITS}
+    problems = check(counts, written, len(records), unlabelled)
     totals = defaultdict(int)
     for c in splits.values():
-        for key in ("listed", "accepted", "augmented", "augment_failed", "filtered"):
+        for key in ("listed", "accepted", "unlabelled", "augmented", "augment_failed", "filtered"):
             totals[key] += c[key]
     by_reason = Counter(r["reason"] for r in records)
     report: dict[str, Any] = {
         "listed": totals["listed"],
         "accepted": totals["accepted"],
+        "unlabelled": totals["unlabelled"],
         "rejected": sum(sum(c["rejected"].values()) for c in counts["splits"].values()),
         "augmented": totals["augmented"],
         "augment_failed": totals["augment_failed"],

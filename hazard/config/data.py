@@ -46,7 +46,19 @@ class SourceConfig(StrictModel):
     dataset: str | None = Field(
         None,
         description="llamafactory: the dataset_info.json entry to import (None: the only entry, "
-        "or an error listing the entries).",
+        "or an error listing the entries). Exclusive with `splits`.",
+    )
+    splits: dict[Literal["train", "val", "test"], str] | None = Field(
+        None,
+        description="llamafactory: {split: dataset_info.json entry}, e.g. {train: "
+        "image2text_train, val: image2text_dev, test: image2text_test}: every entry is imported "
+        "in one run and its rows get that split (none is drawn). Exclusive with `dataset`.",
+    )
+    unlabelled_splits: list[Literal["test"]] = Field(
+        default_factory=list,
+        description="llamafactory with `splits`: splits whose rows may come without an answer "
+        "(a submission set's test rows): such a row is kept with answer None and its own id, "
+        "and is never augmented, filtered or trained on. Elsewhere an empty answer is rejected.",
     )
     annotations: str = Field(
         "annotations.json", description="llava: the annotation file inside the folder."
@@ -54,6 +66,29 @@ class SourceConfig(StrictModel):
     image_dir: str = Field(
         ".", description="llava/llamafactory: folder the image paths are relative to."
     )
+
+    @model_validator(mode="after")
+    def _splits_consistent(self) -> SourceConfig:
+        if self.splits is None:
+            if self.unlabelled_splits:
+                raise ValueError("source.unlabelled_splits needs source.splits (split -> entry)")
+            return self
+        if self.format != "llamafactory":
+            raise ValueError(f"source.splits is for format llamafactory, not {self.format!r}")
+        if self.dataset is not None:
+            raise ValueError(
+                "source.dataset and source.splits are exclusive: name one entry, or one per split"
+            )
+        if not self.splits:
+            raise ValueError("source.splits is empty; map at least one split to an entry")
+        entries = list(self.splits.values())
+        repeated = sorted({e for e in entries if entries.count(e) > 1})
+        if repeated:
+            raise ValueError(f"source.splits names entry(ies) {repeated} for several splits")
+        missing = sorted(set(self.unlabelled_splits) - set(self.splits))
+        if missing:
+            raise ValueError(f"source.unlabelled_splits {missing} are not keys of source.splits")
+        return self
 
 
 class SplitConfig(StrictModel):

@@ -16,7 +16,9 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("images", pa.list_(pa.binary()), nullable=False),  # encoded bytes, one per image
         pa.field("task", pa.string(), nullable=False),
         pa.field("prompt", pa.string(), nullable=False),
-        pa.field("answer", pa.string(), nullable=False),  # label, letter, score or boxes as text
+        # label, letter, score or boxes as text; null on unlabelled rows (a submission set's
+        # test split, `source.unlabelled_splits`), which are never augmented or trained on
+        pa.field("answer", pa.string()),
         pa.field("split", pa.string(), nullable=False),  # train | val | test
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("content_hash", pa.string(), nullable=False),  # sha256 of the image bytes
