@@ -28,7 +28,7 @@ from pipelines.augment import augment_rows, is_augmentable
 from pipelines.consistency import needs_score
 from pipelines.dedup_split import decide
 from pipelines.sources import SourceError, all_rows, check_source, plan_source
-from pipelines.write import count
+from pipelines.write import check, count
 from tests.helpers.augment import stage_row
 from tests.helpers.mac import SYSTEM, mac_row, user_turn, write_mac
 
@@ -286,3 +286,13 @@ def test_lineage_counts_unlabelled_rows_per_split():
         "unassigned": 0,
     }
     assert splits["test"]["accepted"] == 3
+
+
+def test_lineage_check_compares_unlabelled_rows_with_the_shards():
+    base = {"parent_id": None, "_reject_stage": None, "_reject_reason": None, "split": "test"}
+    counts = count([{**base, "answer": None}, {**base, "answer": "A"}], ("A", "B", "C", "D"))
+    written = {"train": 0, "val": 0, "test": 2}
+    assert check(counts, written, 0, {"train": 0, "val": 0, "test": 1}) == []
+    assert check(counts, written, 0, {"train": 0, "val": 0, "test": 2}) == [
+        "test: shards hold 2 unlabelled rows, expected 1"
+    ]
