@@ -1,4 +1,4 @@
-"""Read answers out of free-text VLM outputs: numeric scores, option letters, risk labels.
+"""Read answers out of free-text VLM outputs: scores, letters, risk labels, numbers, labels, boxes.
 
 Each parser returns None when the text holds no answer it can stand behind; none guesses a
 default. Shared rules:
@@ -14,9 +14,10 @@ default. Shared rules:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from hazard.core.detection import Box, check_box
 from hazard.core.labels import RISK_LABELS
 
 _I = re.IGNORECASE
@@ -330,3 +331,149 @@ def parse_risk_level(text: str) -> str | None:
         if labels:
             return labels[-1]
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers (counts, regression values)
+# --------------------------------------------------------------------------------------------
+
+_PLAIN_NUMBER = re.compile(r"(?<![\w.])(?<!\d[,:/-])-?\d+(?:\.\d+)?(?![\w%°])(?![.,:/-]\d)")
+_NUMBER_KEY = re.compile(
+    r"\b(?:answer|count(?:ed)?|total|number|result|value|estimate[ds]?|there\s+(?:are|is|were|was)"
+    r"|i\s+(?:see|count))\b",
+    _I,
+)
+
+
+def parse_number(text: str, whole: bool = False) -> float | int | None:
+    """Read a count or a regression value (digits, not words) from free text; None if none.
+
+    Tiers, last answer within a tier: 1. the first number after a keyword in its clause
+    (`Answer: 3`, `There are 3 bikes`, `Total: 12.5`); 2. a number alone on its line; 3. the
+    only value in the text. Ranges (`3-5`), dates, times and fractions are not read. With
+    `whole`, only whole numbers count (an int is returned; `3.5` does not parse).
+    """
+    if not text:
+        return None
+    text = _strip_markdown(text)
+    nums = [_Num(m.start(), m.end(), float(m[0]), None) for m in _PLAIN_NUMBER.finditer(text)]
+    if whole:
+        nums = [n for n in nums if n.value.is_integer()]
+    values = {n.value for n in nums}
+    tiers = (
+        list(_after_key(text, _NUMBER_KEY, nums, window=40)),
+        list(_alone_on_line(text, nums)),
+        nums if len(values) == 1 else [],
+    )
+    for tier in tiers:
+        if tier:
+            value = tier[-1].value
+            return int(value) if whole else value
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Label lists (multi-label answers)
+# --------------------------------------------------------------------------------------------
+
+_LABELS_KEY = re.compile(
+    r"\b(?:answer|labels?|findings?|class(?:es)?|categor(?:y|ies)|predictions?)\s*[:=]", _I
+)
+_NO_LABELS = re.compile(r"^\W*(?:none|no\s+(?:labels?|findings?)|nothing|\[\s*\])\W*$", _I)
+_ITEM_SEP = re.compile(r"[,;|\n]|\band\b", _I)
+
+
+def _label_pattern(labels: Sequence[str]) -> re.Pattern[str]:
+    """Any label, longest first, in any spelling of its separators (`pleural_effusion`)."""
+    spelled = [_SEP.join(map(re.escape, re.split(r"[\s_-]+", lab))) for lab in labels]
+    order = sorted(range(len(labels)), key=lambda i: -len(labels[i]))
+    alts = "|".join(f"(?P<l{i}>{spelled[i]})" for i in order)
+    return re.compile(rf"(?<![^\W_])(?:{alts})(?![^\W_])", _I)
+
+
+def parse_labels(text: str, labels: Sequence[str] | None = None) -> tuple[str, ...] | None:
+    """Read a set of labels from free text, distinct, in order; None if there is none.
+
+    Only what follows the last `Labels:`/`Answer:`-style keyword is read when there is one.
+    With a closed `labels` list: every label mentioned (any case, `_`/space/`-` alike, longest
+    label first, negated mentions such as "no effusion" left out), in `labels` order. Without
+    it: the items between commas, semicolons, "and" or line breaks, bullets and quotes trimmed.
+    `none`, `no findings` or `[]` alone read as the empty set ().
+    """
+    if not text:
+        return None
+    text = _strip_markdown(text)
+    keys = list(_LABELS_KEY.finditer(text))
+    if keys:
+        text = text[keys[-1].end() :]
+    if _NO_LABELS.match(text):
+        return ()
+    if labels is None:
+        items = (
+            re.sub(r"^[\s\-*\u2022\d.)\[\]'\"]+|[\s.\[\]'\"]+$", "", p)
+            for p in _ITEM_SEP.split(text)
+        )
+        found = list(dict.fromkeys(i for i in items if i))
+        return tuple(found) if found else None
+    seen = set()
+    for m in _label_pattern(labels).finditer(text):
+        line_before = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
+        if not _NEGATION_BEFORE.search(line_before):
+            seen.add(int(m.lastgroup[1:]))
+    return tuple(labels[i] for i in sorted(seen)) if seen else None
+
+
+# --------------------------------------------------------------------------------------------
+# Boxes
+# --------------------------------------------------------------------------------------------
+
+_N = r"(-?\d+(?:\.\d+)?)"
+_BOX = re.compile(rf"\[\s*{_N}\s*,\s*{_N}\s*,\s*{_N}\s*,\s*{_N}\s*\]")
+_BOX_CORNERS = re.compile(rf"\(\s*{_N}\s*,\s*{_N}\s*\)\s*,?\s*\(\s*{_N}\s*,\s*{_N}\s*\)")
+_JSON_OBJECT = re.compile(r"\{[^{}]*\}")
+_NO_BOXES = re.compile(r"^\W*(?:none|no\s+(?:boxes|objects?)|nothing|\[\s*\])\W*$", _I)
+
+Boxes = list[Box] | dict[str, list[Box]]
+
+
+def parse_boxes(text: str, labelled: bool = False) -> Boxes | None:
+    """Read boxes [x1, y1, x2, y2] in 0-1000 from free text; None if there is none.
+
+    Reads Qwen2.5-VL's JSON objects (`{"bbox_2d": [x1, y1, x2, y2], "label": "cat"}`), bare
+    `[x1, y1, x2, y2]` lists and Qwen2-VL corner pairs `(x1,y1),(x2,y2)`, in order. `none`,
+    `no boxes` or `[]` alone read as no boxes ([]). With `labelled`, the answer is a mapping
+    label -> boxes and every box needs a label. A box that is not valid (outside 0-1000, no
+    area) makes the whole answer unparsed: a half-read answer would score what was not said.
+    """
+    if not text:
+        return None
+    text = _strip_markdown(text)
+    if _NO_BOXES.match(text):
+        return {} if labelled else []
+    found: list[tuple[str | None, tuple[str, ...]]] = []
+    for obj in _JSON_OBJECT.finditer(text):
+        box = _BOX.search(obj[0])
+        if box and "bbox" in obj[0]:
+            label = re.search(r'"label"\s*:\s*"([^"]*)"', obj[0])
+            found.append((label[1] if label else None, box.groups()))
+    if not found:
+        boxes = sorted(
+            [*_BOX.finditer(text), *_BOX_CORNERS.finditer(text)], key=lambda m: m.start()
+        )
+        found = [(None, m.groups()) for m in boxes]
+    if not found or (labelled and any(label is None for label, _ in found)):
+        return None
+    try:
+        return group_boxes([(label, check_box(coords)) for label, coords in found], labelled)
+    except ValueError:
+        return None
+
+
+def group_boxes(pairs: Sequence[tuple[str | None, Box]], labelled: bool) -> Boxes:
+    """(label, box) pairs as a list of boxes, or with `labelled` as a label -> boxes mapping."""
+    if not labelled:
+        return [box for _, box in pairs]
+    out: dict[str, list[Box]] = {}
+    for label, box in pairs:
+        out.setdefault(str(label), []).append(box)
+    return out

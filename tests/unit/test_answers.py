@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from hazard.core.answers import parse_choice, parse_risk_level, parse_score
+from hazard.core.answers import (
+    parse_boxes,
+    parse_choice,
+    parse_labels,
+    parse_number,
+    parse_risk_level,
+    parse_score,
+)
 from hazard.core.labels import RISK_LABELS
 
 ECHOED_SCORE_PROMPT = (
@@ -206,3 +213,102 @@ def test_parse_risk_level(text: str, expected: str | None) -> None:
     result = parse_risk_level(text)
     assert result == expected
     assert result is None or result in RISK_LABELS
+
+
+NUMBERS = [
+    # (text, parse_number(text), parse_number(text, whole=True))
+    ("3", 3.0, 3),
+    ("**12**", 12.0, 12),
+    ("Answer: 4", 4.0, 4),
+    ("There are 3 e-bikes in the corridor.", 3.0, 3),
+    ("I count 2 bags, 1 box... Total: 5", 5.0, 5),
+    ("The length is 12.5", 12.5, None),
+    ("Answer: 3.5", 3.5, None),
+    ("Value: -2.25", -2.25, None),
+    ("Counting the bikes:\n7", 7.0, 7),
+    # no answer: ranges, dates, times, several unrelated numbers, words
+    ("", None, None),
+    ("three", None, None),
+    ("Between 3-5 people.", None, None),
+    ("Taken on 12/05/2023 at 10:30.", None, None),
+    ("Lanes 2 and 4 are blocked", None, None),
+    ("How many objects are there? Answer with a number.", None, None),
+]
+
+
+@pytest.mark.parametrize(("text", "number", "whole"), NUMBERS)
+def test_parse_number(text: str, number: float | None, whole: int | None) -> None:
+    assert parse_number(text) == number
+    got = parse_number(text, whole=True)
+    assert got == whole and (got is None or isinstance(got, int))
+
+
+FINDINGS = ("effusion", "pleural_effusion", "atelectasis", "nodule")
+LABEL_LISTS = [
+    ("effusion, nodule", ("effusion", "nodule")),
+    ("Findings: Nodule; ATELECTASIS.", ("atelectasis", "nodule")),
+    ("pleural effusion", ("pleural_effusion",)),  # the longer label wins, not also "effusion"
+    ("There is atelectasis but no nodule.", ("atelectasis",)),  # negated mention left out
+    ("nodule\nnodule", ("nodule",)),
+    ("Labels: none", ()),
+    ("[]", ()),
+    ("", None),
+    ("I cannot tell.", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), LABEL_LISTS)
+def test_parse_labels_closed(text: str, expected: tuple[str, ...] | None) -> None:
+    assert parse_labels(text, FINDINGS) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Answer: cat, dog and bird.", ("cat", "dog", "bird")),
+        ("- cat\n- dog\n- cat", ("cat", "dog")),
+        ("Labels: 'red door'; 'blue wall'", ("red door", "blue wall")),
+        ("none", ()),
+        ("", None),
+        (" , ;", None),
+    ],
+)
+def test_parse_labels_open(text: str, expected: tuple[str, ...] | None) -> None:
+    assert parse_labels(text) == expected
+
+
+BOXES = [
+    ("[10, 20, 300, 400]", [(10.0, 20.0, 300.0, 400.0)]),
+    (
+        "The bike is at [100,200,300,400] and [5, 5, 50, 50.5].",
+        [(100.0, 200.0, 300.0, 400.0), (5.0, 5.0, 50.0, 50.5)],
+    ),
+    ("<|box_start|>(10,20),(30,40)<|box_end|>", [(10.0, 20.0, 30.0, 40.0)]),
+    ('```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "bike"}]\n```', [(1.0, 2.0, 3.0, 4.0)]),
+    ("no boxes", []),
+    ("[]", []),
+    # no answer: nothing read, a box outside 0-1000 or without area spoils the answer
+    ("", None),
+    ("The bike is by the door.", None),
+    ("[10, 20, 1300, 400]", None),
+    ("[300, 20, 100, 400] and [1, 2, 3, 4]", None),
+    ("[10, 20, 30]", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BOXES)
+def test_parse_boxes(text: str, expected) -> None:
+    assert parse_boxes(text) == expected
+
+
+def test_parse_boxes_labelled() -> None:
+    text = (
+        '[{"bbox_2d": [1, 2, 3, 4], "label": "bike"}, {"label": "box", "bbox_2d": [5, 6, 7, 8]},'
+        ' {"bbox_2d": [10, 10, 20, 20], "label": "bike"}]'
+    )
+    assert parse_boxes(text, labelled=True) == {
+        "bike": [(1.0, 2.0, 3.0, 4.0), (10.0, 10.0, 20.0, 20.0)],
+        "box": [(5.0, 6.0, 7.0, 8.0)],
+    }
+    assert parse_boxes("[1, 2, 3, 4]", labelled=True) is None  # a box without a label
+    assert parse_boxes("none", labelled=True) == {}
