@@ -179,7 +179,8 @@ class Labels(AnswerKind):
             raise AnswerProblem(f"repeats {', '.join(repeated)}")
         unknown = [i for i in items if self.labels is not None and i not in self.labels]
         if unknown:
-            raise AnswerProblem(f"holds {', '.join(unknown)}, not in {', '.join(self.labels)}")
+            known = ", ".join(self.labels or ())
+            raise AnswerProblem(f"has unknown label(s) {', '.join(unknown)}; expected from {known}")
         return tuple(items)
 
     def parse(self, text: str) -> tuple[str, ...] | None:
