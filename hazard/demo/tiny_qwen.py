@@ -131,12 +131,27 @@ def _pretrain_fingerprint(n: int = 8) -> bytes:
     return h.digest()
 
 
+# The tasks whose prompts the BPE is trained on, pinned: a task added later is encoded with this
+# vocabulary (byte-level BPE encodes any text), so adding a task does not change the tiny model.
+CORPUS_TASKS = (
+    "corridor_risk",
+    "high_risk_binary",
+    "multiple_choice",
+    "classification",
+    "vqa",
+    "score",
+    "counting",
+    "grounding",
+)
+
+
 def tokenizer_corpus() -> list[str]:
     """Text the BPE is trained on: prompts, labels, captions' words, digits and punctuation."""
     from hazard.demo.synthetic import caption, render_scene
 
     rng = np.random.default_rng(0)
-    lines = [t.prompt for t in TASKS.values()] + list(RISK_LABELS) + [DESCRIBE_PROMPT]
+    prompts = [TASKS[name].prompt for name in CORPUS_TASKS]
+    lines = prompts + list(RISK_LABELS) + [DESCRIBE_PROMPT]
     for i in range(400):
         _, spec = render_scene(RISK_LABELS[i % len(RISK_LABELS)], rng, size=32)
         lines.append(caption(spec, rng))
