@@ -100,6 +100,8 @@ class StageRecipe:
             prompt=self.task.prompt,
             max_length=cfg.optim.max_length,
             class_weights=self.class_weights,
+            from_row=self.task.prompt_source == "row",
+            loss_turns=cfg.optim.loss_turns,
         )
         self.engine.train()
         with Ingest(prepare, cfg.optim.prefetch_batches) as ingest:

@@ -78,6 +78,12 @@ class OptimSpec(StrictModel):
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_length: int = Field(512, ge=16, description="Token budget per sample; never truncated.")
+    loss_turns: Literal["all", "last"] = Field(
+        "last",
+        description="Assistant turns that carry the loss in a conversation sample (tasks whose "
+        "prompt comes from the row): 'last' (its answer) or 'all'; the other tokens are masked. "
+        "A fixed-prompt sample has one assistant turn, so both are the same there.",
+    )
     seed: int = Field(0, description="Seed for LoRA init and data order.")
     class_weights: dict[str, float] | Literal["balanced"] | None = Field(
         None, description="Per-label loss weights, 'balanced' (inverse frequency) or none."

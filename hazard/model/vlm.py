@@ -1,6 +1,8 @@
 """Qwen2.5-VL loading, input encoding and label scoring, shared by training and serving.
 
 The same `from_pretrained` path loads the tiny test model and the real 7B/3B checkpoints.
+A sample is encoded as chat messages (`encode_conversation`): a row's own turns, or for a
+fixed-prompt task [user: images + prompt, assistant: answer] (`encode`).
 Answers are read, not generated: `label_probabilities` restricts the model's distribution to
 the task's label set, so every prediction is a valid label by construction.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
@@ -18,6 +21,8 @@ from hazard.infra.images import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
+IMAGE_PLACEHOLDER = "<image>"  # an image's place in a stored turn (LLaMA-Factory, LLaVA)
+LossTurns = Literal["all", "last"]
 
 
 class SequenceTooLong(ValueError):
@@ -63,8 +68,7 @@ def open_stored_image(data: bytes) -> Image.Image:
 
 def prompt_text(processor, prompt: str, n_images: int = 1) -> str:
     """The chat-formatted user turn with `n_images` image slots, ending at the assistant turn."""
-    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
-    messages = [{"role": "user", "content": content}]
+    messages = template_messages(prompt, None, n_images)
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -103,31 +107,154 @@ class Encoded:
 def encode(
     processor, images: list[Image.Image], prompt: str, answer: str | None, max_length: int
 ) -> Encoded:
-    """Encode one sample; loss only on the answer tokens (prompt and image tokens are masked).
+    """Encode a fixed-prompt sample: `encode_conversation` of `template_messages`, so loss only
+    on the answer tokens and its end-of-turn token (prompt and image tokens are masked); answer
+    None ends at the generation prompt (what scoring reads). Raises SequenceTooLong."""
+    return encode_conversation(
+        processor, template_messages(prompt, answer, len(images)), images, max_length
+    )
 
-    Raises SequenceTooLong instead of truncating: cutting through image tokens is what makes
-    Qwen2.5-VL fail with "image features and image tokens do not match".
+
+def template_messages(prompt: str, answer: str | None, n_images: int) -> list[dict]:
+    """A fixed-prompt row as messages: [user: the images then `prompt`, assistant: `answer`]
+    (no assistant turn when `answer` is None)."""
+    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+    user = {"role": "user", "content": content}
+    return [user] if answer is None else [user, {"role": "assistant", "content": answer}]
+
+
+def conversation_messages(turns: list[dict]) -> list[dict]:
+    """Stored turns (`conversation` column: role and string content with IMAGE_PLACEHOLDER
+    marks) as chat-template messages, each placeholder an image part at its place; checked:
+    roles are an optional leading system turn, then user and assistant alternating from user,
+    and images only in user turns. ValueError names the first problem."""
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
+            raise ValueError(f"turn {i} is not {{'role', 'content': str}}: {turn!r}")
+        role, text = turn.get("role"), turn["content"]
+        first = 1 if turns[0].get("role") == "system" else 0
+        expected = "system" if i < first else ("user", "assistant")[(i - first) % 2]
+        if role != expected:
+            raise ValueError(f"turn {i} has role {role!r} where {expected!r} belongs")
+        if IMAGE_PLACEHOLDER in text and role != "user":
+            raise ValueError(f"turn {i} ({role}) holds {IMAGE_PLACEHOLDER}: only user turns do")
+        if role != "user" or IMAGE_PLACEHOLDER not in text:
+            messages.append({"role": role, "content": text})
+            continue
+        parts = []
+        for k, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
+            if k:
+                parts.append({"type": "image"})
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        messages.append({"role": role, "content": parts})
+    if not any(m["role"] == "user" for m in messages):
+        raise ValueError("a conversation needs at least one user turn")
+    return messages
+
+
+def _text_of(message: dict) -> str:
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+
+def _n_images(message: dict) -> int:
+    content = message["content"]
+    return 0 if isinstance(content, str) else sum(p.get("type") == "image" for p in content)
+
+
+def encode_conversation(
+    processor,
+    messages: list[dict],
+    images: list[Image.Image],
+    max_length: int,
+    loss_turns: LossTurns = "last",
+) -> Encoded:
+    """Encode chat messages with the processor's chat template; images fill the image parts in
+    order. Labels are the tokens of the assistant turns (their content and the end-of-turn token
+    closing each; `loss_turns` "all" or only the "last"), everything else IGNORE_INDEX. A
+    conversation that ends with a user turn ends at the generation prompt, unlabelled.
+
+    Each stretch between assistant contents goes through the processor (its image tokens
+    expanded, pixels within the processor's budget) and each assistant content + END_OF_TURN
+    through the tokenizer, as separate pieces: for one user turn and its answer that is the
+    fixed-prompt encoding the cascade was trained with. ValueError when the image parts and
+    `images` differ in number; SequenceTooLong instead of truncating (cutting through image
+    tokens is what makes Qwen2.5-VL fail with "image features and image tokens do not match").
     """
-    text = prompt_text(processor, prompt, len(images))
-    enc = processor(text=[text], images=images, return_tensors="pt")
-    prompt_ids = enc["input_ids"][0].tolist()
-    answer_ids = []
-    if answer is not None:
-        answer_ids = processor.tokenizer(answer + END_OF_TURN, add_special_tokens=False)[
-            "input_ids"
-        ]
-    n_image_tokens = sum(1 for t in prompt_ids if t == processor.image_token_id)
-    total = len(prompt_ids) + len(answer_ids)
-    if total > max_length:
+    if loss_turns not in ("all", "last"):
+        raise ValueError(f"loss_turns must be 'all' or 'last', got {loss_turns!r}")
+    wanted = sum(_n_images(m) for m in messages)
+    if wanted != len(images):
+        raise ValueError(
+            f"the conversation has {wanted} {IMAGE_PLACEHOLDER} place(s) but {len(images)} "
+            "image(s) were given"
+        )
+    if not images:
+        raise ValueError("a sample needs at least one image")
+
+    def render(msgs: list[dict], generation: bool) -> str:
+        return processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation)
+
+    answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    pieces: list[tuple[str, bool]] = []  # (rendered text, is it labelled)
+    done = ""
+    for i in answers:
+        prefix, turn = render(messages[:i], True), _text_of(messages[i]) + END_OF_TURN
+        if not prefix.startswith(done) or not render(messages[: i + 1], False).startswith(
+            prefix + turn
+        ):
+            raise ValueError(
+                f"the chat template does not render assistant turn {i} as its content then "
+                f"{END_OF_TURN} after the generation prompt; it cannot be masked turn by turn"
+            )
+        pieces += [(prefix[len(done) :], False), (turn, loss_turns == "all" or i == answers[-1])]
+        done = prefix + turn
+    if not answers or answers[-1] != len(messages) - 1:  # open: ends at the generation prompt
+        rest = render(messages, True)
+        if not rest.startswith(done):
+            raise ValueError("the chat template renders the turns differently when open")
+        pieces.append((rest[len(done) :], False))
+
+    tok, image_token = processor.tokenizer, processor.image_token
+    input_ids: list[int] = []
+    labels: list[int] = []
+    pixel_values, grids, used = [], [], 0
+    for text, labelled in pieces:
+        if labelled:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            input_ids += ids
+            labels += ids
+            continue
+        n = text.count(image_token)
+        if not text:
+            continue
+        enc = processor(text=[text], images=images[used : used + n] or None, return_tensors="pt")
+        if n:
+            pixel_values.append(enc["pixel_values"])
+            grids.append(enc["image_grid_thw"])
+        used += n
+        ids = enc["input_ids"][0].tolist()
+        input_ids += ids
+        labels += [IGNORE_INDEX] * len(ids)
+    if used != len(images):
+        raise ValueError(
+            f"the chat template rendered {used} image slot(s) for {len(images)} image(s)"
+        )
+    n_image_tokens = sum(1 for t in input_ids if t == processor.image_token_id)
+    if len(input_ids) > max_length:
         raise SequenceTooLong(
-            f"sample needs {total} tokens ({n_image_tokens} of them image tokens) but max_length "
-            f"is {max_length}; lower the processor's max_pixels or raise max_length"
+            f"sample needs {len(input_ids)} tokens ({n_image_tokens} of them image tokens) but "
+            f"max_length is {max_length}; lower the processor's max_pixels or raise max_length"
         )
     return Encoded(
-        input_ids=prompt_ids + answer_ids,
-        labels=[IGNORE_INDEX] * len(prompt_ids) + list(answer_ids),
-        pixel_values=enc["pixel_values"],
-        image_grid_thw=enc["image_grid_thw"],
+        input_ids=input_ids,
+        labels=labels,
+        pixel_values=torch.cat(pixel_values),
+        image_grid_thw=torch.cat(grids),
         n_image_tokens=n_image_tokens,
     )
 

@@ -6,34 +6,72 @@ runs ahead of the step in a loader process), `inputs_loss` the accelerator half.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import torch
 
 from hazard.model.finetune import answer_logit_mask, weighted_answer_loss
-from hazard.model.vlm import SequenceTooLong, collate, encode, logits_at, open_stored_image
+from hazard.model.vlm import (
+    LossTurns,
+    SequenceTooLong,
+    collate,
+    conversation_messages,
+    encode_conversation,
+    logits_at,
+    open_stored_image,
+    template_messages,
+)
 
 
-def encode_batch(processor, batch: dict, prompt: str, max_length: int):
+def encode_batch(
+    processor,
+    batch: dict,
+    prompt: str,
+    max_length: int,
+    *,
+    from_row: bool = False,
+    loss_turns: LossTurns = "last",
+):
     """Encode a Ray Data numpy batch: (encoded samples, their answers, ids of skipped ones).
 
-    A sample over max_length is skipped with a message naming its id, never truncated."""
+    A sample is its images, `prompt` and answer (a template task), or with `from_row` (a task
+    whose prompt comes from the row) its `conversation` column, loss on `loss_turns`; a row
+    without turns is asked `prompt`. A sample over max_length is skipped with a message naming
+    its id, never truncated; a row without an answer (an unlabelled test row) is never trained
+    on: ValueError naming it."""
     encoded, answers, skipped = [], [], []
     ids = batch["id"] if "id" in batch else [str(i) for i in range(len(batch["answer"]))]
-    for sample_id, images, answer in zip(ids, batch["images"], batch["answer"], strict=True):
+    if from_row and "conversation" not in batch:
+        raise ValueError("the task takes its prompt from the row but the data has no conversation")
+    turns = batch["conversation"] if from_row else [None] * len(ids)
+    for sample_id, images, answer, conv in zip(
+        ids, batch["images"], batch["answer"], turns, strict=True
+    ):
         if len(images) == 0:
             raise ValueError(
                 f"sample {sample_id} has no image bytes: an augmented copy stored as a recipe "
                 "(augment.store: recipes) is rebuilt from its parent by "
                 "ray_jobs.train.build_datasets, from the data job's lineage.json"
             )
+        if answer is None:
+            raise ValueError(
+                f"sample {sample_id} has no answer: unlabelled rows (a test split of "
+                "source.unlabelled_splits) are scored, never trained on"
+            )
         pics = [open_stored_image(bytes(b)) for b in images]
+        if conv is None:
+            messages = template_messages(prompt, str(answer), len(pics))
+        else:
+            messages = conversation_messages(json.loads(conv))
         try:
-            encoded.append(encode(processor, pics, prompt, str(answer), max_length))
+            encoded.append(encode_conversation(processor, messages, pics, max_length, loss_turns))
         except SequenceTooLong as exc:
             print(f"[train] skipping sample {sample_id}: {exc}", flush=True)
             skipped.append(str(sample_id))
             continue
+        except ValueError as exc:
+            raise ValueError(f"sample {sample_id}: {exc}") from exc
         answers.append(str(answer))
     return encoded, answers, skipped
 
@@ -57,10 +95,18 @@ class MicroBatch:
 
 
 def prepare_micro_batch(
-    processor, batch: dict, prompt: str, max_length: int, class_weights: dict
+    processor,
+    batch: dict,
+    prompt: str,
+    max_length: int,
+    class_weights: dict,
+    from_row: bool = False,
+    loss_turns: LossTurns = "last",
 ) -> MicroBatch:
-    """Decode, encode and collate one data batch on the CPU."""
-    encoded, answers, skipped = encode_batch(processor, batch, prompt, max_length)
+    """Decode, encode (`encode_batch`) and collate one data batch on the CPU."""
+    encoded, answers, skipped = encode_batch(
+        processor, batch, prompt, max_length, from_row=from_row, loss_turns=loss_turns
+    )
     inputs = collate_inputs(processor, encoded, answers, class_weights) if encoded else None
     return MicroBatch(
         inputs=inputs,
