@@ -128,12 +128,14 @@ def conversation_messages(turns: list[dict]) -> list[dict]:
     marks) as chat-template messages, each placeholder an image part at its place; checked:
     roles are an optional leading system turn, then user and assistant alternating from user,
     and images only in user turns. ValueError names the first problem."""
+    if not isinstance(turns, list) or not turns:
+        raise ValueError(f"a conversation is a non-empty list of turns, got {turns!r}")
     messages = []
+    first = 1 if isinstance(turns[0], dict) and turns[0].get("role") == "system" else 0
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
             raise ValueError(f"turn {i} is not {{'role', 'content': str}}: {turn!r}")
         role, text = turn.get("role"), turn["content"]
-        first = 1 if turns[0].get("role") == "system" else 0
         expected = "system" if i < first else ("user", "assistant")[(i - first) % 2]
         if role != expected:
             raise ValueError(f"turn {i} has role {role!r} where {expected!r} belongs")

@@ -160,6 +160,7 @@ def test_image_placeholders_and_images_must_match_in_number(tiny):
             "only user turns",
         ),
         ([{"role": "user", "content": ["not text"]}], "is not"),
+        ([], "non-empty list"),
     ],
 )
 def test_malformed_turns_are_named(turns, match):
