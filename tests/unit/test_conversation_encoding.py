@@ -136,6 +136,11 @@ def test_a_template_row_encodes_as_before(tiny, n_images):
     old = encode(processor, images, CORRIDOR_RISK_PROMPT, "medium_risk", 512)
     assert old.input_ids == ids and old.labels == labels
     assert torch.equal(old.pixel_values, pixels)
+    # without an answer (what scoring reads): the prompt alone, ending at the generation prompt
+    asked = encode(processor, images, CORRIDOR_RISK_PROMPT, None, 512)
+    n_answer = len(ids) - labels.count(IGNORE_INDEX)
+    assert asked.input_ids == ids[:-n_answer]
+    assert asked.labels == [IGNORE_INDEX] * len(asked.input_ids)
 
 
 def test_image_placeholders_and_images_must_match_in_number(tiny):
