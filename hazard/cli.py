@@ -5,6 +5,7 @@
     hazard train --config …          train a stage (Ray Train, DeepSpeed, LoRA)
     hazard calibrate --config …      fit the fusion on validation data
     hazard score-dataset --config …  score a folder/Parquet/s3:// dataset to a submission file
+    hazard eval --config …           evaluate a model on a prepared split (metrics, report)
     hazard serve --config …          run the HTTP app on Ray Serve until interrupted
     hazard score IMAGE… --url …      score images against a running endpoint
     hazard deploy --clusters …       helm upgrades across clusters, gated, with rollback
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     _job(sub, "train", "ray_jobs.train", "train one cascade stage on Ray Train")
     _job(sub, "calibrate", "ray_jobs.calibrate", "fit the fusion on validation data")
     _job(sub, "score-dataset", "ray_jobs.score_dataset", "score a whole dataset (Ray Data)")
+    _job(sub, "eval", "ray_jobs.eval", "evaluate a model on a prepared split (metrics, report)")
     _job(sub, "serve", "serve.command", "run the HTTP application on Ray Serve")
     _job(sub, "score", "hazard.client", "score images against a running endpoint")
     _job(sub, "deploy", "hazard.deploy.command", "roll the chart out across clusters, gated")

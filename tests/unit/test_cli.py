@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     ("train",): "--config",
     ("calibrate",): "--config",
     ("score-dataset",): "--config",
+    ("eval",): "--model",
     ("serve",): "--port",
     ("score",): "--url",
     ("demo",): "--n-per-label",

@@ -12,6 +12,7 @@ import pytest
 from hazard.config import ConfigError, load_config
 from hazard.config.calibrate import CalibrateConfig
 from hazard.config.data import DataConfig
+from hazard.config.eval import EvalConfig
 from hazard.config.score import ScoreDatasetConfig
 from hazard.config.serve import ServeConfig
 from hazard.config.train import TrainConfig
@@ -32,6 +33,8 @@ def _model_for(path: Path):
         return ScoreDatasetConfig
     if name.startswith("serve"):
         return ServeConfig
+    if name.startswith("eval"):
+        return EvalConfig
     raise AssertionError(f"no config model known for {path}; add it to _model_for")
 
 
