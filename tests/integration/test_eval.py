@@ -1,11 +1,13 @@
 """`hazard eval` end to end on a local Ray: a prepared split (two shards; labelled rows,
 unlabelled rows and one undecodable) scored by a bundle and by the base model; every figure is
 checked against numbers recomputed here from predictions.parquet, and three rows'
-probabilities against `hazard.model.vlm.label_probabilities` computed in the test."""
+probabilities against `hazard.model.vlm.label_probabilities` computed in the test; the same
+split on S3 (moto on loopback) evaluated to an s3:// prefix."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,6 +15,7 @@ import pytest
 
 from hazard.core.labels import RISK_LABELS
 from hazard.core.tasks import get_task
+from hazard.infra.storage import read_bytes, upload_dir
 from ray_jobs.eval import main
 from tests.helpers.eval_data import sample_row, write_split
 from tests.helpers.serve import make_bundle
@@ -134,3 +137,15 @@ def test_base_model(setup, ray_local, tiny_model_path):
     tuned = pq.read_table(setup["root"] / "bundle_out" / "predictions.parquet").column("p_no_risk")
     pairs = zip(base.to_pylist(), tuned.to_pylist(), strict=True)
     assert max(abs(a - b) for a, b in pairs if a is not None) > 1e-4
+
+
+def test_s3_data_to_s3_out(setup, ray_s3, tmp_path):
+    prefix = f"s3://{ray_s3.bucket}/eval-{uuid.uuid4().hex[:8]}"
+    upload_dir(setup["data"], f"{prefix}/data")
+    args = ["--model", str(setup["bundle"]), "--data", f"{prefix}/data", "--out", f"{prefix}/out"]
+    assert main(args) == 0
+    for rel in ("predictions.parquet", "metrics.json", "answers/corridor_risk.json", "report.html"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(read_bytes(f"{prefix}/out/{rel}"))
+    report = _check(tmp_path, setup, setup["bundle"], "corridor_risk")
+    assert report["data"] == f"{prefix}/data"
