@@ -159,3 +159,9 @@ def test_the_checker_catches_a_wrong_option(capsys):
         _check_hazard(["hazard", "score", "x.png", "--bogus", "1"], capsys)
     with pytest.raises(AssertionError, match="does not exist"):
         _check_python_module(["python", "-m", "ray_jobs.train", "--config", "configs/nope.yaml"])
+
+
+def test_the_readme_stays_a_newcomers_page():
+    """At most 150 lines: details go to docs/ and CONTRIBUTING.md, which the README links."""
+    lines = (REPO / "README.md").read_text().count("\n")
+    assert lines <= 150, f"README.md has {lines} lines; move details to docs/"
