@@ -50,11 +50,11 @@ from typing import Any, TextIO
 
 from hazard.config.data import DataConfig
 from hazard.config.storage import StorageConfig
+from hazard.core.schema import IMAGE_PLACEHOLDER
 from hazard.core.tasks import TaskSpec, get_task
 from hazard.infra.storage import StorageError, join_uri, read_bytes
 from pipelines.common import IMAGE_URIS, reject
 from pipelines.sources import (
-    IMAGE_PLACEHOLDER,
     STAGE,
     ImageResolver,
     RowProblem,

@@ -59,6 +59,7 @@ import ray
 from hazard.config.data import DataConfig
 from hazard.config.score import ScoreDatasetConfig
 from hazard.config.storage import StorageConfig
+from hazard.core.schema import IMAGE_PLACEHOLDER
 from hazard.core.tasks import TaskSpec
 from hazard.infra.storage import (
     StorageError,
@@ -79,7 +80,6 @@ from pipelines.common import (
 )
 
 STAGE = "import"
-IMAGE_PLACEHOLDER = "<image>"
 FORMAT_MODULES = {
     "folder": "pipelines.import_folder",
     "llamafactory": "pipelines.import_llamafactory",

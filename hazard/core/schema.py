@@ -10,6 +10,8 @@ import hashlib
 
 import pyarrow as pa
 
+IMAGE_PLACEHOLDER = "<image>"  # an image's place in a stored turn (LLaMA-Factory, LLaVA)
+
 SAMPLE_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),

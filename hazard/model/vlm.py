@@ -17,11 +17,11 @@ from typing import Literal
 import torch
 from PIL import Image
 
+from hazard.core.schema import IMAGE_PLACEHOLDER
 from hazard.infra.images import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
-IMAGE_PLACEHOLDER = "<image>"  # an image's place in a stored turn (LLaMA-Factory, LLaVA)
 LossTurns = Literal["all", "last"]
 
 
