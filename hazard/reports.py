@@ -421,3 +421,30 @@ def write_calibration_report(
             ),
         },
     )
+
+
+def plot_comparison(
+    rows: Sequence[tuple[str, str, float | None, float | None]],
+    path: str | os.PathLike,
+    names: tuple[str, str] = ("baseline", "model"),
+) -> Figure:
+    """Grouped bars of each task's headline figure, baseline beside model: `rows` are (task,
+    figure name, baseline value, model value); a missing value draws no bar."""
+    if not rows:
+        raise NothingToPlot("no task to compare")
+    fig = _new_figure((max(4.0, 1.6 * len(rows) + 1.5), 3.6))
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    for k, (name, colour) in enumerate(zip(names, ("#9e9e9e", "#1f77b4"), strict=True)):
+        values = _floats([r[2 + k] for r in rows])
+        bars = ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(values), 0.38, label=name, color=colour)
+        for bar, v in zip(bars, values, strict=True):
+            if not np.isnan(v):
+                ax.annotate(f"{v:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=8)  # fmt: skip
+    ax.set_xticks(x, [f"{task}\n{figure}" for task, figure, _, _ in rows])
+    ax.set_ylabel("headline figure")
+    ax.legend()
+    ax.set_title("Baseline and model per task")
+    save_png(fig, path)
+    return fig

@@ -98,3 +98,27 @@ def map_rows(ds: ray.data.Dataset, fn, ray_cfg: RayConfig, **fn_kwargs) -> ray.d
         fn_kwargs=fn_kwargs,
         num_cpus=ray_cfg.num_cpus,
     )
+
+
+def map_with_actors(
+    ds: ray.data.Dataset,
+    actor: type,
+    kwargs: dict[str, Any],
+    *,
+    batch_size: int,
+    num_actors: int,
+    cpus_per_actor: float,
+    gpus_per_actor: float = 0,
+) -> ray.data.Dataset:
+    """`ds` mapped by a fixed pool of `num_actors` instances of `actor` (built with `kwargs`;
+    each holds a model), `batch_size` rows per call in pyarrow format: how the consistency
+    filter, batch scoring and evaluation score rows."""
+    return ds.map_batches(
+        actor,
+        fn_constructor_kwargs=kwargs,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor or None,
+    )

@@ -1,22 +1,25 @@
 """Evaluation: a prepared split scored by a model; metrics, predictions, answers and a report.
 
-`ray_jobs/eval.py` is its entrypoint. The model (`resolve_model`) is a bundle (its task,
-prompt, labels and pixel limits come from its hazard_model.json) or a local base model folder
-asked the template prompt of `task` (no fine-tuning: the baseline). A base model plus a LoRA
-adapter folder is a later slice, as are row prompts and generated answers: this slice scores
-tasks asked their template prompt and ranked by likelihood over a closed answer set
-(`hazard.config.eval.check_scorable`).
+`ray_jobs/eval.py` is its entrypoint. The model (`resolve_model`) is a bundle (its task, prompt,
+labels and pixel limits come from its hazard_model.json), a local base model folder (no
+fine-tuning: the baseline), or a base model folder plus a LoRA adapter folder (merged before
+scoring). An optional `baseline` model is scored on the same split the same way and set beside
+it in metrics.json and report.html.
 
 The split, `<data>/<split>/*.parquet` (the data job's shards, sample schema), is read by Ray
 Data in file-name order (the source's order) and scored with `map_batches` over an actor pool
-of `EvalScorer`s, as batch scoring does: each actor holds the model (`make_engine` for a
-bundle, `hazard.model.engines.Scorer` for a base folder); the prediction is the argmax label.
-Rows whose `answer` is None (the submission rows) are scored and written but left out of the
-metrics and counted as `unlabelled`; a row whose images cannot be decoded or scored gets an
-error reason, counts as `failed` and, when labelled, as a wrong (invalid) prediction.
+of `EvalScorer`s (`pipelines.common.map_with_actors`), as batch scoring does. Each row is
+answered as its own task says (`hazard.core.tasks`, through `hazard.model.answering.Answerer`):
+asked the template prompt or its own turns, ranked by likelihood over the closed answer set or
+generated and parsed, so a split may mix tasks. Rows whose `answer` is None (the submission
+rows) are scored and written but left out of the metrics and counted as `unlabelled`; a row
+whose images cannot be decoded or scored gets an error reason, counts as `failed` and, when
+labelled, as an unparsed prediction; a generated answer that does not parse is kept (`raw`)
+and counted by the parse rate.
 
 Written to `out` (folder or s3://), rows in the split's order (`pipelines.eval_outputs`):
-`predictions.parquet`, `metrics.json`, `answers/<dataset>.json`, `report.html`.
+`predictions.parquet`, `metrics.json`, `answers/<dataset>.json`, `report.html`, and with a
+baseline `baseline/predictions.parquet`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hazard.config.eval import EvalConfig, check_scorable
+from hazard.config.eval import EvalConfig
 from hazard.core.tasks import get_task
 from hazard.infra.bundle import BUNDLE_FILE, read_meta
 from hazard.infra.storage import (
@@ -45,16 +48,20 @@ from hazard.infra.storage import (
     parse_uri,
     read_parquet,
 )
+from pipelines.common import map_with_actors
 from pipelines.eval_outputs import (
+    BASELINE_DIR,
     PREDICTIONS_FILE,
+    compare,
     output_schema,
     prob_column,
     summarise,
     write_outputs,
 )
-from pipelines.score import CascadeScorer
 
 log = logging.getLogger("eval")
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class EvalError(ValueError):
@@ -63,13 +70,17 @@ class EvalError(ValueError):
 
 @dataclass(frozen=True)
 class EvalModel:
-    """What scores the split: a bundle or a base model folder, with its task and label set."""
+    """What scores the split: a bundle, a base model folder, or a base folder and an adapter.
 
-    kind: str  # "bundle" | "base"
+    `task`, `prompt` and `labels` are the bundle's (None/empty for a base model: each row is
+    asked its own task's prompt and ranked over its task's answers)."""
+
+    kind: str  # "bundle" | "base" | "adapter"
     uri: str
-    task: str
-    prompt: str
-    labels: tuple[str, ...]
+    task: str | None = None
+    prompt: str | None = None
+    labels: tuple[str, ...] = ()
+    adapter: str | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
     name: str | None = None  # bundle only
@@ -81,44 +92,63 @@ class EvalModel:
             "labels": list(self.labels)
         }
 
+    def asks(self, task: str) -> tuple[str | None, tuple[str, ...] | None]:
+        """(template prompt, closed answers) rows of `task` are asked and ranked over: the
+        bundle's own for its task, None (the task's) otherwise."""
+        if task == self.task:
+            return self.prompt, self.labels or None
+        return None, None
 
-def resolve_model(cfg: EvalConfig) -> EvalModel:
-    """The bundle or base model `cfg.model` names; EvalError when it cannot be evaluated."""
-    if exists(join_uri(cfg.model, BUNDLE_FILE), cfg.storage):
-        meta = read_meta(cfg.model, cfg.storage)
+
+def _local_folder(uri: str, what: str, needs: str) -> str:
+    scheme, path = parse_uri(uri)
+    if scheme != "file" or not (Path(path) / needs).is_file():
+        raise EvalError(f"{uri}: not a local {what} folder (no {needs})")
+    return path
+
+
+def resolve_model(uri: str, cfg: EvalConfig, adapter: str | None = None) -> EvalModel:
+    """The bundle, base model or base + adapter at `uri`; EvalError when it cannot be evaluated
+    with `cfg` (task, pixel limits, engine)."""
+    if exists(join_uri(uri, BUNDLE_FILE), cfg.storage):
+        meta = read_meta(uri, cfg.storage)
+        if adapter is not None:
+            raise EvalError(f"{uri} is a bundle (its adapter is merged in): drop `adapter`")
         if cfg.task is not None and cfg.task != meta.task:
-            raise EvalError(f"task {cfg.task!r} given, but bundle {cfg.model} is a {meta.task} one")
+            raise EvalError(f"task {cfg.task!r} given, but bundle {uri} is a {meta.task} one")
         if cfg.min_pixels is not None or cfg.max_pixels is not None:
             raise EvalError("min_pixels/max_pixels are for a base model; a bundle has its own")
-        try:
-            check_scorable(get_task(meta.task))
-        except ValueError as exc:
-            raise EvalError(f"bundle {cfg.model}: {exc}") from None
+        if cfg.engine == "vllm" and not get_task(meta.task).ranks_fixed_prompt:
+            raise EvalError(
+                f"bundle {uri}: engine vllm scores fixed-prompt tasks ranked by likelihood; "
+                f"{meta.task} is not one (use engine transformers)"
+            )
         return EvalModel(
-            "bundle", cfg.model, meta.task, meta.prompt, tuple(meta.labels),
+            "bundle", uri, meta.task, meta.prompt, tuple(meta.labels), None,
             meta.min_pixels, meta.max_pixels, meta.name, meta.version,
         )  # fmt: skip
-    scheme, path = parse_uri(cfg.model)
-    if scheme != "file" or not (Path(path) / "config.json").is_file():
-        raise EvalError(
-            f"{cfg.model}: neither a bundle (no {BUNDLE_FILE}) nor a local base model folder "
-            "(no config.json)"
-        )
-    if cfg.task is None:
-        raise EvalError(f"{cfg.model} is a base model, not a bundle: give its task (--task)")
+    if not exists(uri, cfg.storage):
+        raise EvalError(f"model {uri} not found")
+    path = _local_folder(uri, "base model (or bundle)", "config.json")
     if cfg.engine != "transformers":
-        raise EvalError("a base model is scored with engine 'transformers'")
-    spec = get_task(cfg.task)
+        raise EvalError(
+            "a base model (with or without adapter) is scored with engine 'transformers'"
+        )
+    if adapter is None:
+        return EvalModel("base", path, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    adapter_path = _local_folder(adapter, "LoRA adapter", "adapter_config.json")
+    if not (Path(adapter_path) / ADAPTER_WEIGHTS).is_file():  # never a pickled .bin
+        raise EvalError(f"adapter {adapter}: no {ADAPTER_WEIGHTS} (weights load from safetensors)")
     return EvalModel(
-        "base", path, spec.name, spec.prompt, tuple(spec.labels or ()),
-        cfg.min_pixels, cfg.max_pixels,
+        "adapter", path, adapter=adapter_path, min_pixels=cfg.min_pixels,
+        max_pixels=cfg.max_pixels,
     )  # fmt: skip
 
 
 def plan_split(cfg: EvalConfig, model: EvalModel) -> tuple[list[FileEntry], pa.Table]:
     """The split's Parquet files (sorted) and its (id, task, answer) columns, checked: the
-    split exists and has rows, every row is of the model's task and every answer one of its
-    labels (or None)."""
+    split exists and has rows; every row's task is registered, is `cfg.task` when given and the
+    bundle's when the model is one; every answer is a valid reference of its task (or None)."""
     split_uri = join_uri(cfg.data, cfg.split)
     if not exists(cfg.data, cfg.storage):
         raise EvalError(f"data folder {cfg.data} not found")
@@ -132,132 +162,234 @@ def plan_split(cfg: EvalConfig, model: EvalModel) -> tuple[list[FileEntry], pa.T
     )
     if light.num_rows == 0:
         raise EvalError(f"the {cfg.split} split in {cfg.data} holds no rows")
-    tasks = sorted(set(light.column("task").to_pylist()) - {model.task})
-    if tasks:
+    tasks = sorted(set(light.column("task").to_pylist()))
+    wanted = cfg.task or model.task
+    if wanted is not None and tasks != [wanted]:
         raise EvalError(
-            f"the {cfg.split} split holds {tasks} rows; the model is a {model.task} one"
+            f"the {cfg.split} split holds {tasks} rows; the model is asked {wanted} only"
         )
-    answers = {a for a in light.column("answer").to_pylist() if a is not None}
-    unknown = sorted(answers - set(model.labels))
-    if unknown:
-        raise EvalError(
-            f"answers {unknown} of the split are not labels of the model {model.labels}"
-        )
+    for name in tasks:
+        try:
+            spec = get_task(name)
+        except ValueError as exc:
+            raise EvalError(f"the {cfg.split} split: {exc}") from None
+        _, labels = model.asks(name)
+        for row_id, task, answer in zip(
+            *(light.column(c).to_pylist() for c in ("id", "task", "answer")), strict=True
+        ):
+            if task != name or answer is None:
+                continue
+            if labels is not None and answer not in labels:
+                raise EvalError(
+                    f"row {row_id}: answer {answer!r} is not a label of the model {labels}"
+                )
+            problem = spec.answer.check(answer)
+            if problem:
+                raise EvalError(f"row {row_id} ({name}): reference {answer!r} {problem}")
     return files, light
 
 
 class EvalScorer:
-    """Holds the model; scores a batch of split rows (id, task, images, answer)."""
+    """Holds one model; answers a batch of split rows (id, task, images, answer, conversation)
+    and returns them as predictions.parquet rows (`output_schema(choices)`)."""
 
-    def __init__(self, model: EvalModel, dtype: str, engine: str, vllm: dict | None = None):
-        from hazard.model.engines import Scorer, make_engine
+    def __init__(
+        self, model: EvalModel, choices: tuple[str, ...], dtype: str, engine: str, vllm: dict
+    ):
+        self.model, self.choices = model, choices
+        self.schema = output_schema(choices)
+        self.answerers: dict[str, Any] = {}
+        self.engine = None
+        if engine == "vllm":  # a bundle of a fixed-prompt likelihood task (resolve_model)
+            from hazard.model.engines import make_engine
 
-        self.labels = model.labels
-        if model.kind == "bundle":  # on the actor's GPU when it reserved one
             self.engine = make_engine(engine, model.uri, dtype, vllm)
+            return
+        from hazard.model.device import load_scoring_model, place_model
+        from hazard.model.vlm import load_processor
+
+        path, lo, hi = model.uri, model.min_pixels, model.max_pixels
+        if model.kind == "bundle":
+            from hazard.infra.bundle import open_bundle
+
+            path = str(open_bundle(model.uri).path)
+        if model.kind == "adapter":
+            from hazard.model.training.export import merge_adapter
+
+            self.net = place_model(merge_adapter(path, Path(model.adapter), dtype), dtype)
         else:
-            self.engine = BaseModelEngine(
-                Scorer(model.uri, model.prompt, model.labels, dtype, model.max_pixels,
-                       model.min_pixels)
-            )  # fmt: skip
-        self.schema = output_schema(self.labels)
+            self.net = load_scoring_model(path, dtype)
+        self.processor = load_processor(path, hi, lo)
+
+    def answerer(self, task: str):
+        """The Answerer of `task` (built once per actor)."""
+        if task not in self.answerers:
+            from hazard.model.answering import Answerer
+
+            prompt, labels = self.model.asks(task)
+            self.answerers[task] = Answerer(
+                self.net, self.processor, get_task(task), prompt, labels
+            )
+        return self.answerers[task]
+
+    def answer_all(self, task: str, samples: list) -> list:
+        """Answers of `samples` of `task`; if the batch fails, each alone (its error kept)."""
+        from hazard.model.answering import Answer
+
+        def run(part: list) -> list:
+            if self.engine is not None:
+                return [Answer(max(p, key=p.get), probs=p) for p in self.engine.probabilities(
+                    [imgs for _, imgs in part])]  # fmt: skip
+            return self.answerer(task).answer(part)
+
+        try:
+            return run(samples)
+        except Exception as exc:
+            if len(samples) == 1:
+                return [exc]
+        out = []
+        for sample in samples:
+            try:
+                out.extend(run([sample]))
+            except Exception as exc:  # one sample the model cannot take must not stop the job
+                out.append(exc)
+        return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from hazard.model.vlm import open_stored_image
-
         n = batch.num_rows
-        refs = batch.column("answer").to_pylist()
+        cols = {c: batch.column(c).to_pylist() for c in ("task", "answer", "conversation")}
         errors: list[str | None] = [None] * n
         details: list[str | None] = [None] * n
-        samples: dict[int, list] = {}
+        by_task: dict[str, list[int]] = {}
+        samples: dict[int, Any] = {}
         for i, images in enumerate(batch.column("images").to_pylist()):
+            task = cols["task"][i]
             try:
                 if not images:
                     raise ValueError("the row holds no image")
-                samples[i] = [open_stored_image(data) for data in images]
+                if self.engine is not None:
+                    from hazard.model.vlm import open_stored_image
+
+                    samples[i] = (None, [open_stored_image(b) for b in images])
+                else:
+                    samples[i] = self.answerer(task).sample(images, cols["conversation"][i])
+                by_task.setdefault(task, []).append(i)
             except Exception as exc:  # PIL raises several types; the row fails, not the job
                 errors[i], details[i] = "undecodable", f"{type(exc).__name__}: {exc}"
-        scored = CascadeScorer.probabilities(self.engine, list(samples.values()))
-        probs = dict(zip(samples, scored, strict=True))
+        answers: dict[int, Any] = {}
+        for task, rows in by_task.items():
+            got = self.answer_all(task, [samples[i] for i in rows])
+            answers.update(zip(rows, got, strict=True))
         out: dict[str, list[Any]] = {f.name: [] for f in self.schema}
         for i in range(n):
-            p = probs.get(i)
-            if isinstance(p, Exception):
-                errors[i], details[i], p = "model_error", f"{type(p).__name__}: {p}", None
-            pred = max(self.labels, key=p.__getitem__) if p else None  # first label on ties
+            a = answers.get(i)
+            if isinstance(a, Exception):
+                errors[i], details[i], a = "model_error", f"{type(a).__name__}: {a}", None
+            spec, ref = get_task(cols["task"][i]), cols["answer"][i]
+            pred = a.prediction if a is not None else None
             out["prediction"].append(pred)
-            out["correct"].append(None if refs[i] is None else pred == refs[i])
-            for label in self.labels:
-                out[prob_column(label)].append(p[label] if p else None)
+            out["raw"].append(a.raw if a is not None else None)
+            same = None
+            if ref is not None:
+                parsed = spec.answer.parse(pred) if pred is not None else None
+                same = spec.answer.same(spec.answer.read(ref), parsed)
+            out["correct"].append(same)
+            probs = (a.probs if a is not None else None) or {}
+            for choice in self.choices:
+                out[prob_column(choice)].append(probs.get(choice))
             out["error"].append(errors[i])
             out["error_detail"].append(details[i])
-        out |= {"id": batch.column("id"), "task": batch.column("task"), "reference": refs}
+        out |= {"id": batch.column("id"), "task": batch.column("task"), "reference": cols["answer"]}
         return pa.table(out, schema=self.schema)
 
 
-class BaseModelEngine:
-    """A base model folder's `Scorer` as an engine: `probabilities` as {label: p} per sample."""
+def score_choices(model: EvalModel, tasks: list[str]) -> tuple[str, ...]:
+    """The closed answers likelihood ranks for the split's tasks, in order (p_<choice> columns)."""
+    out: list[str] = []
+    for name in tasks:
+        spec = get_task(name)
+        _, labels = model.asks(name)
+        if spec.inference.mode == "likelihood":
+            out += [c for c in labels or spec.labels or () if c not in out]
+    return tuple(out)
 
-    def __init__(self, scorer):
-        self.scorer = scorer
 
-    def probabilities(self, images: list[list]) -> list[dict[str, float]]:
-        rows = self.scorer.score(images)
-        return [dict(zip(self.scorer.labels, map(float, r), strict=True)) for r in rows]
-
-
-def evaluate(cfg: EvalConfig) -> dict:
-    """Score the split and write the outputs; returns metrics.json's content (Ray is started,
-    or joined, once the model and the split have been checked)."""
+def score_model(cfg: EvalConfig, model: EvalModel, files, light, out: str) -> list[dict]:
+    """Score the split with `model` through the actor pool; write predictions.parquet to `out`;
+    the rows (without the probability columns), in the split's order."""
     import ray
 
-    start = time.time()
-    cfg = cfg.model_copy(update={k: absolute(getattr(cfg, k)) for k in ("model", "data", "out")})
-    model = resolve_model(cfg)
-    files, light = plan_split(cfg, model)
-    if not ray.is_initialized():  # after the checks: a bad model or split starts no Ray
-        ray.init()
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    tasks = sorted(set(light.column("task").to_pylist()))
+    choices = score_choices(model, tasks)
     fs, _ = filesystem_for(cfg.data, cfg.storage)
     paths = [filesystem_for(e.uri, cfg.storage)[1] for e in files]
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=["id", "task", "images", "answer"])
+    ds = ray.data.read_parquet(
+        paths, filesystem=fs, columns=["id", "task", "images", "answer", "conversation"]
+    )
     log.info("[eval] %s %s: %d rows of %s", model.kind, model.uri, light.num_rows, cfg.split)
-    scored = ds.map_batches(
+    scored = map_with_actors(
+        ds,
         EvalScorer,
-        fn_constructor_kwargs={
+        {
             "model": model,
+            "choices": choices,
             "dtype": cfg.dtype,
             "engine": cfg.engine,
             "vllm": cfg.vllm.model_dump(),
         },
         batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-        num_cpus=cfg.cpus_per_actor,
-        num_gpus=cfg.gpus_per_actor or None,
+        num_actors=cfg.num_actors,
+        cpus_per_actor=cfg.cpus_per_actor,
+        gpus_per_actor=cfg.gpus_per_actor,
     )
-    schema = output_schema(model.labels)
+    schema = output_schema(choices)
     rows: list[dict[str, Any]] = []
     last = time.time()
-    with open_output(join_uri(cfg.out, PREDICTIONS_FILE), cfg.storage) as fh:
+    with open_output(join_uri(out, PREDICTIONS_FILE), cfg.storage) as fh:
         writer = pq.ParquetWriter(fh, schema)
         for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
             batch = batch.cast(schema)
             writer.write_table(batch)
-            rows.extend(batch.drop_columns([prob_column(lab) for lab in model.labels]).to_pylist())
+            rows.extend(batch.drop_columns([prob_column(c) for c in choices]).to_pylist())
             if time.time() - last >= cfg.progress_every_s:
                 last = time.time()
                 log.info("[eval] %d/%d rows scored", len(rows), light.num_rows)
         writer.close()
     if [r["id"] for r in rows] != light.column("id").to_pylist():  # one row each, in order
         raise RuntimeError(f"{light.num_rows} rows in the split but {len(rows)} scored rows")
+    return rows
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Score the split (and the baseline) and write the outputs; returns metrics.json's content
+    (Ray is started, or joined, once the models and the split have been checked)."""
+    import ray
+
+    start = time.time()
+    keys = ("model", "data", "out", "adapter", "baseline")
+    cfg = cfg.model_copy(
+        update={k: absolute(getattr(cfg, k)) for k in keys if getattr(cfg, k) is not None}
+    )
+    model = resolve_model(cfg.model, cfg, cfg.adapter)
+    baseline = resolve_model(cfg.baseline, cfg) if cfg.baseline is not None else None
+    files, light = plan_split(cfg, model)
+    if baseline is not None:
+        plan_split(cfg, baseline)
+    if not ray.is_initialized():  # after the checks: a bad model or split starts no Ray
+        ray.init()
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    rows = score_model(cfg, model, files, light, cfg.out)
     report = summarise(rows, model.describe(), cfg.split, cfg.data)
+    if baseline is not None:
+        base_rows = score_model(cfg, baseline, files, light, join_uri(cfg.out, BASELINE_DIR))
+        report["baseline"] = summarise(base_rows, baseline.describe(), cfg.split, cfg.data)
+        report["comparison"] = compare(report, report["baseline"])
     report |= {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "engine": cfg.engine if model.kind == "bundle" else "transformers",
+        "engine": cfg.engine,
         "dtype": cfg.dtype,
         "seconds": round(time.time() - start, 2),
     }
-    write_outputs(cfg.out, report, rows, model.labels, cfg.dataset or model.task, cfg.storage)
+    write_outputs(cfg.out, report, rows, cfg.dataset, cfg.storage)
     log.info("[eval] done: %s -> %s", report["counts"], cfg.out)
     return report

@@ -45,6 +45,7 @@ from hazard.infra.storage import (
     open_output,
     write_bytes,
 )
+from pipelines.common import map_with_actors
 from pipelines.sources import Source, plan_source
 
 log = logging.getLogger("score_dataset")
@@ -287,9 +288,10 @@ def score_dataset(cfg: ScoreDatasetConfig) -> dict:
     ds = read_dataset(cfg, source)
     total = len(files) if fmt == "folder" else ds.count()
     log.info("[score] %s source %s: %d images to score", fmt, cfg.source, total)
-    scored = ds.map_batches(
+    scored = map_with_actors(
+        ds,
         CascadeScorer,
-        fn_constructor_kwargs={
+        {
             "base_uri": cfg.base_uri,
             "specialist_uri": cfg.specialist_uri,
             "dtype": cfg.dtype,
@@ -299,10 +301,9 @@ def score_dataset(cfg: ScoreDatasetConfig) -> dict:
             "vllm": cfg.vllm.model_dump(),
         },
         batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-        num_cpus=cfg.cpus_per_actor,
-        num_gpus=cfg.gpus_per_actor or None,
+        num_actors=cfg.num_actors,
+        cpus_per_actor=cfg.cpus_per_actor,
+        gpus_per_actor=cfg.gpus_per_actor,
     )
     listed = scored_n = escalated = 0
     failed: dict[str, int] = {}

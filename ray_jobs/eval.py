@@ -3,13 +3,17 @@
     ray job submit --address http://127.0.0.1:8265 -- \\
         python -m ray_jobs.eval --config configs/tiny/eval.yaml \\
         [--model runs/demo/stage1_base/model] [--data runs/demo/data] [--split test] \\
-        [--out runs/demo/eval] [--task corridor_risk] [--set num_actors=2]
+        [--out runs/demo/eval] [--task corridor_risk] [--set num_actors=2] \\
+        [--adapter runs/x/checkpoints/.../adapter] [--baseline tiny-model-folder]
 
-`--model` is a bundle, or a base model folder with `--task` (the baseline without
-fine-tuning); the flags override the config's keys (and win over `--set`). What is scored and
-written is `pipelines.evaluate`'s. Run as a Ray job it joins that cluster; run directly it
-starts a local Ray once the model and the split have been checked. Exit code 2 on a bad config
-(unknown split or task, bad key), 1 on an unusable model, data folder or storage.
+`--model` is a bundle, or a base model folder (the model without fine-tuning), with
+`--adapter` a LoRA adapter merged into it; `--baseline` a second model scored on the same split
+and compared per task in metrics.json and report.html. Each row is asked as its task says
+(`--task` only checks that every row is of it). The flags override the config's keys (and win
+over `--set`). What is scored and written is `pipelines.evaluate`'s. Run as a Ray job it
+joins that cluster; run directly it starts a local Ray once the models and the split have been
+checked. Exit code 2 on a bad config (unknown split or task, bad key), 1 on an unusable model,
+adapter, data folder or storage.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Sequence
 from hazard.config import add_config_args, load_job_config
 from hazard.config.eval import EvalConfig
 
-FLAGS = ("model", "data", "split", "out", "task")
+FLAGS = ("model", "adapter", "baseline", "data", "split", "out", "task")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,21 +8,9 @@ from pydantic import Field, field_validator, model_validator
 
 from hazard.config.serve import VLLMOptions
 from hazard.config.storage import StorageConfig
-from hazard.core.decoding import Likelihood
 from hazard.core.schema import SPLITS
 from hazard.core.strict import StrictModel
-from hazard.core.tasks import TaskSpec, get_task
-
-
-def check_scorable(spec: TaskSpec) -> None:
-    """ValueError unless `hazard eval` scores `spec` in this slice: its template prompt, ranked
-    by likelihood over its closed answer set."""
-    if spec.prompt_source != "template" or not isinstance(spec.inference, Likelihood):
-        raise ValueError(
-            f"task {spec.name}: eval scores tasks asked their template prompt and ranked by "
-            f"likelihood over a closed answer set; this one has prompt_source "
-            f"{spec.prompt_source!r} and {type(spec.inference).__name__} inference"
-        )
+from hazard.core.tasks import get_task
 
 
 class EvalConfig(StrictModel):
@@ -30,13 +18,25 @@ class EvalConfig(StrictModel):
 
     model: str = Field(
         description="A model bundle (a training stage's <output_dir>/model: local, file:// or "
-        "s3://; its task, labels and pixel limits are used), or a local base model folder "
-        "(a Qwen2.5-VL checkpoint, no fine-tuning: give `task`)."
+        "s3://; its task, prompt, labels and pixel limits are used), or a local base model "
+        "folder (a Qwen2.5-VL checkpoint), alone (no fine-tuning) or with `adapter`."
+    )
+    adapter: str | None = Field(
+        None,
+        description="A local LoRA adapter folder (PEFT: adapter_config.json and "
+        "adapter_model.safetensors, e.g. a checkpoint's adapter/) merged into the base "
+        "model `model` before scoring.",
+    )
+    baseline: str | None = Field(
+        None,
+        description="A second model scored on the same split for comparison (typically the "
+        "base model the bundle was fine-tuned from): a bundle or a local base model folder. "
+        "Its figures go beside the model's in metrics.json and report.html.",
     )
     task: str | None = Field(
         None,
-        description="Task (hazard.core.tasks) the base model is asked; with a bundle, None or "
-        "the bundle's own task.",
+        description="Task (hazard.core.tasks) every row must be of (None: each row's own "
+        "`task`); with a bundle, None or the bundle's own task.",
     )
     data: str = Field(
         description="The data job's output_dir (folder or s3://): <data>/<split>/*.parquet "
@@ -49,7 +49,9 @@ class EvalConfig(StrictModel):
     )
     dataset: str | None = Field(
         None,
-        description="Name of the answers file, answers/<dataset>.json (None: the task's name).",
+        description="Name of the answers file, answers/<dataset>.json, when the split holds "
+        "one task (None: the task's name); a split of several tasks gets one file per task, "
+        "answers/<dataset>_<task>.json (or <task>.json).",
     )
     min_pixels: int | None = Field(
         None, ge=1, description="Base model only: the processor's min_pixels (None: its own)."
@@ -66,8 +68,9 @@ class EvalConfig(StrictModel):
     )
     engine: Literal["transformers", "vllm"] = Field(
         "transformers",
-        description="Engine that scores a bundle; vllm needs a GPU per actor. A base model is "
-        "scored with transformers.",
+        description="Engine that scores a bundle; vllm needs a GPU per actor and takes bundles of "
+        "fixed-prompt, likelihood-ranked tasks (TaskSpec.ranks_fixed_prompt). Base models, "
+        "adapters and generated answers are scored with transformers.",
     )
     vllm: VLLMOptions = Field(
         default_factory=VLLMOptions, description="vLLM settings (engine: vllm)."
@@ -86,7 +89,7 @@ class EvalConfig(StrictModel):
     @classmethod
     def _task(cls, task: str | None) -> str | None:
         if task is not None:
-            check_scorable(get_task(task))  # ValueError naming the known tasks
+            get_task(task)  # ValueError naming the known tasks
         return task
 
     @field_validator("dataset")
@@ -100,4 +103,6 @@ class EvalConfig(StrictModel):
     def _vllm_fits(self) -> EvalConfig:
         if self.engine == "vllm" and self.gpus_per_actor < 1:
             raise ValueError(f"engine vllm needs gpus_per_actor >= 1, not {self.gpus_per_actor}")
+        if self.engine == "vllm" and self.baseline is not None:
+            raise ValueError("engine vllm scores one bundle; score the baseline in its own run")
         return self

@@ -11,7 +11,12 @@ One object per kind; a task (`hazard.core.tasks.TaskSpec`) holds one. Every kind
   (parsers in `hazard.core.answers`; never a default);
 - `metrics(references, predictions)`: figures over read references and parsed predictions
   (None = unparsed), through the metric modules; always with `parse`, the parse-success rate
-  (`hazard.core.parse_rate.ParseRate`).
+  (`hazard.core.parse_rate.ParseRate`);
+- `format(value)`: a read or parsed value as its canonical text, which `parse` reads back to
+  the same value (what predictions files store); `same(reference, prediction)`: whether a
+  parsed prediction equals the reference (order-free for label sets and boxes);
+- `headline(metrics)`: (name, value, higher is better) of the one figure a comparison table
+  shows for the kind (accuracy, F1, MAE, ...).
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ from hazard.core.answers import (
     parse_score,
 )
 from hazard.core.detection import check_box, detection_report
-from hazard.core.metrics import _check_lengths, classification_report, micro_f1
+from hazard.core.metrics import check_lengths, classification_report, micro_f1
 from hazard.core.multilabel import multilabel_report
 from hazard.core.parse_rate import parse_success
 from hazard.core.regression import numeric_report
+from hazard.core.text_score import mean_rouge_l
+from hazard.core.text_score import tokens as text_tokens
 
 
 class AnswerProblem(ValueError):
@@ -57,6 +64,18 @@ class AnswerKind:
         raise NotImplementedError
 
     def metrics(self, references: Sequence[Any], predictions: Sequence[Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def format(self, value: Any) -> str:
+        """`value` as the canonical text `parse` reads back (module docstring)."""
+        return str(value)
+
+    def same(self, reference: Any, prediction: Any) -> bool:
+        """Whether parsed `prediction` (None: unparsed, never the same) equals `reference`."""
+        return prediction is not None and reference == prediction
+
+    def headline(self, metrics: dict[str, Any]) -> tuple[str, float | None, bool]:
+        """(name, value, higher is better) of the kind's headline figure in `metrics`."""
         raise NotImplementedError
 
     def check(self, answer: str) -> str | None:
@@ -120,6 +139,9 @@ class Label(AnswerKind):
     def metrics(self, references, predictions):
         return _label_metrics(references, predictions, self.labels or sorted(set(references)))
 
+    def headline(self, metrics):
+        return "balanced_accuracy", metrics["balanced_accuracy"], True
+
 
 @dataclass(frozen=True)
 class Letter(AnswerKind):
@@ -148,6 +170,9 @@ class Letter(AnswerKind):
 
     def metrics(self, references, predictions):
         return _label_metrics(references, predictions, self.choices)
+
+    def headline(self, metrics):
+        return "accuracy", metrics["accuracy"], True
 
 
 _LIST_SEP = re.compile(r"\s*[,;]\s*")
@@ -186,8 +211,17 @@ class Labels(AnswerKind):
     def parse(self, text: str) -> tuple[str, ...] | None:
         return parse_labels(text, self.labels)
 
+    def format(self, value: Sequence[str]) -> str:
+        return ", ".join(value) if value else "none"
+
+    def same(self, reference, prediction) -> bool:
+        return prediction is not None and set(reference) == set(prediction)
+
     def metrics(self, references, predictions):
         return multilabel_report(references, predictions, self.labels)
+
+    def headline(self, metrics):
+        return "micro_f1", metrics["micro_f1"], True
 
 
 @dataclass(frozen=True)
@@ -211,8 +245,14 @@ class Number(AnswerKind):
     def parse(self, text: str) -> float | int | None:
         return parse_number(text, whole=self.whole)
 
+    def format(self, value: float | int) -> str:
+        return _number_text(value)
+
     def metrics(self, references, predictions):
         return numeric_report(references, predictions, unparsed_error=None)
+
+    def headline(self, metrics):
+        return "mae", metrics["mae"], False
 
 
 @dataclass(frozen=True)
@@ -238,8 +278,14 @@ class Score(AnswerKind):
     def parse(self, text: str) -> float | None:
         return parse_score(text, (self.low, self.high))
 
+    def format(self, value: float) -> str:
+        return _number_text(value)
+
     def metrics(self, references, predictions):
         return numeric_report(references, predictions, unparsed_error=self.high - self.low)
+
+    def headline(self, metrics):
+        return "mae", metrics["mae"], False
 
 
 _BOX_FORM = 'not JSON boxes ([x1, y1, x2, y2], a list of them or [{"bbox_2d": ..., "label": ...}])'
@@ -287,8 +333,30 @@ class BoxList(AnswerKind):
     def parse(self, text: str) -> BoxAnswer | None:
         return parse_boxes(text, labelled=self.labelled)
 
+    def format(self, value: BoxAnswer) -> str:
+        if isinstance(value, dict):
+            items = [{"bbox_2d": _box_list(b), "label": k} for k, bs in value.items() for b in bs]
+            return json.dumps(items)
+        return json.dumps([_box_list(b) for b in value])
+
+    def same(self, reference, prediction) -> bool:
+        if prediction is None:
+            return False
+        if isinstance(reference, dict) != isinstance(prediction, dict):
+            return False
+        if isinstance(reference, dict):
+            return reference.keys() == prediction.keys() and all(
+                sorted(map(tuple, reference[k])) == sorted(map(tuple, prediction[k]))
+                for k in reference
+            )
+        return sorted(map(tuple, reference)) == sorted(map(tuple, prediction))
+
     def metrics(self, references, predictions):
         return detection_report(predictions, references, thresholds=self.thresholds)
+
+    def headline(self, metrics):
+        t = self.thresholds[0]
+        return f"f1@{t:g}", metrics["by_threshold"][t].f1, True
 
 
 @dataclass(frozen=True)
@@ -296,25 +364,38 @@ class Text(AnswerKind):
     """Free text (VQA answers, reports). A reference is valid unless `validate` (a function
     returning what is wrong, completing "'<answer>' ...", or None) says otherwise. A generated
     text parses unless it is blank. Metrics: the parse rate, the mean length in words of parsed
-    answers, and with `exact` the share that equal their reference (case and spaces folded;
-    unparsed answers count as wrong). A maintained text score (ROUGE-L or similar) for reports
-    is later work."""
+    answers, with `exact` the share that equal their reference (case and spaces folded;
+    unparsed answers count as wrong), and with `rouge_l` the mean ROUGE-L F-measure
+    (`hazard.core.text_score`) over the rows, an unparsed answer scoring 0 (counted, never
+    dropped); a reference without a word ROUGE-L can compare is then invalid."""
 
     validate: Callable[[str], str | None] | None = field(default=None, compare=False)
     exact: bool = False
+    rouge_l: bool = False
     kind: ClassVar[str] = "text"
 
     def read(self, answer: str) -> str:
         problem = self.validate(answer) if self.validate is not None else None
         if problem:
             raise AnswerProblem(problem)
+        if self.rouge_l and not text_tokens(answer):
+            raise AnswerProblem("has no word (a-z, 0-9) for the ROUGE-L score")
         return answer
 
     def parse(self, text: str) -> str | None:
         return text.strip() or None
 
+    def same(self, reference, prediction) -> bool:
+        return prediction is not None and _fold(prediction) == _fold(reference)
+
+    def headline(self, metrics):
+        for name in ("rouge_l", "exact_match"):
+            if name in metrics:
+                return name, metrics[name], True
+        return "parse_rate", metrics["parse"].rate, True
+
     def metrics(self, references, predictions):
-        _check_lengths(references, predictions)
+        check_lengths(references, predictions)
         parse = parse_success(predictions)
         words = [len(p.split()) for p in predictions if p is not None]
         out: dict[str, Any] = {
@@ -328,8 +409,21 @@ class Text(AnswerKind):
                 for r, p in zip(references, predictions, strict=True)
             ]
             out["exact_match"] = sum(same) / len(same)
+        if self.rouge_l:
+            out["rouge_l"] = mean_rouge_l(references, predictions)
         return out
 
 
 def _fold(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+def _number_text(value: float | int) -> str:
+    """A number as plain decimal text (no exponent; whole floats without ".0")."""
+    if float(value).is_integer():
+        return str(int(value))
+    return format(float(value), ".12f").rstrip("0").rstrip(".")
+
+
+def _box_list(box: Sequence[float]) -> list[float | int]:
+    return [int(v) if float(v).is_integer() else float(v) for v in box]

@@ -91,6 +91,12 @@ class TaskSpec:
         object.__setattr__(self, "answer_check", kind.check)
         object.__setattr__(self, "inference", inference)
 
+    @property
+    def ranks_fixed_prompt(self) -> bool:
+        """Asked its template prompt and ranked by likelihood over its closed answer set: what
+        the label engines (`hazard.model.engines`, vLLM included) score."""
+        return self.prompt_source == "template" and isinstance(self.inference, Likelihood)
+
 
 TASKS: dict[str, TaskSpec] = {}
 
@@ -195,12 +201,30 @@ register(
         prompt_source="row",
     )
 )
-register(  # metrics for now: parse rate and mean length; a ROUGE-L-style score is later work
+register(  # FLARE's "Report Generation": ROUGE-L F-measure, parse rate and mean length
     TaskSpec(
         "report",
         "Write a report of what the picture shows.",
-        answer=Text(),
+        answer=Text(rouge_l=True),
         inference=_generate(512, repetition_penalty=1.05),
+        prompt_source="row",
+    )
+)
+register(  # FLARE's "Instance Detection": a label per box (e.g. chromosome identity), F1 at 0.3/0.5
+    TaskSpec(
+        "instance_detection",
+        'Give each object\'s box as [{"bbox_2d": [x1, y1, x2, y2], "label": "..."}] in 0-1000.',
+        answer=BoxList(labelled=True, thresholds=(0.3, 0.5)),
+        inference=_generate(512),
+        prompt_source="row",
+    )
+)
+register(  # FLARE's "Regression": a measured value, not a whole count; MAE
+    TaskSpec(
+        "regression",
+        "What is the measured value? Answer with a number.",
+        answer=Number(whole=False),
+        inference=_generate(16),
         prompt_source="row",
     )
 )

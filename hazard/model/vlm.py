@@ -295,7 +295,7 @@ def logits_at(model, inputs: dict[str, torch.Tensor], keep: torch.Tensor, **kwar
 
 
 def label_token_ids(processor, labels: tuple[str, ...]) -> list[list[int]]:
-    """Token ids of each label answer, ending with the end-of-turn token."""
+    """Token ids of each label (or option letter) answer, ending with the end-of-turn token."""
     tok = processor.tokenizer
     return [tok(label + END_OF_TURN, add_special_tokens=False)["input_ids"] for label in labels]
 
@@ -306,7 +306,6 @@ def first_tokens_collide(label_ids: list[list[int]]) -> bool:
     return len(set(firsts)) != len(firsts)
 
 
-@torch.no_grad()
 def label_log_likelihoods(
     model,
     processor,
@@ -315,17 +314,33 @@ def label_log_likelihoods(
     labels: tuple[str, ...],
     max_length: int = 4096,
 ) -> torch.Tensor:
-    """Log-likelihood of each label for each sample, shape [batch, n_labels].
+    """Log-likelihood of each label for each sample asked the fixed `prompt`, shape
+    [batch, n_labels]: `choice_log_likelihoods` of `template_messages`."""
+    asked = [(template_messages(prompt, None, len(imgs)), imgs) for imgs in images]
+    return choice_log_likelihoods(model, processor, asked, labels, max_length)
 
-    When the labels' first tokens are all distinct, one forward pass over the prompts reads the
+
+@torch.no_grad()
+def choice_log_likelihoods(
+    model,
+    processor,
+    samples: list[tuple[list[dict], list[Image.Image]]],
+    choices: tuple[str, ...],
+    max_length: int = 4096,
+) -> torch.Tensor:
+    """Log-likelihood of each answer in `choices` (labels, option letters) for each sample,
+    shape [batch, n_choices]. A sample is (messages ending with a user turn, its images), as
+    `encode_conversation` encodes it up to the generation prompt.
+
+    When the choices' first tokens are all distinct, one forward pass over the prompts reads the
     next-token distribution at the answer position. Otherwise one batched forward pass scores
-    every prompt+label sequence by its whole-sequence likelihood.
+    every prompt+choice sequence by its whole-sequence likelihood.
     """
-    label_ids = label_token_ids(processor, labels)
+    label_ids = label_token_ids(processor, choices)
     pad_id = processor.tokenizer.pad_token_id
-    encoded = [encode(processor, imgs, prompt, None, max_length) for imgs in images]
+    encoded = [encode_conversation(processor, msgs, imgs, max_length) for msgs, imgs in samples]
     if not first_tokens_collide(label_ids):
-        inputs = _to_device(collate(encoded, pad_id, processor.image_token_id), model)
+        inputs = to_device(collate(encoded, pad_id, processor.image_token_id), model)
         inputs.pop("labels")
         last = inputs["attention_mask"].sum(dim=1) - 1
         keep = torch.zeros_like(inputs["attention_mask"], dtype=torch.bool)
@@ -344,17 +359,17 @@ def label_log_likelihoods(
         for e in encoded
         for ids in label_ids
     ]
-    inputs = _to_device(collate(expanded, pad_id, processor.image_token_id), model)
+    inputs = to_device(collate(expanded, pad_id, processor.image_token_id), model)
     targets = inputs.pop("labels")
     logits = model(**inputs).logits[:, :-1].float()
     targets = targets[:, 1:]
     logp = torch.log_softmax(logits, dim=-1)
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     seq = (picked * (targets != IGNORE_INDEX)).sum(dim=1)
-    return seq.view(len(encoded), len(labels)).cpu()
+    return seq.view(len(encoded), len(choices)).cpu()
 
 
-def _to_device(inputs: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+def to_device(inputs: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
     """Move model inputs to the model's device (no-op on CPU)."""
     device = next(model.parameters()).device
     return {k: v.to(device) for k, v in inputs.items()}

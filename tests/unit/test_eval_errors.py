@@ -23,8 +23,11 @@ def _args(model, data, out, *extra: str) -> list[str]:
     [
         (["--split", "tset"], "unknown split 'tset'"),
         (["--task", "corridor"], "unknown task 'corridor'"),
-        (["--task", "multiple_choice"], "prompt_source 'row'"),
-        (["--task", "score"], "Generate inference"),
+        (["--set", "engine=vllm", "--set", "gpus_per_actor=0"], "needs gpus_per_actor >= 1"),
+        (
+            ["--set", "engine=vllm", "--set", "gpus_per_actor=1", "--baseline", "b"],
+            "score the baseline in its own run",
+        ),
         (["--set", "batch_sise=2"], "batch_sise"),
     ],
 )
@@ -61,7 +64,9 @@ def test_split_of_another_task_or_labels_exits_1(tmp_path, tiny_model_path, caps
     rows = [sample_row("r0", "high_risk", task="high_risk_binary")]
     data = write_split(tmp_path / "data", "test", [rows])
     assert main(_args(tiny_model_path, data, tmp_path / "o", "--task", "corridor_risk")) == 1
-    assert "['high_risk_binary'] rows; the model is a corridor_risk one" in capsys.readouterr().err
+    assert "['high_risk_binary'] rows; the model is asked corridor_risk only" in (
+        capsys.readouterr().err
+    )
     write_split(data, "val", [[]])
     assert main(_args(tiny_model_path, data, tmp_path / "o", "--task", "high_risk_binary",
                       "--split", "val")) == 1  # fmt: skip
@@ -69,17 +74,37 @@ def test_split_of_another_task_or_labels_exits_1(tmp_path, tiny_model_path, caps
 
 
 def test_bad_models_exit_1(tmp_path, tiny_model_path, data, capsys):
+    assert main(_args(tmp_path / "none", data, tmp_path / "o")) == 1
+    assert f"model {tmp_path / 'none'} not found" in capsys.readouterr().err
     assert main(_args(tmp_path, data, tmp_path / "o")) == 1
-    assert "neither a bundle (no hazard_model.json) nor a local base model" in (
-        capsys.readouterr().err
-    )
-    assert main(_args(tiny_model_path, data, tmp_path / "o")) == 1
-    assert "give its task (--task)" in capsys.readouterr().err
+    assert "not a local base model (or bundle) folder (no config.json)" in capsys.readouterr().err
     spec = get_task("multiple_choice")
     fields = bundle_fields(task=spec.name, prompt=spec.prompt, labels=list("ABCD"))
     fields.pop("val_predictions")
     write_bundle(checkpoint(tmp_path / "mcq"), **fields)
-    assert main(_args(tmp_path / "mcq", data, tmp_path / "o")) == 1
-    assert "prompt_source 'row'" in capsys.readouterr().err
+    assert main(_args(tmp_path / "mcq", data, tmp_path / "o")) == 1  # corridor rows
+    assert "holds ['corridor_risk'] rows; the model is asked multiple_choice only" in (
+        capsys.readouterr().err
+    )
     assert main(_args(tmp_path / "mcq", data, tmp_path / "o", "--task", "corridor_risk")) == 1
     assert "but bundle" in capsys.readouterr().err
+    vllm = ["--set", "engine=vllm", "--set", "gpus_per_actor=1"]
+    assert main(_args(tmp_path / "mcq", data, tmp_path / "o", *vllm)) == 1
+    assert "multiple_choice is not one (use engine transformers)" in capsys.readouterr().err
+    assert main(_args(tmp_path / "mcq", data, tmp_path / "o", "--adapter", str(tmp_path))) == 1
+    assert "is a bundle (its adapter is merged in)" in capsys.readouterr().err
+
+
+def test_bad_adapters_exit_1(tmp_path, tiny_model_path, data, capsys):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    args = _args(tiny_model_path, data, tmp_path / "o", "--adapter", str(adapter))
+    assert main(args) == 1
+    assert "not a local LoRA adapter folder (no adapter_config.json)" in capsys.readouterr().err
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.bin").write_bytes(b"pickle")  # never loaded
+    assert main(args) == 1
+    assert "no adapter_model.safetensors (weights load from safetensors)" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "o").exists()
