@@ -19,13 +19,20 @@ from hazard.config.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+TASK_TRAIN_CONFIGS = {
+    "tiny/mcq.yaml",
+    "mcq_7b.yaml",
+}
+"""Train configs of the task shapes beyond the cascade (docs/tasks.md, "Configs")."""
 
 
 def _model_for(path: Path):
     name = path.stem
     if "data" in name:
         return DataConfig
-    if name.startswith("stage"):
+    if name.startswith("stage") or path.relative_to(REPO / "configs").as_posix() in (
+        TASK_TRAIN_CONFIGS
+    ):
         return TrainConfig
     if name.startswith("calibrate"):
         return CalibrateConfig
@@ -49,6 +56,8 @@ def test_there_are_configs_for_every_job_and_size():
         "tiny/serve.yaml",
         "tiny/score.yaml",
         "score.yaml",
+        "tiny/mcq_data.yaml",
+        *TASK_TRAIN_CONFIGS,
     } <= names
 
 
@@ -107,6 +116,23 @@ def test_tiny_configs_chain_into_each_other_and_match_the_demo():
     assert s1.output_dir == demo["stage1"]
     assert s2.output_dir == demo["stage2"]
     assert cal.output_dir == demo["calibration"]
+
+
+def test_mcq_configs_chain_from_a_mac_folder():
+    """configs/tiny/mcq.yaml trains on what configs/tiny/mcq_data.yaml writes: MAC's alpaca
+    entries, one per split, the test split unlabelled, the row's own prompt, loss on the
+    answer letter, the bundle picked by accuracy; the 7B recipe trains the same task."""
+    tiny = REPO / "configs" / "tiny"
+    data = load_config(tiny / "mcq_data.yaml", DataConfig)
+    train = load_config(tiny / "mcq.yaml", TrainConfig)
+    recipe = load_config(REPO / "configs" / "mcq_7b.yaml", TrainConfig)
+    assert data.source.format == "llamafactory" and data.source.unlabelled_splits == ["test"]
+    assert set(data.source.splits) == {"train", "val", "test"}
+    assert data.task == train.optim.task == recipe.optim.task == "multiple_choice"
+    assert train.data_dir == data.output_dir and train.model.path == "tiny"
+    assert train.optim.loss_turns == recipe.optim.loss_turns == "last"
+    assert train.eval.metric == recipe.eval.metric == "accuracy"
+    assert recipe.optim.grad_accum_steps > 1 and recipe.checkpoint.keep > 1
 
 
 def test_strictness_is_spelled_once_in_the_product():
