@@ -9,7 +9,8 @@ id `<parent>#aug<k>`, `parent_id`, `aug_ops` (e.g. ["scale:0.93:reflect", "rotat
 a fresh `content_hash`, and the answer its ops map the parent's to (the built-in ops keep it);
 every other column is the parent's. How many copies and which ops follow the row's label
 (`answer`) through `augment.labels`. Every input row, rejected ones included, passes through
-unchanged; val/test and unlabelled rows (answer None) gain nothing. A copy that fails comes out
+unchanged; val/test and unlabelled rows (answer None) gain nothing, nor do rows of a boxes
+task (`grounding`, `instance_detection`: no op maps boxes). A copy that fails comes out
 rejected (`augment_failed`, stage `augment`).
 
 Each copy is drawn from (seed, sample id, copy index) only, so results do not depend on block
@@ -40,6 +41,7 @@ from PIL import Image
 from hazard.augment.geometry import Padding, choose_padding, normalize_mode
 from hazard.config.data import AugmentConfig, RayConfig, ValidationConfig
 from hazard.core.schema import content_hash
+from hazard.core.tasks import get_task
 from hazard.infra.images import encode_image, storage_format
 from pipelines.augment_plan import apply_plan, plan_answer, plan_copy, step_labels
 from pipelines.common import (
@@ -56,12 +58,15 @@ STAGE = "augment"
 
 
 def is_augmentable(row: dict[str, Any]) -> bool:
-    """A kept, original, labelled train row (unlabelled rows, answer None, never are)."""
+    """A kept, original, labelled train row (unlabelled rows, answer None, never are) whose
+    task's answer is not boxes: the geometric ops move what a box points at and no op maps
+    boxes (rows of a `task: mixed` job are judged by their own task)."""
     return (
         row.get(REJECT_REASON) is None
         and row.get("split") == "train"
         and row.get("parent_id") is None
         and row.get("answer") is not None
+        and get_task(row["task"]).answer.kind != "boxes"
     )
 
 

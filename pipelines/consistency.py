@@ -179,13 +179,17 @@ def _check_scored(scored: ray.data.Dataset, labels: tuple[str, ...]) -> None:
 
 
 def consistency_filter(
-    ds: ray.data.Dataset, cfg: ConsistencyConfig, task: TaskSpec, ray_cfg: RayConfig
+    ds: ray.data.Dataset, cfg: ConsistencyConfig, task: TaskSpec | None, ray_cfg: RayConfig
 ) -> ray.data.Dataset:
     """Score the kept train rows and reject inconsistent copies (materialized); `ds` itself
     when the filter is disabled. ValueError for a task without labels, a bundle without the
-    task's labels, or kept train rows whose answer is not a label."""
+    task's labels, or kept train rows whose answer is not a label; and for `task` None (a
+    `task: mixed` job, which DataConfig refuses with the filter on: one bundle scores one
+    task's labels)."""
     if not cfg.enabled:
         return ds
+    if task is None:
+        raise ValueError("the consistency filter cannot score a task: mixed job")
     require_labels(task)
     meta = read_meta(cfg.model_uri)  # the config guarantees a model_uri when enabled
     labels = check_labels(task, meta, cfg.model_uri)

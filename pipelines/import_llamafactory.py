@@ -48,12 +48,13 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
-from hazard.config.data import DataConfig
+from hazard.config.data import MIXED, DataConfig
 from hazard.config.storage import StorageConfig
 from hazard.core.schema import IMAGE_PLACEHOLDER
 from hazard.core.tasks import TaskSpec, get_task
 from hazard.infra.storage import StorageError, join_uri, read_bytes
 from pipelines.common import IMAGE_URIS, reject
+from pipelines.row_task import UNKNOWN_TASK, UnknownTask, task_of
 from pipelines.sources import (
     STAGE,
     ImageResolver,
@@ -367,7 +368,7 @@ def _image_paths(value: Any) -> list[Any]:
 
 def chat_row(
     source: Source,
-    task: TaskSpec,
+    task: TaskSpec | None,
     index: int,
     where: str,
     sample: Any,
@@ -375,9 +376,10 @@ def chat_row(
     images_column: str,
     resolve: ImageResolver,
 ) -> dict[str, Any]:
-    """One chat sample (sharegpt, alpaca or LLaVA) as a row, rejected at its first problem.
-    Its split is the source's (`options["split"]`); turns that end with the user's (only
-    `turns_of` of an unlabelled split gives them) make an unlabelled row, answer None."""
+    """One chat sample (sharegpt, alpaca, LLaVA or FLARE) as a row, rejected at its first
+    problem. Its split is the source's (`options["split"]`); turns that end with the user's
+    (only `turns_of` of an unlabelled split gives them) make an unlabelled row, answer None.
+    `task` None (a `task: mixed` job): the row's own task (`pipelines.row_task.task_of`)."""
     row = base_row(source, task, index, f"{source.annotation_name}:{index}")
     row["split"] = source.options.get("split")
     try:
@@ -392,6 +394,13 @@ def chat_row(
         labelled = turns[-1]["role"] == "assistant"
         row["prompt"] = tidy_prompt(turns[-2 if labelled else -1]["content"])
         row["answer"] = turns[-1]["content"].strip() if labelled else None
+        if task is None:
+            try:
+                task = task_of(sample, source.options, row["prompt"], row["answer"])
+            except UnknownTask as exc:
+                raise RowProblem(UNKNOWN_TASK, f"{where}: {exc}") from None
+            row["task"] = task.name
+        _check_image_turns(conversation, where)
         paths = _image_paths(sample.get(images_column))
         if not paths:
             raise RowProblem("bad_row", f"{where}: no image ({images_column!r} is empty)")
@@ -403,6 +412,7 @@ def chat_row(
         if len(resolved) == 1:
             row["source_uri"] = resolved[0][1]
         placeholders = sum(t["content"].count(IMAGE_PLACEHOLDER) for t in turns)
+        # (only user turns hold them: _check_image_turns)
         if placeholders != len(paths):
             raise RowProblem(
                 "image_count_mismatch",
@@ -421,6 +431,18 @@ def chat_row(
     return row
 
 
+def _check_image_turns(conversation: list[dict[str, str]], where: str) -> None:
+    """RowProblem `misplaced_image` when a system or assistant turn holds `<image>`: images
+    go in user turns (the encoder, hazard.model.vlm.conversation_messages, refuses others)."""
+    for i, turn in enumerate(conversation):
+        if turn["role"] != "user" and IMAGE_PLACEHOLDER in turn["content"]:
+            raise RowProblem(
+                "misplaced_image",
+                f"{where}: turn {i} ({turn['role']}) holds {IMAGE_PLACEHOLDER}; images go in "
+                "user turns only",
+            )
+
+
 def chat_rows(
     stream: TextIO,
     source: Source,
@@ -429,14 +451,22 @@ def chat_rows(
     jsonl: bool,
 ) -> Iterator[dict[str, Any]]:
     """Every record of a chat annotation file as a row, ids made unique."""
-    task = get_task(source.task)
-    name = source.annotation_name
+    rows = (row for _, _, row in chat_records(stream, source, turns_of, images_column, jsonl))
+    return finalize(rows, source.annotation_name)
+
+
+def chat_records(
+    stream: TextIO,
+    source: Source,
+    turns_of: Callable[[dict[str, Any], str], Turns],
+    images_column: str,
+    jsonl: bool,
+) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+    """(where, record, row) per record of a chat annotation file, ids not yet made unique."""
+    task = None if source.task == MIXED else get_task(source.task)
     resolve = ImageResolver(source)
-    rows = (
-        chat_row(source, task, i, where, v, turns_of, images_column, resolve)
-        for i, where, v in iter_json_records(stream, name, jsonl)
-    )
-    return finalize(rows, name)
+    for i, where, v in iter_json_records(stream, source.annotation_name, jsonl):
+        yield where, v, chat_row(source, task, i, where, v, turns_of, images_column, resolve)
 
 
 def iter_rows(stream: TextIO, source: Source) -> Iterator[dict[str, Any]]:

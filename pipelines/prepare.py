@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from hazard.config.data import DataConfig
+from hazard.config.data import MIXED, DataConfig
 from hazard.core.tasks import get_task
 from hazard.infra.storage import absolute
 from pipelines.augment import augment
@@ -45,7 +45,7 @@ def prepare(config: DataConfig) -> dict[str, Any]:
     source = config.source.model_copy(update={"uri": absolute(config.source.uri)})
     config = config.model_copy(update={"source": source, "output_dir": absolute(config.output_dir)})
     timings: dict[str, float] = {}
-    task = get_task(config.task)
+    task = None if config.task == MIXED else get_task(config.task)  # mixed: per row
 
     t = time.perf_counter()
     probed = probe_stage(read_source(config), config).materialize()

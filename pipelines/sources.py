@@ -5,7 +5,9 @@
 
 Needs: `config.source` (format, uri = local folder, file:// or s3:// prefix, file names) and
 `config.task`. Adds: STAGE_SCHEMA rows WITHOUT image bytes: `id`, `task`, `prompt`, `answer`,
-`split` (None when the source gives none; llamafactory `source.splits`: the entry's split),
+`split` (None when the source gives none; llamafactory `source.splits`: the entry's split;
+flare `source.split_field`: the row's), `task` (a `task: mixed` job: each row's own, see
+pipelines/row_task.py; None on rows rejected before it was known),
 `source_uri` (the image URI; multi-image or
 unresolved rows: `<annotation URI>#<index>`), `images=[]`, `content_hash=""`, `parent_id=None`,
 `aug_ops=[]`, `conversation` (JSON turns for chat sources, else None), `_order` (record index
@@ -24,7 +26,8 @@ task (Ray re-raises it on the driver as a subclass of SourceError).
 Row problems never fail the run: the row comes out rejected (stage "import") with one of
 `bad_row`, `bad_path`, `outside_source`, `unknown_label`, `bad_answer`, `bad_split`,
 `image_count_mismatch` (placeholders != images, or several images for a task whose
-`TaskSpec.multi_image` is False) and a detail naming the file and line or index. Images are
+`TaskSpec.multi_image` is False), `misplaced_image` (`<image>` in a system or assistant turn),
+`unknown_task` (mixed jobs) and a detail naming the file and line or index. Images are
 not opened here (no I/O per row beyond a symlink check on local sources): a missing or
 unreadable image is the business of the stage that reads the bytes from `_image_uris`.
 
@@ -38,6 +41,7 @@ Sections: planning, row helpers, annotation files, the Ray wrapper.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import io
@@ -56,7 +60,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 
-from hazard.config.data import DataConfig
+from hazard.config.data import MIXED, DataConfig
 from hazard.config.score import ScoreDatasetConfig
 from hazard.config.storage import StorageConfig
 from hazard.core.schema import IMAGE_PLACEHOLDER
@@ -78,12 +82,14 @@ from pipelines.common import (
     reject,
     stage_table,
 )
+from pipelines.row_task import task_options
 
 STAGE = "import"
 FORMAT_MODULES = {
     "folder": "pipelines.import_folder",
     "llamafactory": "pipelines.import_llamafactory",
     "llava": "pipelines.import_llava",
+    "flare": "pipelines.import_flare",
 }
 TARGET_BLOCKS = 200  # blocks per source, as estimated from the annotation file's size
 MAX_ROWS_PER_BLOCK = 8192
@@ -238,7 +244,11 @@ def plan_source(config: DataConfig | ScoreDatasetConfig) -> Source:
         image_dir=inside(src.image_dir, "source.image_dir"),
         local_root=local_root,
     )
-    return module.plan(base, config)
+    planned = module.plan(base, config)
+    if config.task != MIXED:
+        return planned
+    opts = task_options(src.format, src.task_field, src.task_map)
+    return dataclasses.replace(planned, options={**planned.options, **opts})
 
 
 def plan_files(config: ScoreDatasetConfig) -> Source:
@@ -285,12 +295,13 @@ def show(text: Any, limit: int = 80) -> str:
     return r if len(r) <= limit else r[: limit - 4] + "...'"
 
 
-def base_row(source: Source, task: TaskSpec, index: int, row_id: str) -> dict[str, Any]:
-    """A STAGE_SCHEMA row of the source with nothing parsed yet."""
+def base_row(source: Source, task: TaskSpec | None, index: int, row_id: str) -> dict[str, Any]:
+    """A STAGE_SCHEMA row of the source with nothing parsed yet (`task` None: a mixed job's
+    row, its task not known yet)."""
     return {
         "id": row_id,
         "images": [],
-        "task": task.name,
+        "task": task.name if task is not None else None,
         "prompt": None,
         "answer": None,
         "split": None,

@@ -17,7 +17,8 @@ copies, of which `augment_failed` and `filtered` (consistency) are rejected; wri
 before a split was known count under `unassigned`). `unlabelled` counts a split's accepted rows
 without an answer (`source.unlabelled_splits`; never augmented). The written counts, unlabelled
 ones included, are read back from the shards, a second path to the same numbers; `LineageError`
-is raised (after lineage.json is written) when any identity fails.
+is raised (after lineage.json is written) when any identity fails. `tasks` counts the rows of
+each task (`task_counts`; a `task: mixed` job's rows are of several).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from hazard.config.data import DataConfig
+from hazard.config.data import MIXED, DataConfig
 from hazard.core.schema import SAMPLE_SCHEMA, SPLITS
 from hazard.core.tasks import get_task
 from hazard.infra import storage
@@ -45,7 +46,7 @@ QUARANTINE_FILE = "quarantine.parquet"
 LINEAGE_FILE = "lineage.json"
 STAGES = ("import", "decode", "dedup", "augment", "consistency")
 UNASSIGNED = "unassigned"
-LIGHT = [ORDER, "id", "source_uri", "split", "answer", "parent_id", "aug_ops"]
+LIGHT = [ORDER, "id", "task", "source_uri", "split", "answer", "parent_id", "aug_ops"]
 LIGHT += [REJECT_STAGE, REJECT_REASON, REJECT_DETAIL]
 
 
@@ -178,6 +179,25 @@ def count(rows: list[dict[str, Any]], labels: tuple[str, ...] | None) -> dict[st
     return {"stages": stages, "splits": splits}
 
 
+def task_counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per task (the rows' own `task`; rows rejected before a mixed job knew it have none and
+    are not counted here): original rows `accepted`, `rejected` by reason, rows `written`
+    (augmented copies included)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["task"] is None:
+            continue
+        c = out.setdefault(r["task"], {"accepted": 0, "rejected": Counter(), "written": 0})
+        if r[REJECT_REASON]:
+            c["rejected"][r[REJECT_REASON]] += 1
+            continue
+        c["written"] += 1
+        c["accepted"] += r["parent_id"] is None
+    return {
+        t: {**c, "rejected": dict(sorted(c["rejected"].items()))} for t, c in sorted(out.items())
+    }
+
+
 def _labels(table: pa.Table, labels: tuple[str, ...] | None) -> dict[str, Any]:
     answers, parents = table["answer"].to_pylist(), table["parent_id"].to_pylist()
     by_label = Counter(a for a in answers if a is not None)
@@ -240,7 +260,7 @@ def write_outputs(
     """Quarantine, empty shards for empty splits and lineage.json, from every row's light
     columns (`light_rows`) after the shards were written; the lineage report."""
     t = time.perf_counter()
-    labels = get_task(config.task).labels
+    labels = None if config.task == MIXED else get_task(config.task).labels
     counts = count(rows, labels)
     for split in SPLITS:
         if counts["splits"][split]["to_write"] == 0:
@@ -290,6 +310,7 @@ def write_outputs(
         "filtered": totals["filtered"],
         "written": sum(written.values()),
         "stages": counts["stages"],
+        "tasks": task_counts(rows),
         "splits": splits,
         "quarantine": {
             "uri": quarantine_uri,

@@ -26,18 +26,24 @@ from hazard.core.strict import StrictModel
 from hazard.core.tasks import get_task
 
 ImageFormat = Literal["PNG", "JPEG", "WEBP"]
+MIXED = "mixed"
+"""`DataConfig.task` of a job whose rows are of several tasks (see `SourceConfig.task_field`)."""
+MIXED_FORMATS = ("flare", "llava")
 
 
 class SourceConfig(StrictModel):
     """Where the labelled images come from: a local folder or an `s3://` prefix."""
 
-    format: Literal["folder", "llamafactory", "llava"] = Field(
+    format: Literal["folder", "llamafactory", "llava", "flare"] = Field(
         "folder",
         description="Source layout. 'folder': <uri>/<labels_file>, a CSV `image,label[,split]` "
         "with image paths relative to the folder. 'llamafactory': <uri>/dataset_info.json, whose "
         "entry `dataset` names the JSON/JSONL file and its formatting (sharegpt or alpaca) and "
         "column/tag mappings. 'llava': <uri>/<annotations>, a JSON list of {id, image, "
-        "conversations: [{from: human|gpt, value}]}, image paths relative to <uri>/<image_dir>.",
+        "conversations: [{from: human|gpt, value}]}, image paths relative to <uri>/<image_dir>. "
+        "'flare': <uri>/<annotations>, a FLARE 2025 question file [{TaskType, Modality, "
+        "ImageName, Question, Answer, Split}], ImageName (one or a list) relative to "
+        "<uri>/<image_dir>.",
     )
     uri: str = Field(
         description="The source folder: a local path, file:// or s3://bucket/prefix URI."
@@ -61,14 +67,45 @@ class SourceConfig(StrictModel):
         "and is never augmented, filtered or trained on. Elsewhere an empty answer is rejected.",
     )
     annotations: str = Field(
-        "annotations.json", description="llava: the annotation file inside the folder."
+        "annotations.json",
+        description="llava/flare: the annotation (FLARE: question) file inside the folder.",
     )
     image_dir: str = Field(
-        ".", description="llava/llamafactory: folder the image paths are relative to."
+        ".", description="llava/llamafactory/flare: folder the image paths are relative to."
     )
+    split_field: str | None = Field(
+        None,
+        description="flare: the row key whose value is the row's split (FLARE: 'Split'; "
+        "train/training, val/validation/dev, test/testing; other values: bad_split). None: "
+        "splits are drawn (`split`).",
+    )
+    task_field: str | None = Field(
+        None,
+        description="task: mixed: the row key naming the row's task type (flare: default "
+        "'TaskType'; llava: None infers the task from the answer's shape, see "
+        "pipelines/row_task.py).",
+    )
+    task_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="task: mixed: {task type value: registered task}, over the format's "
+        "defaults (flare: pipelines/row_task.FLARE_TASKS); values are matched case-, space-, "
+        "'_'- and '-'-insensitively; a value mapped nowhere is quarantined (unknown_task).",
+    )
+
+    @field_validator("task_map")
+    @classmethod
+    def _registered_targets(cls, task_map: dict[str, str]) -> dict[str, str]:
+        for value, task in task_map.items():
+            try:
+                get_task(task)
+            except ValueError as exc:
+                raise ValueError(f"task_map[{value!r}]: {exc}") from None
+        return task_map
 
     @model_validator(mode="after")
     def _splits_consistent(self) -> SourceConfig:
+        if self.split_field is not None and self.format != "flare":
+            raise ValueError(f"source.split_field is for format flare, not {self.format!r}")
         if self.splits is None:
             if self.unlabelled_splits:
                 raise ValueError("source.unlabelled_splits needs source.splits (split -> entry)")
@@ -377,7 +414,10 @@ class DataConfig(StrictModel):
         "lineage.json."
     )
     task: str = Field(
-        "corridor_risk", description="Task name (hazard.core.tasks): prompt and labels."
+        "corridor_risk",
+        description="Task name (hazard.core.tasks): prompt and labels of every row; or "
+        f"'{MIXED}' (flare/llava sources): each row's task is given by `source.task_field` and "
+        "`source.task_map`, or inferred, and recorded in its `task` column.",
     )
     storage: StorageConfig = Field(
         default_factory=StorageConfig,
@@ -401,10 +441,36 @@ class DataConfig(StrictModel):
     @field_validator("task")
     @classmethod
     def _known_task(cls, task: str) -> str:
-        get_task(task)
+        if task != MIXED:
+            get_task(task)
         return task
 
     @model_validator(mode="after")
     def _augment_labels(self) -> DataConfig:
-        self.augment.check_labels(get_task(self.task).labels)
+        if self.task != MIXED:
+            self.augment.check_labels(get_task(self.task).labels)
+        return self
+
+    @model_validator(mode="after")
+    def _mixed_consistent(self) -> DataConfig:
+        src = self.source
+        if self.task != MIXED:
+            if src.task_field is not None or src.task_map:
+                raise ValueError(
+                    f"source.task_field/task_map are for task: {MIXED}; task {self.task!r} "
+                    "gives every row the same task"
+                )
+            return self
+        if src.format not in MIXED_FORMATS:
+            raise ValueError(
+                f"task: {MIXED} needs a source format that names or shows each row's task "
+                f"({', '.join(MIXED_FORMATS)}), not {src.format!r}"
+            )
+        if self.consistency.enabled:
+            raise ValueError(
+                f"the consistency filter scores one task's closed labels with one bundle; it "
+                f"cannot score a task: {MIXED} job (disable consistency)"
+            )
+        if self.augment.labels:
+            raise ValueError(f"augment.labels keys one task's labels; task: {MIXED} has none")
         return self

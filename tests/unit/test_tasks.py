@@ -28,6 +28,8 @@ def test_every_task_is_registered_with_its_kind_and_inference():
         "counting": ("number", "generate", "row"),
         "grounding": ("boxes", "generate", "row"),
         "report": ("text", "generate", "row"),
+        "instance_detection": ("boxes", "generate", "row"),
+        "regression": ("number", "generate", "row"),
     }
 
 
