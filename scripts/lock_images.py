@@ -18,6 +18,12 @@ Usage::
 
     python scripts/lock_images.py            # rewrite both lock files
     python scripts/lock_images.py gpu        # only one
+    python scripts/lock_images.py --keep     # add what pyproject.toml gained, keep every pin
+
+`--keep` resolves with the current lock as pip constraints: a package already locked keeps its
+version and only new requirements (and what they pull in) are added, so the lock's diff is the
+change itself rather than whatever the index released since. A new requirement that a kept pin
+forbids makes pip fail, naming both; re-run without `--keep` to move the pins.
 """
 
 from __future__ import annotations
@@ -54,13 +60,16 @@ def requirements(variant: str) -> list[str]:
     return reqs
 
 
-def resolve(reqs: list[str]) -> list[dict]:
-    """pip's install report for `reqs` resolved from scratch (nothing installed is reused)."""
+def resolve(reqs: list[str], constraints: Path | None = None) -> list[dict]:
+    """pip's install report for `reqs` resolved from scratch (nothing installed is reused),
+    within the pins of the `constraints` file if one is given."""
     with tempfile.TemporaryDirectory() as tmp:
         infile, report = Path(tmp) / "in.txt", Path(tmp) / "report.json"
         infile.write_text("\n".join(reqs) + "\n")
         cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed"]
         cmd += ["--quiet", "--report", str(report), "-r", str(infile)]
+        if constraints is not None:
+            cmd += ["-c", str(constraints)]
         subprocess.run(cmd, check=True)
         return json.loads(report.read_text())["install"]
 
@@ -81,6 +90,9 @@ def lock_text(variant: str, installs: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variants", nargs="*", metavar="{gpu,cpu}", help="default: both")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the current lock's pins; add only what is new"
+    )
     args = parser.parse_args(argv)
     if not set(args.variants) <= set(LOCKS):
         parser.error(f"variants are {', '.join(LOCKS)}")
@@ -89,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for variant in args.variants or LOCKS:
         LOCKS[variant].parent.mkdir(exist_ok=True)
-        LOCKS[variant].write_text(lock_text(variant, resolve(requirements(variant))))
+        keep = LOCKS[variant] if args.keep and LOCKS[variant].is_file() else None
+        LOCKS[variant].write_text(lock_text(variant, resolve(requirements(variant), keep)))
         print(f"wrote {LOCKS[variant].relative_to(REPO)}")
     return 0
 
