@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hazard.core.metrics import _check_lengths
+from hazard.core.metrics import check_lengths
 from hazard.core.parse_rate import parse_success
 
 NORM = 1000.0
@@ -191,7 +191,7 @@ def detection_report(
     Returns {"n_images", "parse" (ParseRate of the predictions), "by_threshold": {t:
     DetectionScores}}. Matching, unparsed answers, labels and zero division: module docstring.
     """
-    _check_lengths(refs, preds)
+    check_lengths(refs, preds)
     ts = [_check_threshold(t) for t in thresholds]
     if not ts:
         raise ValueError("give at least one IoU threshold")

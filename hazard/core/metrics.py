@@ -20,7 +20,9 @@ import numpy as np
 from hazard.core.labels import HIGH_RISK, RISK_LABELS
 
 
-def _check_lengths(y_true: Sequence[Any], y_pred: Sequence[Any]) -> None:
+def check_lengths(y_true: Sequence[Any], y_pred: Sequence[Any]) -> None:
+    """Raise ValueError unless the two sequences are equally long and not empty (the check
+    every metric over reference/prediction pairs starts with)."""
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true has {len(y_true)} items but y_pred has {len(y_pred)}")
     if len(y_true) == 0:
@@ -63,7 +65,7 @@ def classification_report(
     `invalid_predictions`. `high_risk_recall` is None when y_true holds no high_risk.
     Zero-division conventions: see the module docstring.
     """
-    _check_lengths(y_true, y_pred)
+    check_lengths(y_true, y_pred)
     labels = list(labels)
     cm, invalid = _confusion(y_true, y_pred, labels)
     tp = np.diag(cm).astype(np.float64)
@@ -106,7 +108,7 @@ def micro_f1(
     denominator is at least len(y_true), so there is no zero division; empty input and true
     labels outside `labels` raise ValueError.
     """
-    _check_lengths(y_true, y_pred)
+    check_lengths(y_true, y_pred)
     cm, _ = _confusion(y_true, y_pred, list(labels))
     tp = int(np.trace(cm))
     fp = int(cm.sum()) - tp  # valid predictions that are wrong

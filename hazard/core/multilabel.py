@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hazard.core.metrics import _check_lengths, _safe_div
+from hazard.core.metrics import _safe_div, check_lengths
 from hazard.core.parse_rate import parse_success
 
 
@@ -52,7 +52,7 @@ def multilabel_report(
 
     Conventions (zero division, unparsed answers, labels outside the set): module docstring.
     """
-    _check_lengths(y_true, y_pred)
+    check_lengths(y_true, y_pred)
     truth = [_label_set(t, "y_true", i) for i, t in enumerate(y_true)]
     preds = [None if p is None else _label_set(p, "y_pred", i) for i, p in enumerate(y_pred)]
     if labels is None:

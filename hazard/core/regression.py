@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hazard.core.metrics import _check_lengths
+from hazard.core.metrics import check_lengths
 from hazard.core.parse_rate import parse_success
 
 
@@ -48,7 +48,7 @@ def _finite(values: Sequence[Any], what: str) -> np.ndarray:
 
 def mean_absolute_error(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
     """Mean |y_true - y_pred| (no None: see `numeric_report` for unparsed answers)."""
-    _check_lengths(y_true, y_pred)
+    check_lengths(y_true, y_pred)
     return float(np.mean(np.abs(_finite(y_true, "y_true") - _finite(y_pred, "y_pred"))))
 
 
@@ -89,7 +89,7 @@ def numeric_report(
     y_true: Sequence[float], y_pred: Sequence[float | None], *, unparsed_error: float | None
 ) -> dict[str, Any]:
     """MAE, Pearson and Spearman of numeric answers, None = unparsed (module docstring)."""
-    _check_lengths(y_true, y_pred)
+    check_lengths(y_true, y_pred)
     if unparsed_error is not None:
         _check_number(unparsed_error, "unparsed_error")
         if unparsed_error < 0:
