@@ -244,3 +244,61 @@ def test_an_image_outside_a_user_turn_is_quarantined(tmp_path: Path, task):
     assert rows[1]["_reject_detail"] == (
         "annotations.json[1]: turn 1 (assistant) holds <image>; images go in user turns only"
     )
+
+
+# --- stages: per-row task in the lineage and in augmentation ---------------------------------
+
+
+def test_task_counts_per_task():
+    from pipelines.write import task_counts
+
+    def row(task, reason=None, parent=None):
+        return {"task": task, "_reject_reason": reason, "parent_id": parent}
+
+    rows = [
+        row("counting"),
+        row("counting", parent="c0"),
+        row("counting", "bad_answer"),
+        row("grounding"),
+        row(None, "unknown_task"),
+        row("grounding", "augment_failed", parent="g0"),
+    ]
+    assert task_counts(rows) == {
+        "counting": {"accepted": 1, "rejected": {"bad_answer": 1}, "written": 2},
+        "grounding": {"accepted": 1, "rejected": {"augment_failed": 1}, "written": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("task", "augmentable"),
+    [("counting", True), ("vqa", True), ("grounding", False), ("instance_detection", False)],
+)
+def test_rows_of_a_boxes_task_are_never_augmented(task, augmentable):
+    from pipelines.augment import is_augmentable
+
+    row = {"task": task, "split": "train", "parent_id": None, "answer": "1"}
+    assert is_augmentable({**row, "_reject_reason": None}) is augmentable
+
+
+# --- the tasks FLARE needs -----------------------------------------------------------------
+
+
+def test_instance_detection_reads_labelled_boxes_and_scores_at_0_3_and_0_5():
+    kind = get_task("instance_detection").answer
+    assert kind.check('[{"bbox_2d": [0, 0, 100, 100], "label": "1"}]') is None
+    assert kind.check("[[0, 0, 100, 100]]") == "has a box without a label"
+    assert "has a bad box" in kind.check('[{"bbox_2d": [0, 0, 1100, 100], "label": "1"}]')
+    ref = kind.read('[{"bbox_2d": [0, 0, 100, 100], "label": "1"}]')
+    # IoU of [0,0,100,40] with [0,0,100,100] = 4000/10000 = 0.4: a match at 0.3, not at 0.5
+    pred = kind.parse('[{"bbox_2d": [0, 0, 100, 40], "label": "1"}]')
+    by_t = kind.metrics([ref], [pred])["by_threshold"]
+    assert sorted(by_t) == [0.3, 0.5]
+    assert by_t[0.3].f1 == 1.0 and by_t[0.5].f1 == 0.0
+
+
+def test_regression_reads_a_number_not_only_whole_ones():
+    kind = get_task("regression").answer
+    assert kind.read("36.5") == 36.5 and kind.read("-2") == -2.0
+    assert kind.check("about 3") == "is not a number"
+    # MAE over |36.5 - 35| and |2 - 2.5| = (1.5 + 0.5) / 2 = 1.0
+    assert kind.metrics([36.5, 2.0], [35.0, 2.5])["mae"] == pytest.approx(1.0)

@@ -1,0 +1,158 @@
+"""A FLARE question file and a mixed-task LLaVA file, each prepared in one run on real Ray.
+
+FLARE: the test writes real PNGs and a question file of every FLARE task type plus one bad
+row of each kind (tests/helpers/flare.py: missing image, box outside 0-1000, unparseable
+number, answer outside a closed set, unknown TaskType, bad Split) and prepares it with
+`task: mixed`; the lineage's per-task and per-reason counts must equal what the test computes
+from the rows it wrote. LLaVA: rows of five task shapes without a task key; each written row's
+task must be the one its answer's shape gives, row by row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from hazard.config.data import AugmentConfig, DataConfig, RayConfig, SourceConfig
+from hazard.core.schema import SPLITS
+from pipelines.prepare import prepare
+from tests.helpers.flare import IMAGE_DIR, flare_rows, png, write_flare
+
+COPIES = 1
+IMPORT_REASONS = {"bad_answer", "unknown_task", "bad_split", "unknown_label"}
+BOX_TASKS = {"grounding", "instance_detection"}
+
+
+def _written(out: Path) -> list[dict]:
+    return [r for s in SPLITS for r in pq.read_table(out / s).to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def flare_run(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("flare")
+    cases = flare_rows(root)
+    out = tmp_path_factory.mktemp("prepared_flare")
+    config = DataConfig(
+        source=SourceConfig(
+            format="flare",
+            uri=str(root),
+            annotations=write_flare(root, [c[0] for c in cases]),
+            image_dir=IMAGE_DIR,
+            split_field="Split",
+        ),
+        output_dir=str(out),
+        task="mixed",
+        augment=AugmentConfig(copies=COPIES, seed=0),
+        ray=RayConfig(batch_size=4),
+    )
+    return cases, prepare(config), out
+
+
+def _expected_tasks(cases) -> dict[str, dict]:
+    """Per task: accepted originals, rejected by reason, written rows (copies included)."""
+    rejected_task = {"missing_file": "classification", "bad_split": "classification"}
+    rejected_task["unknown_label"] = "multiple_choice"
+    out: dict[str, dict] = {}
+    for record, expect, split in cases:
+        if expect == "unknown_task":
+            continue  # no task known: counted in the quarantine only
+        if expect in IMPORT_REASONS or expect == "missing_file":
+            task = (
+                rejected_task.get(expect)
+                or {
+                    "Detection": "grounding",
+                    "Regression": "regression",
+                    "Cell Counting": "counting",
+                }[record["TaskType"]]
+            )
+            c = out.setdefault(task, {"accepted": 0, "rejected": Counter(), "written": 0})
+            c["rejected"][expect] += 1
+            continue
+        c = out.setdefault(expect, {"accepted": 0, "rejected": Counter(), "written": 0})
+        c["accepted"] += 1
+        c["written"] += 1 + (COPIES if split == "train" and expect not in BOX_TASKS else 0)
+    return {t: {**c, "rejected": dict(c["rejected"])} for t, c in sorted(out.items())}
+
+
+def test_flare_counts_per_task_equal_the_rows_written(flare_run):
+    cases, report, out = flare_run
+    assert report["tasks"] == _expected_tasks(cases)
+    assert report["invariants"]["ok"]
+    written = Counter(r["task"] for r in _written(out))
+    assert written == {t: c["written"] for t, c in report["tasks"].items() if c["written"]}
+
+
+def test_flare_quarantine_by_reason(flare_run):
+    cases, report, out = flare_run
+    bad = [e for _, e, _ in cases if e in IMPORT_REASONS or e == "missing_file"]
+    assert report["quarantine"]["by_reason"] == dict(sorted(Counter(bad).items()))
+    table = pq.read_table(out / "quarantine.parquet").to_pylist()
+    assert Counter(r["reason"] for r in table) == Counter(bad)
+
+
+def test_flare_splits_and_no_copy_of_a_box_row(flare_run):
+    cases, report, out = flare_run
+    rows = _written(out)
+    originals = [r for r in rows if r["parent_id"] is None]
+    kept = [(rec, e, s) for rec, e, s in cases if e not in IMPORT_REASONS | {"missing_file"}]
+    names = {"train": "train", "Validation": "val", "val": "val", "test": "test"}
+    assert Counter(r["split"] for r in originals) == Counter(names[s] for _, _, s in kept)
+    copies = [r for r in rows if r["parent_id"] is not None]
+    assert copies and all(r["split"] == "train" for r in copies)
+    assert not [r for r in copies if r["task"] in BOX_TASKS]
+    for r in originals:
+        turns = json.loads(r["conversation"])
+        assert turns[-1] == {"role": "assistant", "content": r["answer"]}
+        assert turns[0]["content"].count("<image>") == len(r["images"])
+
+
+# --- LLaVA, tasks inferred ---------------------------------------------------------------------
+
+
+def _turns(*pairs: str) -> list[dict]:
+    return [{"from": ("human", "gpt")[i % 2], "value": v} for i, v in enumerate(pairs)]
+
+
+LLAVA = [
+    ("g", ("<image>Box the cat.", '[{"bbox_2d": [1, 2, 300, 400], "label": "cat"}]'), "grounding"),
+    ("c", ("<image>How many cats?", "7"), "counting"),
+    ("r", ("<image>How long is it in m?", "3.5"), "regression"),
+    ("m", ("<image>Which animal?\nA. cat\nB. dog\nC. bird\nD. fish", "B"), "multiple_choice"),
+    ("v", ("<image>What is it?", "A cat.", "What colour?", "Grey."), "vqa"),
+    ("b", ("What is it?", "<image> A cat."), "misplaced_image"),
+]
+
+
+@pytest.fixture(scope="module")
+def llava_run(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("llava")
+    records = [
+        {"id": i, "image": f"{IMAGE_DIR}/{png(root, k)}", "conversations": _turns(*pairs)}
+        for k, (i, pairs, _) in enumerate(LLAVA)
+    ]
+    (root / "annotations.json").write_text(json.dumps(records))
+    out = tmp_path_factory.mktemp("prepared_llava")
+    config = DataConfig(
+        source=SourceConfig(format="llava", uri=str(root)),
+        output_dir=str(out),
+        task="mixed",
+        split={"fractions": {"train": 0.0, "val": 1.0, "test": 0.0}},
+        augment=AugmentConfig(copies=0),
+        ray=RayConfig(batch_size=4),
+    )
+    return prepare(config), out
+
+
+def test_llava_tasks_are_inferred_row_by_row(llava_run):
+    report, out = llava_run
+    tasks = {r["id"]: r["task"] for r in _written(out)}
+    assert tasks == {i: t for i, _, t in LLAVA if t != "misplaced_image"}
+    assert report["quarantine"]["by_reason"] == {"misplaced_image": 1}
+    assert report["tasks"] == {
+        t: {"accepted": 1, "rejected": {}, "written": 1}
+        for t in sorted(t for _, _, t in LLAVA if t != "misplaced_image")
+    } | {"vqa": {"accepted": 1, "rejected": {"misplaced_image": 1}, "written": 1}}
