@@ -58,6 +58,13 @@ class LoraSpec(StrictModel):
     vision_merger: bool = Field(
         False, description="Also adapt the vision-language merger MLP (the stage-2 amplifier)."
     )
+    quantize: Literal["4bit"] | None = Field(
+        None,
+        description="QLoRA: load the frozen base in 4 bits (bitsandbytes NF4, double "
+        "quantization, bf16 compute) and train the adapters over it; GPU only (the `gpu` "
+        "extra), bf16, ZeRO stage 0-2. The bundle still merges the adapter into the full-"
+        "precision base. None: the base in model.dtype.",
+    )
 
 
 class OptimSpec(StrictModel):
@@ -204,6 +211,21 @@ class TrainConfig(StrictModel):
         description="S3 endpoint/region/credential variables for s3:// model, data, checkpoint "
         "and bundle URIs (defaults: the standard AWS environment variables).",
     )
+
+    @model_validator(mode="after")
+    def _quantize_fits(self):
+        if self.lora.quantize is None:
+            return self
+        wrong = []
+        if not self.scaling.use_gpu:
+            wrong.append("scaling.use_gpu true (bitsandbytes' 4-bit kernels run on CUDA only)")
+        if self.model.dtype != "bfloat16" or not self.deepspeed.bf16:
+            wrong.append("model.dtype bfloat16 and deepspeed.bf16 true (the 4-bit compute dtype)")
+        if self.deepspeed.zero_stage == 3:
+            wrong.append("deepspeed.zero_stage 0-2 (ZeRO-3 does not shard 4-bit weights)")
+        if wrong:
+            raise ValueError(f"lora.quantize {self.lora.quantize!r} needs " + "; ".join(wrong))
+        return self
 
     @model_validator(mode="after")
     def _metric_fits_task(self):
