@@ -54,6 +54,7 @@ from hazard.core.schema import IMAGE_PLACEHOLDER
 from hazard.core.tasks import TaskSpec, get_task
 from hazard.infra.storage import StorageError, join_uri, read_bytes
 from pipelines.common import IMAGE_URIS, reject
+from pipelines.json_records import iter_json_records
 from pipelines.row_task import UNKNOWN_TASK, UnknownTask, task_of
 from pipelines.sources import (
     STAGE,
@@ -66,7 +67,6 @@ from pipelines.sources import (
     check_json_head,
     finalize,
     inside,
-    iter_json_records,
     json_kind,
     read_head,
     require_file,

@@ -19,12 +19,12 @@ from hazard.config.data import DataConfig, SourceConfig
 from hazard.core.tasks import TaskSpec, get_task
 from hazard.infra.storage import open_input
 from pipelines import import_folder, import_llava
+from pipelines.json_records import iter_json_list
 from pipelines.sources import (
     RowProblem,
     SourceError,
     check_answer,
     check_source,
-    iter_json_list,
     plan_source,
     rows_per_block,
     source_rows,
