@@ -140,7 +140,6 @@ def llava_run(ray_local, tmp_path_factory):
         source=SourceConfig(format="llava", uri=str(root)),
         output_dir=str(out),
         task="mixed",
-        split={"fractions": {"train": 0.0, "val": 1.0, "test": 0.0}},
         augment=AugmentConfig(copies=0),
         ray=RayConfig(batch_size=4),
     )
