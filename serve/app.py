@@ -14,7 +14,7 @@ import os
 
 from ray import serve
 
-from hazard.config.serve import ModelReplicas, ServeConfig
+from hazard.config.serve import ModelReplicas, ServeConfig, ServingCommon
 from hazard.core.cascade import FusionSpec
 from hazard.core.labels import HIGH_RISK, RISK_LABELS
 from hazard.infra.bundle import BundleMeta, check_calibration, pixel_budget, read_meta
@@ -41,7 +41,7 @@ def specialist_fusion(cfg: ServeConfig, meta: BundleMeta) -> FusionSpec:
     return meta.fusion_spec()
 
 
-def _scorer_options(cfg: ServeConfig, replicas: ModelReplicas) -> dict:
+def model_deployment_options(cfg: ServingCommon, replicas: ModelReplicas) -> dict:
     """A model deployment's Serve options, all from the config."""
     in_flight = batch_slots(cfg, 1)
     return {
@@ -60,6 +60,22 @@ def _scorer_options(cfg: ServeConfig, replicas: ModelReplicas) -> dict:
         "max_queued_requests": 4 * in_flight * replicas.max_replicas,
         "health_check_period_s": cfg.health_check_period_s,
         "health_check_timeout_s": cfg.health_check_timeout_s,
+        "logging_config": {"encoding": cfg.log_encoding},
+    }
+
+
+def ingress_deployment_options(cfg: ServingCommon) -> dict:
+    """The ingress deployment's Serve options, all from the config."""
+    adm = cfg.admission
+    return {
+        "num_replicas": cfg.ingress.num_replicas,
+        "ray_actor_options": {"num_cpus": cfg.ingress.num_cpus},
+        # Waiting requests are coroutines held by admission (its queue and deadline); Serve's
+        # own limit sits above what admission can hold.
+        "max_ongoing_requests": batch_slots(cfg, cfg.scorer_replicas.max_replicas)
+        + adm.max_queue_images
+        + 16,
+        "max_queued_requests": adm.max_queue_images,
         "logging_config": {"encoding": cfg.log_encoding},
     }
 
@@ -86,23 +102,11 @@ def compose_app(
         ("base", "BaseScorer", cfg.base_replicas, tuple(RISK_LABELS)),
         ("specialist", "SpecialistScorer", cfg.specialist_replicas, (HIGH_RISK,)),
     ):
-        options = {**_scorer_options(cfg, replicas), **pressure, **(scorer_options or {})}
+        options = {**model_deployment_options(cfg, replicas), **pressure, **(scorer_options or {})}
         models[role] = ModelScorer.options(name=name, **options).bind(
             getattr(cfg, role).model_dump(), role, **common, required_labels=labels
         )
-    admission = cfg.admission
-    ingress = {
-        "num_replicas": cfg.ingress.num_replicas,
-        "ray_actor_options": {"num_cpus": cfg.ingress.num_cpus},
-        # Waiting requests are coroutines held by admission (its queue and deadline); Serve's
-        # own limit sits above what admission can hold.
-        "max_ongoing_requests": batch_slots(cfg, cfg.base_replicas.max_replicas)
-        + admission.max_queue_images
-        + 16,
-        "max_queued_requests": admission.max_queue_images,
-        "logging_config": {"encoding": cfg.log_encoding},
-        **pressure,
-    }
+    ingress = {**ingress_deployment_options(cfg), **pressure}
     ingress = HazardAPI.options(**dict(ingress, **(ingress_options or {})))
     return ingress.bind(
         models["base"],
@@ -113,7 +117,7 @@ def compose_app(
     )
 
 
-def _in_ray_worker() -> bool:
+def in_ray_worker() -> bool:
     """Whether this process is a Ray worker (Serve's controller builds apps of a config file,
     `serve deploy`/RayService/`serve run FILE`, in a task), not a driver script."""
     from ray._private.worker import WORKER_MODE, global_worker
@@ -141,6 +145,6 @@ def build_app(args: dict) -> serve.Application:
     (the controller building a config file's app) this check is skipped: that worker's env is
     not the replicas'."""
     cfg = ServeConfig.model_validate(args)
-    if not _in_ray_worker():
+    if not in_ray_worker():
         replica_api_key(cfg, driver_env())
     return compose_app(cfg)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from fastapi import Request
 
-from hazard.config.serve import ServeConfig
+from hazard.config.serve import ServingCommon
 from serve.asgi import ApiError
 
 log = logging.getLogger("ray.serve")
@@ -20,7 +20,7 @@ class MissingApiKey(RuntimeError):
     """Auth is on (`auth: api_key`) but the key's env var is unset or empty."""
 
 
-def replica_api_key(cfg: ServeConfig, environ: Mapping[str, str]) -> str | None:
+def replica_api_key(cfg: ServingCommon, environ: Mapping[str, str]) -> str | None:
     """The API key the ingress compares against; None only with `auth: disabled`.
 
     Fails closed: with `auth: api_key` an unset or empty `api_key_env` raises MissingApiKey."""

@@ -1,9 +1,12 @@
 """`hazard serve`: run the HTTP application on Ray Serve from a serving YAML (the app's `args`).
 
     hazard serve --config configs/tiny/serve.yaml [--port 8000] [--set base.version=0.2.0]
+    hazard serve --task-config configs/tiny/serve_task.yaml   # one closed-answer task
 
 Writes a Ray Serve config file (the same shape as a RayService's `serveConfigV2`) holding one
-application `import_path: serve.app:build_app` with the YAML as `args`, then runs
+application, `import_path: serve.app:build_app` (the cascade, `--config`, a ServeConfig) or
+`serve.task_app:build_task_app` (`--task-config`, a TaskServeConfig), with the YAML as `args`,
+then runs
 `serve run` on it (or prints it with --print). `serve deploy` takes the same file. The API key
 named by `api_key_env` must be set in this shell unless the config says `auth: disabled`; it
 goes to the replicas in the app's runtime env of a private temporary file, removed when
@@ -25,9 +28,45 @@ from pathlib import Path
 import yaml
 
 from hazard.config import add_config_args, load_job_config
-from hazard.config.serve import ServeConfig, serve_config, with_api_key, write_serve_config
+from hazard.config.serve import (
+    ServeConfig,
+    ServingCommon,
+    TaskServeConfig,
+    serve_config,
+    with_api_key,
+    write_serve_config,
+)
 from hazard.core.labels import HIGH_RISK, RISK_LABELS
 from hazard.infra.bundle import CalibrationMismatch, check_calibration, read_meta
+
+
+def key_problems(cfg: ServingCommon, environ: dict[str, str]) -> list[str]:
+    """The API key missing from this shell when auth is on (it is forwarded to the replicas)."""
+    if cfg.auth == "api_key" and not environ.get(cfg.api_key_env):
+        return [
+            f"auth is api_key but {cfg.api_key_env} is unset or empty in this shell; "
+            "export it, or set auth=disabled explicitly"
+        ]
+    return []
+
+
+def task_preflight(cfg: TaskServeConfig, environ: dict[str, str]) -> list[str]:
+    """Why the one-task app cannot start: the API key, or a bundle that cannot load, whose
+    task has no closed answer set, or that `engine: vllm` cannot score."""
+    from hazard.model.bundle_answerer import closed_task
+
+    problems = key_problems(cfg, environ)
+    uri = cfg.model.model_uri
+    try:
+        spec = closed_task(read_meta(uri), uri)
+    except Exception as exc:  # any reason the bundle cannot load, reported
+        return [*problems, f"model bundle {uri} cannot be served: {exc}"]
+    if cfg.engine == "vllm" and not spec.ranks_fixed_prompt:
+        problems.append(
+            f"engine vllm scores fixed-prompt tasks; task {spec.name} asks each request its own "
+            "prompt: use engine transformers"
+        )
+    return problems
 
 
 def preflight(cfg: ServeConfig, environ: dict[str, str]) -> list[str]:
@@ -39,12 +78,7 @@ def preflight(cfg: ServeConfig, environ: dict[str, str]) -> list[str]:
     fusion, calibrated with the serving engine unless `allow_calibration_engine_mismatch`;
     weights are loaded, and verified, by the replicas).
     """
-    problems = []
-    if cfg.auth == "api_key" and not environ.get(cfg.api_key_env):
-        problems.append(
-            f"auth is api_key but {cfg.api_key_env} is unset or empty in this shell; "
-            "export it, or set auth=disabled explicitly"
-        )
+    problems = key_problems(cfg, environ)
     needs = {"base": list(RISK_LABELS), "specialist": [HIGH_RISK]}
     for role, model in (("base", cfg.base), ("specialist", cfg.specialist)):
         try:
@@ -97,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="hazard serve", description="Run the hazard-cascade app on Ray Serve."
     )
-    add_config_args(parser, "base.version=0.2.0")
+    add_config_args(parser, "base.version=0.2.0", config_required=False)
+    parser.add_argument(
+        "--task-config",
+        help="serve one closed-answer task instead of the cascade: a TaskServeConfig YAML "
+        "(e.g. configs/tiny/serve_task.yaml); --set applies to it",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument(
@@ -106,14 +145,19 @@ def main(argv: list[str] | None = None) -> int:
         help="print the Serve config (without the API key) and exit",
     )
     args = parser.parse_args(argv)
-    cfg = load_job_config(args, ServeConfig)
+    if (args.config is None) == (args.task_config is None):
+        parser.error("give exactly one of --config (the cascade) and --task-config (one task)")
+    task = args.task_config is not None
+    if task:
+        args.config = args.task_config
+    cfg = load_job_config(args, TaskServeConfig if task else ServeConfig)
     if cfg is None:
         return 2
     doc = serve_config(cfg, args.host, args.port)
     if args.print:
         print(yaml.safe_dump(doc, sort_keys=False))
         return 0
-    problems = preflight(cfg, dict(os.environ))
+    problems = (task_preflight if task else preflight)(cfg, dict(os.environ))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:

@@ -9,14 +9,8 @@ value (cloudpickle), with only the globals its code names, so a string annotatio
 `Response` could not be resolved there by FastAPI; evaluated annotations travel with it."""
 
 import asyncio
-import base64
-import binascii
-import contextlib
-import itertools
 import logging
-import os
 import time
-from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
 from PIL import Image
@@ -28,8 +22,6 @@ from hazard.config.serve import ServeConfig
 from hazard.core.answers import parse_risk_level
 from hazard.core.cascade import FusionSpec, combine, needs_specialist
 from hazard.core.labels import HIGH_RISK, RISK_LABELS
-from hazard.infra.images import ImageRejected, ImageTooLarge, decode_image
-from serve.admission import Admission, Overloaded
 from serve.asgi import (
     ApiError,
     CountRequests,
@@ -39,9 +31,8 @@ from serve.asgi import (
     query_flag,
     replay,
 )
-from serve.auth import authorize, replica_api_key
-from serve.metrics import ingress_metrics
-from serve.model_deployment import batch_slots, valid_probabilities
+from serve.auth import authorize
+from serve.ingress_base import IngressBase
 from serve.openapi import (
     AUTH_ERRORS,
     BATCH_BODY,
@@ -68,8 +59,6 @@ from serve.schemas import (
 
 log = logging.getLogger("ray.serve")
 
-CAPACITY_POLL_S = 5  # seconds between reads of the base deployment's running replicas
-
 app = FastAPI(
     title="hazard-cascade",
     description="Corridor fire-hazard scoring: base model, high-risk specialist, fusion.",
@@ -84,15 +73,9 @@ async def _done(value):
     return value
 
 
-def _running_replicas(app_name: str, deployment: str) -> int:
-    """RUNNING replicas of `deployment` in `app_name`, from the Serve controller."""
-    status = serve.status().applications[app_name].deployments[deployment]
-    return int(status.replica_states.get("RUNNING", 0))
-
-
 @serve.deployment
 @serve.ingress(app)
-class HazardAPI:
+class HazardAPI(IngressBase):
     """HTTP ingress: auth, limits, admission, decoding, the cascade and the response contract."""
 
     def __init__(
@@ -104,128 +87,15 @@ class HazardAPI:
         pixel_budget: int,
     ):
         self.base, self.specialist = base, specialist
-        self.cfg = ServeConfig.model_validate(config)
+        self._setup(ServeConfig.model_validate(config), pixel_budget)
         self.fusion = FusionSpec.from_dict(fusion)
-        self.pixel_budget = pixel_budget
-        self.api_key = replica_api_key(self.cfg, os.environ)
-        self._ready_until = 0.0
-        adm = self.cfg.admission
-        self.admission = Admission(
-            self._capacity(self.cfg.base_replicas.min_replicas),
-            adm.max_wait_s,
-            adm.max_queue_images,
-        )
-        self.metrics = ingress_metrics()
-        self._watcher: asyncio.Task | None = None
 
-    # -- admission ---------------------------------------------------------------------------
-    def _capacity(self, base_replicas: int) -> int:
-        """Images this ingress replica lets at the models: its share of the base replicas'
-        batch slots (`model_batch_size x batches_in_flight` each)."""
-        return max(1, -(-batch_slots(self.cfg, base_replicas) // self.cfg.ingress.num_replicas))
-
-    async def _watch_capacity(self) -> None:
-        """Follow the base deployment's running replicas (autoscaling; read from the controller
-        every `CAPACITY_POLL_S`, a status call costs the controller and this replica) and export
-        the queue depth every second, off the request path."""
-        app_name = serve.get_replica_context().app_name
-        for tick in itertools.count():
-            if tick % CAPACITY_POLL_S == 0:
-                try:
-                    running = await asyncio.to_thread(_running_replicas, app_name, "BaseScorer")
-                    if running:
-                        self.admission.set_capacity(self._capacity(running))
-                except Exception as exc:  # the controller busy or restarting: keep the last
-                    log.warning("could not read BaseScorer replicas: %r", exc)
-            self.metrics.queue(self.admission.in_flight, self.admission.waiting_images)
-            await asyncio.sleep(1.0)
-
-    @contextlib.asynccontextmanager
-    async def _admitted(self, images: int) -> AsyncIterator[None]:
-        """`async with self._admitted(n):` the models may be called for n images, or a 503
-        (queue full, deadline). A request refused for its own input (4xx) is not counted as
-        the models' throughput."""
-        if not self.cfg.admission.enabled:
-            yield
-            return
-        if self._watcher is None:
-            self._watcher = asyncio.create_task(self._watch_capacity())
-        try:
-            async with self.admission.slot(images):  # only admission raises Overloaded
-                yield
-        except Overloaded as exc:
-            raise self._refuse(exc) from None
-
-    def _refuse(self, exc: Overloaded) -> ApiError:
-        self.metrics.rejected.inc(tags={"reason": exc.reason})
-        wait = self.admission.retry_after(self.cfg.retry_after_s, self.cfg.max_retry_after_s)
-        return ApiError(503, exc.detail, {"Retry-After": str(wait)})
-
-    # -- request plumbing -------------------------------------------------------------------
-    async def _body(self, request: Request) -> bytes:
-        """The whole body, refused (413) as soon as it passes the limit, declared or not."""
-        limit = self.cfg.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise self._refused("body_too_large", 413, f"request body over {limit} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():  # chunked uploads carry no content-length
-            size += len(chunk)
-            if size > limit:
-                raise self._refused("body_too_large", 413, f"request body over {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _refused(self, reason: str, status: int, detail: str) -> ApiError:
-        self.metrics.refused.inc(tags={"reason": reason})
-        return ApiError(status, detail)
-
-    async def _decode(self, data: bytes) -> Image.Image:
-        """Upright RGB within the models' pixel budget: a large photo is downscaled here, so
-        what waits and travels to a model replica is never bigger than the model needs."""
-        start = time.perf_counter()
-        # decoding up to max_image_pixels is CPU work: keep it off the event loop. An aspect
-        # ratio the models refuse is a 400 here, not a 500 inside a model replica's batch.
-        try:
-            decoded = await asyncio.to_thread(
-                decode_image,
-                data,
-                max_bytes=self.cfg.max_image_bytes,
-                max_pixels=self.cfg.max_image_pixels,
-                pixel_budget=self.pixel_budget,
-            )
-        except ImageRejected as exc:
-            status = 413 if isinstance(exc, ImageTooLarge) else 400
-            raise self._refused(exc.reason, status, str(exc)) from exc
-        img = decoded.image
-        self.metrics.stage("decode", time.perf_counter() - start)
-        return img
-
-    async def _decode_b64(self, text: str) -> Image.Image:
-        text = "".join(text.split())  # base64 wrapped in lines (as `base64` prints it) is fine
-        if len(text) > (self.cfg.max_image_bytes + 2) // 3 * 4:
-            raise self._refused(
-                "too_many_bytes", 413, f"image over {self.cfg.max_image_bytes} bytes"
-            )
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise self._refused("base64", 400, f"image is not valid base64: {exc}") from exc
-        return await self._decode(data)
-
+    # -- the models ------------------------------------------------------------------------
     async def _call(self, handle: DeploymentHandle, image: Image.Image) -> dict[str, float]:
         try:
             return await handle.score.remote([image])
         except (BackPressureError, DeploymentUnavailableError) as exc:
             raise self._overloaded(exc) from exc
-
-    def _overloaded(self, exc: Exception) -> ApiError:
-        log.warning("model deployment overloaded or unavailable: %r", exc)
-        return ApiError(
-            503,
-            "a model is overloaded or unavailable, retry later",
-            {"Retry-After": str(self.cfg.retry_after_s)},
-        )
 
     # -- the cascade --------------------------------------------------------------------------
     async def _score(self, item_id: str | None, image: Image.Image) -> ScoreResult:
@@ -281,19 +151,9 @@ class HazardAPI:
     async def healthz(self) -> Health:
         return Health(status="ok")
 
-    async def _probe(self, role: str, handle: DeploymentHandle) -> bool:
-        """Whether `role`'s model scores a grey 112x112 image into finite probabilities summing
-        to 1 within 30 s; why not goes to the log only (no exception text or paths to callers)."""
-        probe = Image.new("RGB", (112, 112), (128, 128, 128))
-        try:
-            probs = await asyncio.wait_for(handle.score.remote([probe]), timeout=30)
-        except Exception as exc:  # any failure means not ready
-            log.warning("readyz: %s model not ready: %r", role, exc)
-            return False
-        if not valid_probabilities(probs):
-            log.warning("readyz: %s model answered bad probabilities %s", role, probs)
-            return False
-        return True
+    def _probe_model(self, role: str, handle: DeploymentHandle):
+        """`role`'s model scoring a grey 112x112 image (awaitable, for `_probe`)."""
+        return self._probe(role, handle.score.remote([Image.new("RGB", (112, 112), (128,) * 3)]))
 
     @app.get(
         "/readyz",
@@ -307,7 +167,8 @@ class HazardAPI:
             ok = [True, True]
         else:
             ok = await asyncio.gather(
-                self._probe("base", self.base), self._probe("specialist", self.specialist)
+                self._probe_model("base", self.base),
+                self._probe_model("specialist", self.specialist),
             )
         ready = all(ok)
         if ready:

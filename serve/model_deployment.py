@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
-from hazard.config.serve import ServeConfig, ServedModel
+from hazard.config.serve import ServedModel, ServingCommon
 from serve.metrics import model_metrics
 from serve.schemas import ModelInfo, Role
 
@@ -21,7 +21,7 @@ def valid_probabilities(probs: dict[str, float]) -> bool:
     return bool(np.isfinite(values).all()) and abs(sum(values) - 1) < 1e-3
 
 
-def batch_slots(cfg: ServeConfig, base_replicas: int) -> int:
+def batch_slots(cfg: ServingCommon, base_replicas: int) -> int:
     """Images `base_replicas` base replicas hold at once (`model_batch_size` x
     `batches_in_flight` each): admission's capacity and each model replica's ongoing limit."""
     return cfg.model_batch_size * cfg.admission.batches_in_flight * base_replicas

@@ -3,8 +3,11 @@ bodies the routes read themselves (multipart or JSON), and the two ways to send 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from serve.schemas import BatchRequest, ErrorBody, ScoreItem
@@ -76,18 +79,25 @@ SCORE_BODY = {
     ],
     "security": SECURITY,
 }
-BATCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}}},
-    },
-    "security": SECURITY,
-}
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Make `app.openapi()` FastAPI's document plus the request bodies' schemas (ScoreItem,
-    BatchRequest) and the security schemes, built once."""
+def json_body(model: type[BaseModel]) -> dict:
+    """`openapi_extra` of a route that reads a JSON body of `model` itself (API key needed)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref}}},
+        "security": SECURITY,
+    }
+
+
+BATCH_BODY = json_body(BatchRequest)
+
+
+def install_openapi(
+    app: FastAPI, bodies: Sequence[type[BaseModel]] = (ScoreItem, BatchRequest)
+) -> None:
+    """Make `app.openapi()` FastAPI's document plus the schemas of the request bodies the routes
+    read themselves (`bodies`) and the security schemes, built once."""
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -98,7 +108,7 @@ def install_openapi(app: FastAPI) -> None:
                 routes=app.routes,
             )
             _, defs = models_json_schema(
-                [(ScoreItem, "validation"), (BatchRequest, "validation")],
+                [(model, "validation") for model in bodies],
                 ref_template="#/components/schemas/{model}",
             )
             components = doc.setdefault("components", {})

@@ -98,22 +98,14 @@ class VLLMOptions(StrictModel):
     enforce_eager: bool = Field(False, description="Skip CUDA graph capture (faster start).")
 
 
-class ServeConfig(StrictModel):
-    base: ServedModel = Field(description="Stage-1 five-class base model.")
-    specialist: ServedModel = Field(
-        description="Stage-2 high-risk specialist. Its bundle carries the fusion the calibration "
-        "job fitted; without one the defaults of hazard.core.fusion apply (always consult it)."
-    )
+class ServingCommon(StrictModel):
+    """What every served application shares: engine, auth, request limits, admission, the
+    ingress, health checks and logs (`ServeConfig`, the cascade; `TaskServeConfig`, one task)."""
+
     engine: Literal["transformers", "vllm"] = Field(
         "transformers", description="Inference engine: transformers (CPU/GPU) or vllm (GPU)."
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype.")
-    allow_calibration_engine_mismatch: bool = Field(
-        False,
-        description="Serve a specialist whose fusion was calibrated on another engine's scores "
-        "(its hazard_model.json scoring_engine) than `engine`, with a warning; false: the app "
-        "refuses to start. Set it only after checking that both engines' probabilities agree.",
-    )
     auth: Literal["api_key", "disabled"] = Field(
         "api_key",
         description="api_key: every /v1 route needs the key of `api_key_env`, and a replica "
@@ -122,12 +114,8 @@ class ServeConfig(StrictModel):
     api_key_env: str = Field(
         "HAZARD_API_KEY", min_length=1, description="Env var holding the API key (auth: api_key)."
     )
-    max_batch_items: int = Field(32, ge=1, description="Most items in one /v1/score/batch call.")
     max_image_bytes: int = Field(10_000_000, ge=1, description="Largest encoded image (bytes).")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (w x h).")
-    max_batch_pixels: int = Field(
-        50_000_000, ge=1, description="Largest total of decoded pixels in one batch request."
-    )
     max_body_bytes: int = Field(
         64_000_000, ge=1, description="Largest request body; base64 adds a third to image bytes."
     )
@@ -147,8 +135,6 @@ class ServeConfig(StrictModel):
     )
     admission: Admission = Field(default_factory=Admission)
     ingress: IngressReplicas = Field(default_factory=IngressReplicas)
-    base_replicas: ModelReplicas = Field(default_factory=ModelReplicas)
-    specialist_replicas: ModelReplicas = Field(default_factory=ModelReplicas)
     health_check_period_s: float = Field(
         10, gt=0, description="How often Serve runs each model replica's health check."
     )
@@ -164,7 +150,7 @@ class ServeConfig(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _retry_bounds(self) -> ServeConfig:
+    def _retry_bounds(self) -> ServingCommon:
         if self.max_retry_after_s < self.retry_after_s:
             raise ValueError(
                 f"max_retry_after_s {self.max_retry_after_s} < retry_after_s {self.retry_after_s}"
@@ -172,27 +158,79 @@ class ServeConfig(StrictModel):
         return self
 
 
+class ServeConfig(ServingCommon):
+    """The cascade application (`serve.app:build_app`)."""
+
+    base: ServedModel = Field(description="Stage-1 five-class base model.")
+    specialist: ServedModel = Field(
+        description="Stage-2 high-risk specialist. Its bundle carries the fusion the calibration "
+        "job fitted; without one the defaults of hazard.core.fusion apply (always consult it)."
+    )
+    allow_calibration_engine_mismatch: bool = Field(
+        False,
+        description="Serve a specialist whose fusion was calibrated on another engine's scores "
+        "(its hazard_model.json scoring_engine) than `engine`, with a warning; false: the app "
+        "refuses to start. Set it only after checking that both engines' probabilities agree.",
+    )
+    max_batch_items: int = Field(32, ge=1, description="Most items in one /v1/score/batch call.")
+    max_batch_pixels: int = Field(
+        50_000_000, ge=1, description="Largest total of decoded pixels in one batch request."
+    )
+    base_replicas: ModelReplicas = Field(default_factory=ModelReplicas)
+    specialist_replicas: ModelReplicas = Field(default_factory=ModelReplicas)
+
+    @property
+    def scorer_replicas(self) -> ModelReplicas:
+        """The replicas admission's capacity follows: the base model's (it scores every image)."""
+        return self.base_replicas
+
+
+class TaskServeConfig(ServingCommon):
+    """One bundle of any closed-answer task behind `POST /v1/answer` (`serve.task_app:
+    build_task_app`): its labels or option letters, prompt and pixel limits come from the
+    bundle's hazard_model.json."""
+
+    model: ServedModel = Field(
+        description="The bundle; its task must have a closed answer set ranked by likelihood."
+    )
+    max_images: int = Field(
+        8,
+        ge=1,
+        description="Most images in one request for a multi-image task (others take one).",
+    )
+    replicas: ModelReplicas = Field(default_factory=ModelReplicas)
+
+    @property
+    def scorer_replicas(self) -> ModelReplicas:
+        """The model's replicas (what admission's capacity follows)."""
+        return self.replicas
+
+
 APP_NAME = "hazard-cascade"  # the Serve application's name in a Serve config file
 IMPORT_PATH = "serve.app:build_app"  # the builder Serve imports; ServeConfig is its `args`
+TASK_APP_NAME = "hazard-task"  # the one-task application's name
+TASK_IMPORT_PATH = "serve.task_app:build_task_app"  # its builder; TaskServeConfig is its `args`
 
 
-def serve_config(cfg: ServeConfig, host: str = "0.0.0.0", port: int = 8000) -> dict:
-    """A Ray Serve config with the hazard-cascade application."""
+def serve_config(cfg: ServingCommon, host: str = "0.0.0.0", port: int = 8000) -> dict:
+    """A Ray Serve config with the application of `cfg`: the cascade for a ServeConfig, the
+    one-task app for a TaskServeConfig."""
+    task = isinstance(cfg, TaskServeConfig)
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": host, "port": port},
         "applications": [
             {
-                "name": APP_NAME,
+                "name": TASK_APP_NAME if task else APP_NAME,
                 "route_prefix": "/",
-                "import_path": IMPORT_PATH,
+                "import_path": TASK_IMPORT_PATH if task else IMPORT_PATH,
                 "args": cfg.model_dump(),
             }
         ],
     }
 
 
-def with_api_key(doc: dict, cfg: ServeConfig, environ: dict[str, str]) -> dict:
+def with_api_key(doc: dict, cfg: ServingCommon, environ: dict[str, str]) -> dict:
     """`doc` with the API key of this shell (if set) in the app's runtime env.
 
     Replicas read the key from their own environment. On a cluster started apart (`ray start`)

@@ -28,15 +28,19 @@ def make_bundle(
     fusion: dict | None = None,
     max_pixels: int | None = None,
     perturb_seed: int | None = None,
+    task: str = "corridor_risk",
 ) -> Path:
     """A serving bundle written by `write_bundle`: the tiny checkpoint (real, untrained for the
-    task), a small stand-in adapter and the metadata, with `fusion` for a specialist."""
+    task), a small stand-in adapter and the metadata of `task` (its prompt and closed answer
+    set, [] for an open one), with `fusion` for a specialist."""
     shutil.copytree(tiny_model, dest)
     if perturb_seed is not None:
         perturb_weights(dest / "model.safetensors", perturb_seed)
     add_adapter(dest)
-    task = get_task("corridor_risk")
-    fields = bundle_fields(stage, name=name, version=version, task=task.name, prompt=task.prompt)
+    spec = get_task(task)
+    fields = bundle_fields(stage, name=name, version=version, task=spec.name, prompt=spec.prompt)
+    if task != "corridor_risk":  # the stand-in validation predictions are five-label ones
+        fields.update(labels=list(spec.labels or ()), val_predictions=None)
     write_bundle(dest, **dict(fields, min_pixels=None, max_pixels=max_pixels, fusion=fusion))
     return dest
 

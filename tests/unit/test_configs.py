@@ -14,7 +14,7 @@ from hazard.config.calibrate import CalibrateConfig
 from hazard.config.data import DataConfig
 from hazard.config.eval import EvalConfig
 from hazard.config.score import ScoreDatasetConfig
-from hazard.config.serve import ServeConfig
+from hazard.config.serve import ServeConfig, TaskServeConfig
 from hazard.config.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +38,8 @@ def _model_for(path: Path):
         return CalibrateConfig
     if name.startswith("score"):
         return ScoreDatasetConfig
+    if name.startswith("serve_task"):
+        return TaskServeConfig
     if name.startswith("serve"):
         return ServeConfig
     if name.startswith("eval"):
