@@ -1,4 +1,5 @@
-"""Batch scoring: a whole dataset scored offline with the cascade, as serving scores one image.
+"""Batch scoring: a whole dataset scored offline with the cascade, as serving scores one image
+(a config with `model_uri` scores one task's bundle instead: `pipelines.score_task`).
 
 `ray_jobs/score_dataset.py` is its entrypoint. The source, planned by
 `pipelines.sources.plan_source`, is a folder of images (ids: paths relative to it), Parquet
@@ -110,6 +111,20 @@ def read_dataset(cfg: ScoreDatasetConfig, source: Source):
 # --- the scoring actor -----------------------------------------------------------------------
 
 
+def decode_row(images: list[bytes], max_bytes: int, max_pixels: int, budget: int) -> list:
+    """Upright RGB images of one row, within the models' pixel `budget` (decoded as the serving
+    ingress decodes); raises ImageRejected (with a reason) for bad ones."""
+    from hazard.infra.images import InvalidImage, decode_image
+
+    if not images:
+        raise InvalidImage("no_image", "the row holds no image")
+    # aspect ratios the models refuse are refused here too
+    return [
+        decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, pixel_budget=budget).image
+        for data in images
+    ]
+
+
 class CascadeScorer:
     """Holds the base and specialist engines; scores a batch as serving scores one image."""
 
@@ -134,22 +149,8 @@ class CascadeScorer:
         self.pixel_budget = pixel_budget((self.base.meta, self.specialist.meta))
 
     def decode(self, images: list[bytes]) -> list:
-        """Upright RGB images of one row, within the models' pixel budget (decoded as the
-        serving ingress decodes); raises ImageRejected (with a reason) for bad ones."""
-        from hazard.infra.images import InvalidImage, decode_image
-
-        if not images:
-            raise InvalidImage("no_image", "the row holds no image")
-        out = []
-        for data in images:
-            decoded = decode_image(  # aspect ratios the models refuse are refused here too
-                data,
-                max_bytes=self.max_bytes,
-                max_pixels=self.max_pixels,
-                pixel_budget=self.pixel_budget,
-            )
-            out.append(decoded.image)
-        return out
+        """Upright RGB images of one row within the models' pixel budget (`decode_row`)."""
+        return decode_row(images, self.max_bytes, self.max_pixels, self.pixel_budget)
 
     @staticmethod
     def probabilities(engine, samples: list[list]) -> list[dict[str, float] | Exception]:
@@ -267,8 +268,14 @@ def _csv_lines(ids: list[str], labels: list[str | None]) -> bytes:
 
 def score_dataset(cfg: ScoreDatasetConfig) -> dict:
     """Score the source; write submission.csv, predictions.parquet and summary.json (Ray is
-    started, or joined, once the bundles and the source have been checked)."""
+    started, or joined, once the bundles and the source have been checked). A config with
+    `model_uri` scores one task's bundle instead (`pipelines.score_task`)."""
     import ray
+
+    if cfg.task_mode:
+        from pipelines.score_task import score_task_dataset
+
+        return score_task_dataset(cfg)
 
     start = time.time()
     # relative paths are the job directory's: resolve them before actors run elsewhere

@@ -12,7 +12,9 @@ from hazard.core.strict import StrictModel
 
 
 class ScoreDatasetConfig(StrictModel):
-    """Score every image of a folder or Parquet shards with the cascade, offline."""
+    """Score every image of a folder or Parquet shards offline: with the cascade
+    (`base_uri` + `specialist_uri`), or with one bundle of any closed-answer task (`model_uri`;
+    `pipelines.score_task`). Exactly one of the two modes."""
 
     source: str = Field(
         description="A folder of images (PNG/JPEG/WEBP, searched recursively), Parquet shards "
@@ -24,9 +26,19 @@ class ScoreDatasetConfig(StrictModel):
         description="'folder': image files, ids = paths relative to `source`; 'parquet': rows, "
         "ids = the `id` column; 'auto': parquet when `source` holds .parquet files, else folder.",
     )
-    base_uri: str = Field(description="Stage-1 model bundle (<output_dir>/model).")
-    specialist_uri: str = Field(
-        description="Stage-2 model bundle; its hazard_model.json carries the fitted fusion."
+    base_uri: str | None = Field(
+        None, description="Cascade mode: the stage-1 model bundle (<output_dir>/model)."
+    )
+    specialist_uri: str | None = Field(
+        None,
+        description="Cascade mode: the stage-2 model bundle; its hazard_model.json carries the "
+        "fitted fusion.",
+    )
+    model_uri: str | None = Field(
+        None,
+        description="Task mode: one bundle of any closed-answer task (its labels or option "
+        "letters ranked by likelihood); a row-prompt task (multiple_choice) needs a prepared "
+        "Parquet split with `conversation`, a template task takes a folder too.",
     )
     output_dir: str = Field(
         description="Folder or s3:// prefix for submission.csv, predictions.parquet and "
@@ -61,12 +73,33 @@ class ScoreDatasetConfig(StrictModel):
     progress_every_s: float = Field(10.0, gt=0, description="Seconds between progress log lines.")
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
+    @property
+    def task_mode(self) -> bool:
+        """Scoring one task's bundle (`model_uri`), not the cascade."""
+        return self.model_uri is not None
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> ScoreDatasetConfig:
+        cascade = (self.base_uri is not None, self.specialist_uri is not None)
+        if self.model_uri is not None and any(cascade):
+            raise ValueError(
+                "give model_uri (one task's bundle) or base_uri + specialist_uri (the cascade), "
+                "not both"
+            )
+        if self.model_uri is None and not all(cascade):
+            raise ValueError(
+                "give base_uri and specialist_uri (the cascade) or model_uri (one task's bundle)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _vllm_fits(self) -> ScoreDatasetConfig:
         if self.engine != "vllm":
             return self
         if self.gpus_per_actor < 1:
             raise ValueError(f"engine vllm needs gpus_per_actor >= 1, not {self.gpus_per_actor}")
+        if self.task_mode:  # one engine per actor
+            return self
         if self.vllm.gpu_memory_utilization > 0.5:
             raise ValueError(
                 f"vllm.gpu_memory_utilization {self.vllm.gpu_memory_utilization} > 0.5: the base "
