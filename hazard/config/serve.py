@@ -159,7 +159,8 @@ class ServingCommon(StrictModel):
 
 
 class ServeConfig(ServingCommon):
-    """The cascade application (`serve.app:build_app`)."""
+    # The cascade application (`serve.app:build_app`). No docstring: it would become the
+    # description in the chart's vendored copy of this schema (values.schema.json).
 
     base: ServedModel = Field(description="Stage-1 five-class base model.")
     specialist: ServedModel = Field(
