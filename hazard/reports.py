@@ -361,30 +361,31 @@ def _write_plots(
 def write_training_report(
     out_dir: str | os.PathLike,
     history: Mapping,
-    probabilities: Sequence[Sequence[float]],
+    probabilities: Sequence[Sequence[float]] | None,
     truth: Sequence[str],
     labels: Sequence[str] = RISK_LABELS,
 ) -> dict[str, str]:
-    """`plots/{loss_lr,val_metrics,confusion,reliability}.png` under `out_dir` (path or URI).
+    """`plots/{loss_lr,val_metrics,confusion,reliability}.png` under `out_dir` (path or URI);
+    the last two only with label `probabilities` (a task with an open, generated answer has
+    none).
 
     Returns {name: path relative to out_dir} for the plots written; a plot with nothing to draw
     (no steps, no evaluations, no validation rows) is skipped and the reason logged.
     """
-    labels = list(labels)
-    if any(len(row) != len(labels) for row in probabilities):
-        raise ValueError(f"every probability row must hold {len(labels)} values ({labels})")
-    preds = [labels[int(np.argmax(row))] for row in probabilities]
-    return _write_plots(
-        out_dir,
-        {
-            "loss_lr": lambda p: plot_loss_lr(history, p),
-            "val_metrics": lambda p: plot_eval_metrics(history, p),
-            "confusion": lambda p: plot_confusion(
-                truth, preds, labels, p, title="Validation confusion matrix"
-            ),
-            "reliability": lambda p: plot_reliability(probabilities, truth, labels, p),
-        },
-    )
+    plots = {
+        "loss_lr": lambda p: plot_loss_lr(history, p),
+        "val_metrics": lambda p: plot_eval_metrics(history, p),
+    }
+    if probabilities is not None:
+        labels = list(labels)
+        if any(len(row) != len(labels) for row in probabilities):
+            raise ValueError(f"every probability row must hold {len(labels)} values ({labels})")
+        preds = [labels[int(np.argmax(row))] for row in probabilities]
+        plots["confusion"] = lambda p: plot_confusion(
+            truth, preds, labels, p, title="Validation confusion matrix"
+        )
+        plots["reliability"] = lambda p: plot_reliability(probabilities, truth, labels, p)
+    return _write_plots(out_dir, plots)
 
 
 def write_calibration_report(

@@ -237,7 +237,7 @@ def write_report(cfg: TrainConfig, metrics: dict, meta: dict, state) -> dict:
             "best_step": state.tracker.best_step,
             "metric": cfg.eval.metric,
         }
-        preds = meta["val_predictions"]
+        preds = meta["val_predictions"] or {"probabilities": None, "labels": []}
         plots = write_training_report(
             tmp, history, preds["probabilities"], preds["labels"], meta["labels"]
         )

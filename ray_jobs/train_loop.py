@@ -25,7 +25,11 @@ import torch
 from hazard.config.train import TrainConfig
 from hazard.core.tasks import get_task
 from hazard.model.training.checkpoint import load_checkpoint, save_checkpoint
-from hazard.model.training.evaluate import eval_summary, evaluate_split
+from hazard.model.training.evaluate import (
+    CLASSIFICATION_KEYS,
+    eval_summary,
+    evaluate_split,
+)
 from hazard.model.training.ingest import Ingest
 from hazard.model.training.state import BestTracker, TrainState
 from hazard.model.training.step import inputs_loss, prepare_micro_batch
@@ -209,6 +213,7 @@ class StageRecipe:
             self.engine.module,
             self.processor,
             f"{cfg.data_dir}/val",
+            self.task,
             self.task.prompt,
             self.task.labels,
             cfg.optim.eval_batch_size,
@@ -218,11 +223,16 @@ class StageRecipe:
         summary = eval_summary(state.step, report)
         improved = state.tracker.update(state.step, summary[cfg.eval.metric])
         state.evals.append(summary)
-        hr = summary["high_risk_recall"]
+        head = summary["headline"]
+        figures = f"{head['name']} {_figure(head['value'])}"
+        if "macro_f1" in summary:
+            figures = (
+                f"macro-F1 {summary['macro_f1']:.3f} accuracy {summary['accuracy']:.3f} "
+                f"balanced {summary['balanced_accuracy']:.3f} high-risk recall "
+                f"{_figure(summary['high_risk_recall'])}"
+            )
         self._log(
-            f"eval step {state.step}: macro-F1 {summary['macro_f1']:.3f} accuracy "
-            f"{summary['accuracy']:.3f} balanced {summary['balanced_accuracy']:.3f} high-risk "
-            f"recall {'n/a' if hr is None else f'{hr:.3f}'}"
+            f"eval step {state.step}: {figures}"
             + (" (best so far)" if improved else f" (best: step {state.tracker.best_step})")
         )
         return summary
@@ -246,7 +256,7 @@ class StageRecipe:
             "resumed_from": list(state.resumed_from),
             "selection_score": math.nan,
         }
-        for key in ("accuracy", "balanced_accuracy", "macro_f1", "high_risk_recall"):
+        for key in (*CLASSIFICATION_KEYS, "score"):
             value = summary.get(key) if summary else None
             metrics[f"val_{key}"] = math.nan if value is None else value
         if summary is not None:
@@ -303,3 +313,7 @@ def train_loop(loop_config: dict) -> None:
     recipe = StageRecipe(loop_config)
     recipe.setup()
     recipe.run()
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -115,15 +115,14 @@ class OptimSpec(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _closed_task(self):
+    def _task_fits(self):
         spec = TASKS.get(self.task)
         if spec is None:
             raise ValueError(f"unknown task {self.task!r}; known: {sorted(TASKS)}")
-        if not spec.labels:
-            closed = sorted(name for name, t in TASKS.items() if t.labels)
+        if self.class_weights is not None and not spec.labels:
             raise ValueError(
-                f"task {self.task!r} has no closed label set, so it cannot be scored by label "
-                f"likelihood; train one of {closed}"
+                f"class_weights weigh the labels of a closed answer set; task {self.task!r} "
+                "has an open answer"
             )
         if isinstance(self.class_weights, dict):
             unknown = set(self.class_weights) - set(spec.labels)
@@ -132,7 +131,8 @@ class OptimSpec(StrictModel):
         return self
 
 
-METRICS = ("macro_f1", "balanced_accuracy", "accuracy", "high_risk_recall")
+METRICS = ("macro_f1", "balanced_accuracy", "accuracy", "high_risk_recall", "score")
+CLASSIFICATION_METRICS = METRICS[:4]  # closed, likelihood-ranked tasks only
 
 
 class EvalSpec(StrictModel):
@@ -143,7 +143,11 @@ class EvalSpec(StrictModel):
         "only; the end is always scored).",
     )
     metric: Literal[METRICS] = Field(  # type: ignore[valid-type]
-        "macro_f1", description="Validation metric that picks the best checkpoint (higher wins)."
+        "macro_f1",
+        description="Validation metric that picks the best checkpoint (higher wins): a "
+        "classification figure for a closed, likelihood-ranked task, or `score` (any task: its "
+        "answer kind's headline figure, an error such as MAE negated). Left unset, a task with "
+        "an open answer uses `score`.",
     )
     patience: int | None = Field(
         None, ge=1, description="Stop after this many evaluations without improvement."
@@ -229,7 +233,17 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _metric_fits_task(self):
-        labels = TASKS[self.optim.task].labels or ()
+        spec = TASKS[self.optim.task]
+        labels = spec.labels or ()
+        closed = bool(labels) and spec.inference.mode == "likelihood"
+        if not closed and self.eval.metric in CLASSIFICATION_METRICS:
+            if "metric" not in self.eval.model_fields_set:
+                self.eval.metric = "score"
+            else:
+                raise ValueError(
+                    f"eval.metric {self.eval.metric} needs a closed, likelihood-ranked task; "
+                    f"{self.optim.task!r} is scored by generation: use eval.metric score"
+                )
         if self.eval.metric == "high_risk_recall" and "high_risk" not in labels:
             raise ValueError(
                 f"eval.metric high_risk_recall needs a task with a high_risk "

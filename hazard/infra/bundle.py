@@ -33,6 +33,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from hazard.config.storage import StorageConfig
 from hazard.core.cascade import FusionSpec
 from hazard.core.strict import StrictModel
+from hazard.core.tasks import TASKS
 from hazard.infra.images import QWEN_MAX_PIXELS
 from hazard.infra.storage import (
     ChecksumMismatchError,
@@ -87,7 +88,10 @@ class BundleMeta(StrictModel):
     stage: Literal["base", "specialist"]
     task: str
     prompt: str
-    labels: list[str] = Field(min_length=1, description="The label set, in score order.")
+    labels: list[str] = Field(
+        description="The closed answer set, in score order; [] for a task whose answer is open "
+        "(generated and parsed)."
+    )
     min_pixels: int | None = Field(
         None, ge=1, description="min_pixels training gave load_processor (None: its default)."
     )
@@ -146,6 +150,9 @@ class BundleMeta(StrictModel):
     def _consistent(self):
         if self.manifest.get(ADAPTER_FILE) != self.adapter_sha256:
             raise ValueError(f"adapter_sha256 differs from the manifest's {ADAPTER_FILE}")
+        spec = TASKS.get(self.task)
+        if not self.labels and (spec is None or spec.labels is not None):
+            raise ValueError(f"task {self.task!r} has a closed answer set: labels is empty")
         if self.val_predictions is not None:
             widths = {len(row) for row in self.val_predictions.probabilities}
             if widths - {len(self.labels)}:

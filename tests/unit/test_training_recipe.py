@@ -281,9 +281,14 @@ def _train(**over) -> dict:
     return raw
 
 
-def test_a_task_without_a_closed_label_set_is_refused_at_load():
-    with pytest.raises(ValueError, match="no closed label set"):
-        TrainConfig.model_validate(_train(optim={"task": "vqa"}))
+def test_a_task_with_an_open_answer_selects_by_score():
+    assert TrainConfig.model_validate(_train(optim={"task": "vqa"})).eval.metric == "score"
+    closed = TrainConfig.model_validate(_train(optim={"task": "multiple_choice"}))
+    assert closed.eval.metric == "macro_f1"
+    with pytest.raises(ValueError, match="'counting' is scored by generation: use eval.metric"):
+        TrainConfig.model_validate(_train(optim={"task": "counting"}, eval={"metric": "accuracy"}))
+    with pytest.raises(ValueError, match="class_weights weigh the labels of a closed answer"):
+        TrainConfig.model_validate(_train(optim={"task": "counting", "class_weights": "balanced"}))
     with pytest.raises(ValueError, match="unknown task"):
         OptimSpec(task="nope")
     assert OptimSpec(task="corridor_risk").task == "corridor_risk"

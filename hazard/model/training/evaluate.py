@@ -1,46 +1,116 @@
-"""Validation during training: serving's label-likelihood scoring, sharded over the ranks."""
+"""Validation during training and at export: a split answered as its task says, sharded over
+the ranks.
+
+Each row is asked as `hazard.model.answering.Answerer` asks it (the template prompt, or the
+row's own turns for a row-prompt task) and answered by likelihood over the task's closed answer
+set or by generation. A closed, likelihood-ranked task is reported as before
+(`classification_report`: accuracy, balanced accuracy, macro-F1, per class) with the label
+probabilities (what calibration and the bundle's val_predictions keep); any other task by its
+answer kind's metrics. Every report carries `headline` (the kind's figure) and `score`: that
+figure oriented so that higher wins (an error such as MAE negated), what `eval.metric: score`
+selects checkpoints by.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
 from hazard.core.metrics import classification_report
-from hazard.model.vlm import score_split
+from hazard.core.tasks import TaskSpec
+
+CLASSIFICATION_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "high_risk_recall")
+
+
+def answer_split(answerer, split_dir: str, batch_size: int, rank=0, world=1, storage=None):
+    """(predictions, probabilities or None, references) of every `world`-th row of a Parquet
+    split (local folder or s3://), starting at `rank`, so `world` workers answer each row once."""
+    from hazard.infra.storage import read_parquet
+
+    columns = ["images", "answer"]
+    if answerer.spec.prompt_source == "row":
+        columns.append("conversation")
+    table = read_parquet(split_dir, storage, columns=columns)
+    rows = list(range(rank, table.num_rows, world))
+    preds, probs, truth = [], [], []
+    for i in range(0, len(rows), batch_size):
+        part = table.take(rows[i : i + batch_size]).to_pydict()
+        turns = part.get("conversation") or [None] * len(part["answer"])
+        samples = [
+            answerer.sample(imgs, conv) for imgs, conv in zip(part["images"], turns, strict=True)
+        ]
+        for answer in answerer.answer(samples):
+            preds.append(answer.prediction)
+            probs.append(
+                None if answer.probs is None else [answer.probs[c] for c in answerer.choices]
+            )
+        truth.extend(part["answer"])
+    return preds, probs, truth
+
+
+def split_report(spec: TaskSpec, labels, preds: list, truth: list) -> dict[str, Any]:
+    """The report of answers `preds` against references `truth` (see the module docstring)."""
+    kind = spec.answer
+    if labels and spec.inference.mode == "likelihood":
+        report = classification_report(truth, preds, labels=labels)
+    else:
+        refs = [kind.read(t) for t in truth]
+        parsed = [None if p is None else kind.parse(p) for p in preds]
+        report = kind.metrics(refs, parsed)
+    name, value, higher = kind.headline(report)
+    score = None if value is None else (value if higher else -value)
+    return _plain(report) | {"headline": {"name": name, "value": value}, "score": score}
+
+
+def _plain(value: Any) -> Any:
+    """Named tuples (ParseRate, DetectionScores) as dicts and float keys as text (JSON)."""
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, dict):
+        return {(f"{k:g}" if isinstance(k, float) else k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def evaluate_split(
-    model, processor, split_dir: str, prompt: str, labels, batch_size: int, storage=None
-):
-    """Score every row of a split once across the ranks (read directly, not through a Ray
+    model, processor, split_dir: str, spec: TaskSpec, prompt: str, labels, batch_size: int,
+    storage=None,
+):  # fmt: skip
+    """Answer every row of a split once across the ranks (read directly, not through a Ray
     Train dataset shard, which drops rows to equalise shards) and gather on every rank.
 
-    Returns (report, probabilities, truth); every rank gets the same, so decisions taken on
-    them (best checkpoint, early stop) agree across ranks."""
+    Returns (report, probabilities or None, truth); every rank gets the same, so decisions
+    taken on them (best checkpoint, early stop) agree across ranks."""
     import torch.distributed as dist
+
+    from hazard.model.answering import Answerer
 
     dist_on = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist_on else (0, 1)
-    probs, truth = score_split(
-        model, processor, split_dir, prompt, labels, batch_size, rank, world, storage
-    )
-    parts = [(probs, truth)]
+    answerer = Answerer(model, processor, spec, prompt, labels or None)
+    mine = answer_split(answerer, split_dir, batch_size, rank, world, storage)
+    parts = [mine]
     if world > 1:
         parts = [None] * world
-        dist.all_gather_object(parts, (probs, truth))
-    probs = [p for part in parts for p in part[0]]
-    truth = [t for part in parts for t in part[1]]
-    preds = [labels[int(np.argmax(p))] for p in probs]
-    return classification_report(truth, preds, labels=labels), probs, truth
+        dist.all_gather_object(parts, mine)
+    preds = [p for part in parts for p in part[0]]
+    probs = [p for part in parts for p in part[1]]
+    truth = [t for part in parts for t in part[2]]
+    if any(p is None for p in probs):
+        probs = None
+    return split_report(spec, labels, preds, truth), probs, truth
 
 
 def eval_summary(step: int, report: dict) -> dict:
-    """The figures of one evaluation kept in the run's history and reported to Ray Train."""
-    return {
+    """The figures of one evaluation kept in the run's history and reported to Ray Train:
+    `score` and the headline for every task, the classification figures for closed ones."""
+    out = {
         "step": step,
-        "n": report["n"],
-        "accuracy": report["accuracy"],
-        "balanced_accuracy": report["balanced_accuracy"],
-        "macro_f1": report["macro_f1"],
-        "high_risk_recall": report["high_risk_recall"],
-        "per_class_recall": {k: v["recall"] for k, v in report["per_class"].items()},
+        "n": report.get("n", report.get("n_images")),
+        "score": report["score"],
+        "headline": report["headline"],
     }
+    if "macro_f1" in report:
+        out |= {k: report[k] for k in CLASSIFICATION_KEYS}
+        out["per_class_recall"] = {k: v["recall"] for k, v in report["per_class"].items()}
+    return out
