@@ -21,7 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 TASK_TRAIN_CONFIGS = {
     "tiny/mcq.yaml",
+    "tiny/multi_label.yaml",
+    "tiny/safety_score.yaml",
+    "tiny/counting.yaml",
+    "tiny/grounding.yaml",
+    "tiny/report.yaml",
     "mcq_7b.yaml",
+    "flare_7b.yaml",
 }
 """Train configs of the task shapes beyond the cascade (docs/tasks.md, "Configs")."""
 
@@ -135,6 +141,37 @@ def test_mcq_configs_chain_from_a_mac_folder():
     assert train.optim.loss_turns == recipe.optim.loss_turns == "last"
     assert train.eval.metric == recipe.eval.metric == "accuracy"
     assert recipe.optim.grad_accum_steps > 1 and recipe.checkpoint.keep > 1
+
+
+SHAPES = {
+    "multi_label": "multi_label",
+    "safety_score": "score",
+    "counting": "counting",
+    "grounding": "grounding",
+    "report": "report",
+}
+
+
+@pytest.mark.parametrize(("name", "task"), sorted(SHAPES.items()))
+def test_each_task_shape_has_a_tiny_train_config(name, task):
+    """configs/tiny/<shape>.yaml trains its task on the tiny model from runs/<shape>/data and
+    picks the checkpoint by the task's own headline figure (eval.metric score)."""
+    cfg = load_config(REPO / "configs" / "tiny" / f"{name}.yaml", TrainConfig)
+    assert cfg.optim.task == task and cfg.model.path == "tiny"
+    assert (cfg.data_dir, cfg.output_dir) == (f"runs/{name}/data", f"runs/{name}/train")
+    assert cfg.eval.metric == "score" and cfg.lora.quantize is None
+
+
+def test_flare_recipe_follows_the_flare_baseline():
+    """configs/flare_7b.yaml: LoRA r16 over a 4-bit base, cosine with warm-up, early stop
+    after 5 evaluations without a gain, gradient checkpointing, bf16 (FLARE 2025's config)."""
+    cfg = load_config(REPO / "configs" / "flare_7b.yaml", TrainConfig)
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 32, 0.1)
+    assert cfg.lora.quantize == "4bit" and cfg.model.gradient_checkpointing
+    assert cfg.optim.schedule == "cosine" and cfg.optim.warmup_steps == cfg.optim.max_steps // 10
+    assert (cfg.eval.patience, cfg.eval.min_delta) == (5, 0.001)
+    assert cfg.deepspeed.bf16 and cfg.deepspeed.gradient_clipping == 0.5
+    assert cfg.model.max_pixels == 448 * 448
 
 
 def test_strictness_is_spelled_once_in_the_product():
