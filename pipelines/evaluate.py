@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hazard.config.eval import EvalConfig
-from hazard.core.tasks import get_task
+from hazard.core.tasks import MIXED, get_task
 from hazard.infra.bundle import BUNDLE_FILE, read_meta
 from hazard.infra.storage import (
     FileEntry,
@@ -72,8 +72,9 @@ class EvalError(ValueError):
 class EvalModel:
     """What scores the split: a bundle, a base model folder, or a base folder and an adapter.
 
-    `task`, `prompt` and `labels` are the bundle's (None/empty for a base model: each row is
-    asked its own task's prompt and ranked over its task's answers)."""
+    `task`, `prompt` and `labels` are the bundle's (None/empty for a base model, and a bundle of
+    a mixed run has task "mixed": each row is asked its own task's prompt and ranked over its
+    task's answers)."""
 
     kind: str  # "bundle" | "base" | "adapter"
     uri: str
@@ -114,11 +115,13 @@ def resolve_model(uri: str, cfg: EvalConfig, adapter: str | None = None) -> Eval
         meta = read_meta(uri, cfg.storage)
         if adapter is not None:
             raise EvalError(f"{uri} is a bundle (its adapter is merged in): drop `adapter`")
-        if cfg.task is not None and cfg.task != meta.task:
+        if cfg.task is not None and meta.task not in (cfg.task, MIXED):
             raise EvalError(f"task {cfg.task!r} given, but bundle {uri} is a {meta.task} one")
         if cfg.min_pixels is not None or cfg.max_pixels is not None:
             raise EvalError("min_pixels/max_pixels are for a base model; a bundle has its own")
-        if cfg.engine == "vllm" and not get_task(meta.task).ranks_fixed_prompt:
+        if cfg.engine == "vllm" and (
+            meta.task == MIXED or not get_task(meta.task).ranks_fixed_prompt
+        ):
             raise EvalError(
                 f"bundle {uri}: engine vllm scores fixed-prompt tasks ranked by likelihood; "
                 f"{meta.task} is not one (use engine transformers)"
@@ -163,7 +166,7 @@ def plan_split(cfg: EvalConfig, model: EvalModel) -> tuple[list[FileEntry], pa.T
     if light.num_rows == 0:
         raise EvalError(f"the {cfg.split} split in {cfg.data} holds no rows")
     tasks = sorted(set(light.column("task").to_pylist()))
-    wanted = cfg.task or model.task
+    wanted = cfg.task or (None if model.task == MIXED else model.task)
     if wanted is not None and tasks != [wanted]:
         raise EvalError(
             f"the {cfg.split} split holds {tasks} rows; the model is asked {wanted} only"

@@ -27,6 +27,7 @@ from pathlib import Path
 from hazard.config import ConfigError, add_config_args, load_job_config
 from hazard.config.train import TrainConfig
 from hazard.core.labels import HIGH_RISK
+from hazard.core.tasks import MIXED
 from hazard.infra.storage import (
     StorageError,
     absolute,
@@ -79,7 +80,14 @@ def build_datasets(cfg: TrainConfig):
         high = train.filter(lambda row: row["answer"] == HIGH_RISK)
         train = train.union(*[high] * (cfg.optim.high_risk_oversample - 1))
     train = train.materialize()
-    counts = dict(Counter(row["answer"] for row in train.select_columns(["answer"]).iter_rows()))
+    pairs = [(r["task"], r["answer"]) for r in train.select_columns(["task", "answer"]).iter_rows()]
+    tasks = sorted({t for t, _ in pairs})
+    if cfg.optim.task != MIXED and tasks not in ([], [cfg.optim.task]):
+        raise ConfigError(
+            f"the training rows in {train_uri} are of tasks {tasks}, but optim.task is "
+            f"{cfg.optim.task!r}; train {MIXED!r} for rows of several tasks"
+        )
+    counts = dict(Counter(answer for _, answer in pairs))
     rows = sum(counts.values())
     o = cfg.optim
     needed = o.max_steps * o.batch_size * o.grad_accum_steps * cfg.scaling.num_workers

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from hazard.config.train import TrainConfig
-from hazard.core.tasks import get_task
+from hazard.core.tasks import MIXED, get_task
 from hazard.model.training.checkpoint import load_checkpoint, save_checkpoint
 from hazard.model.training.evaluate import (
     CLASSIFICATION_KEYS,
@@ -53,7 +53,8 @@ class StageRecipe:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.local_rank = ctx.get_local_rank()
-        self.task = get_task(self.cfg.optim.task)
+        name = self.cfg.optim.task
+        self.task = None if name == MIXED else get_task(name)  # None: each row's own task
         self.model_uri = loop_config["model_uri"]
         self.state = TrainState(tracker=BestTracker(self.cfg.eval.min_delta))
         self.start = time.time()
@@ -101,10 +102,10 @@ class StageRecipe:
         prepare = functools.partial(
             prepare_micro_batch,
             self.processor,
-            prompt=self.task.prompt,
+            prompt=self.task.prompt if self.task else None,
             max_length=cfg.optim.max_length,
             class_weights=self.class_weights,
-            from_row=self.task.prompt_source == "row",
+            from_row=self.task is None or self.task.prompt_source == "row",
             loss_turns=cfg.optim.loss_turns,
         )
         self.engine.train()
@@ -214,8 +215,8 @@ class StageRecipe:
             self.processor,
             f"{cfg.data_dir}/val",
             self.task,
-            self.task.prompt,
-            self.task.labels,
+            self.task.prompt if self.task else None,
+            self.task.labels if self.task else None,
             cfg.optim.eval_batch_size,
             cfg.storage,
         )

@@ -23,11 +23,9 @@ from hazard.augment.colour import HueBand
 from hazard.augment.registry import check_names, param_models
 from hazard.config.storage import StorageConfig
 from hazard.core.strict import StrictModel
-from hazard.core.tasks import get_task
+from hazard.core.tasks import MIXED, get_task
 
 ImageFormat = Literal["PNG", "JPEG", "WEBP"]
-MIXED = "mixed"
-"""`DataConfig.task` of a job whose rows are of several tasks (see `SourceConfig.task_field`)."""
 MIXED_FORMATS = ("flare", "llava")
 
 

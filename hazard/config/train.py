@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from hazard.config.storage import StorageConfig
 from hazard.core.strict import StrictModel
-from hazard.core.tasks import TASKS
+from hazard.core.tasks import MIXED, TASKS
 
 
 class ModelSpec(StrictModel):
@@ -68,7 +68,12 @@ class LoraSpec(StrictModel):
 
 
 class OptimSpec(StrictModel):
-    task: str = Field("corridor_risk", description="Task whose prompt and labels are trained.")
+    task: str = Field(
+        "corridor_risk",
+        description="Task trained (hazard.core.tasks); every training row must be of it. "
+        f"'{MIXED}': rows of several tasks (a `task: {MIXED}` data job), each trained and "
+        "validated as its own task says; the bundle then answers each row's task.",
+    )
     max_steps: int = Field(200, ge=1, description="Optimizer steps (all workers step together).")
     batch_size: int = Field(8, ge=1, description="Samples per worker per micro-batch.")
     grad_accum_steps: int = Field(
@@ -117,9 +122,11 @@ class OptimSpec(StrictModel):
     @model_validator(mode="after")
     def _task_fits(self):
         spec = TASKS.get(self.task)
-        if spec is None:
-            raise ValueError(f"unknown task {self.task!r}; known: {sorted(TASKS)}")
-        if self.class_weights is not None and not spec.labels:
+        if spec is None and self.task != MIXED:
+            raise ValueError(
+                f"unknown task {self.task!r}; known: {sorted(TASKS)} or {MIXED!r} (each row's own)"
+            )
+        if self.class_weights is not None and (spec is None or not spec.labels):
             raise ValueError(
                 f"class_weights weigh the labels of a closed answer set; task {self.task!r} "
                 "has an open answer"
@@ -233,8 +240,8 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _metric_fits_task(self):
-        spec = TASKS[self.optim.task]
-        labels = spec.labels or ()
+        spec = TASKS.get(self.optim.task)  # None: mixed
+        labels = (spec.labels if spec else None) or ()
         closed = bool(labels) and spec.inference.mode == "likelihood"
         if not closed and self.eval.metric in CLASSIFICATION_METRICS:
             if "metric" not in self.eval.model_fields_set:

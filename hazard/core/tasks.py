@@ -35,6 +35,7 @@ CORRIDOR_RISK_PROMPT = (
 )
 
 PromptSource = Literal["template", "row"]
+MIXED = "mixed"  # not a task: a data job, training run or bundle whose rows are of several tasks
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from hazard.config.storage import StorageConfig
 from hazard.core.cascade import FusionSpec
 from hazard.core.strict import StrictModel
-from hazard.core.tasks import TASKS
+from hazard.core.tasks import MIXED, TASKS
 from hazard.infra.images import QWEN_MAX_PIXELS
 from hazard.infra.storage import (
     ChecksumMismatchError,
@@ -151,7 +151,7 @@ class BundleMeta(StrictModel):
         if self.manifest.get(ADAPTER_FILE) != self.adapter_sha256:
             raise ValueError(f"adapter_sha256 differs from the manifest's {ADAPTER_FILE}")
         spec = TASKS.get(self.task)
-        if not self.labels and (spec is None or spec.labels is not None):
+        if not self.labels and self.task != MIXED and (spec is None or spec.labels is not None):
             raise ValueError(f"task {self.task!r} has a closed answer set: labels is empty")
         if self.val_predictions is not None:
             widths = {len(row) for row in self.val_predictions.probabilities}

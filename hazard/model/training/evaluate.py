@@ -30,7 +30,11 @@ def answer_split(answerer, split_dir: str, batch_size: int, rank=0, world=1, sto
     if answerer.spec.prompt_source == "row":
         columns.append("conversation")
     table = read_parquet(split_dir, storage, columns=columns)
-    rows = list(range(rank, table.num_rows, world))
+    return answer_rows(answerer, table, list(range(rank, table.num_rows, world)), batch_size)
+
+
+def answer_rows(answerer, table, rows: list[int], batch_size: int):
+    """`answer_split` of the given rows of `table` (images, answer, [conversation])."""
     preds, probs, truth = [], [], []
     for i in range(0, len(rows), batch_size):
         part = table.take(rows[i : i + batch_size]).to_pydict()
@@ -72,33 +76,73 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _gather(mine: tuple, world: int) -> tuple[list, list, list]:
+    """Every rank's (predictions, probabilities, truth), concatenated in rank order."""
+    import torch.distributed as dist
+
+    parts = [mine]
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, mine)
+    return tuple([x for part in parts for x in part[k]] for k in range(3))
+
+
 def evaluate_split(
-    model, processor, split_dir: str, spec: TaskSpec, prompt: str, labels, batch_size: int,
-    storage=None,
+    model, processor, split_dir: str, spec: TaskSpec | None, prompt: str | None, labels,
+    batch_size: int, storage=None,
 ):  # fmt: skip
     """Answer every row of a split once across the ranks (read directly, not through a Ray
     Train dataset shard, which drops rows to equalise shards) and gather on every rank.
 
-    Returns (report, probabilities or None, truth); every rank gets the same, so decisions
-    taken on them (best checkpoint, early stop) agree across ranks."""
+    `spec` None (a mixed run) answers each row as its own task says and reports per task
+    (`mixed_report`). Returns (report, probabilities or None, truth); every rank gets the
+    same, so decisions taken on them (best checkpoint, early stop) agree across ranks."""
     import torch.distributed as dist
 
     from hazard.model.answering import Answerer
 
     dist_on = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist_on else (0, 1)
+    if spec is None:
+        return _evaluate_mixed(model, processor, split_dir, batch_size, rank, world, storage)
     answerer = Answerer(model, processor, spec, prompt, labels or None)
-    mine = answer_split(answerer, split_dir, batch_size, rank, world, storage)
-    parts = [mine]
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, mine)
-    preds = [p for part in parts for p in part[0]]
-    probs = [p for part in parts for p in part[1]]
-    truth = [t for part in parts for t in part[2]]
+    preds, probs, truth = _gather(
+        answer_split(answerer, split_dir, batch_size, rank, world, storage), world
+    )
     if any(p is None for p in probs):
         probs = None
     return split_report(spec, labels, preds, truth), probs, truth
+
+
+def _evaluate_mixed(model, processor, split_dir, batch_size, rank, world, storage):
+    from hazard.core.tasks import get_task
+    from hazard.infra.storage import read_parquet
+    from hazard.model.answering import Answerer
+
+    table = read_parquet(split_dir, storage, columns=["images", "answer", "task", "conversation"])
+    tasks = table.column("task").to_pylist()
+    reports, truth = {}, []
+    for name in sorted(set(tasks)):
+        spec = get_task(name)
+        rows = [i for i, t in enumerate(tasks) if t == name][rank::world]
+        answerer = Answerer(model, processor, spec)
+        preds, _, refs = _gather(answer_rows(answerer, table, rows, batch_size), world)
+        reports[name] = split_report(spec, spec.labels, preds, refs)
+        truth += refs
+    return mixed_report(reports), None, truth
+
+
+def mixed_report(reports: dict[str, dict]) -> dict[str, Any]:
+    """A mixed split's report: each task's (`split_report`) and, as `score`, the mean of their
+    scores (tasks without one left out; None when none has one)."""
+    scores = [r["score"] for r in reports.values() if r["score"] is not None]
+    mean = sum(scores) / len(scores) if scores else None
+    return {
+        "n": sum(r.get("n", r.get("n_images", 0)) for r in reports.values()),
+        "tasks": reports,
+        "headline": {"name": "mean task score", "value": mean},
+        "score": mean,
+    }
 
 
 def eval_summary(step: int, report: dict) -> dict:

@@ -39,14 +39,15 @@ def export_bundle(
     run_summary: dict,
 ):
     """Write the bundle of `checkpoint_dir` to `out_uri`; returns its BundleMeta."""
-    from hazard.core.tasks import get_task
+    from hazard.core.tasks import MIXED, get_task
     from hazard.infra.bundle import write_bundle
     from hazard.model.engines import Scorer
     from hazard.model.training.setup import local_model_source
     from hazard.model.vlm import load_processor
 
     verify_checkpoint(checkpoint_dir, cfg.run_name)
-    task = get_task(cfg.optim.task)
+    task = None if cfg.optim.task == MIXED else get_task(cfg.optim.task)  # None: each row's
+    prompt, labels = (task.prompt, task.labels or ()) if task else ("", ())
     base_path = local_model_source(model_uri, cfg.storage)
     with tempfile.TemporaryDirectory(prefix="hazard-bundle-") as tmp:
         out = Path(tmp) / "model"
@@ -60,8 +61,8 @@ def export_bundle(
         # limits; on the GPU the export task reserved, or on CPU with a log line)
         served = Scorer(
             out,
-            task.prompt,
-            task.labels or (),
+            prompt,
+            labels,
             cfg.model.dtype,
             cfg.model.max_pixels,
             cfg.model.min_pixels,
@@ -86,9 +87,9 @@ def export_bundle(
             name=cfg.model.name,
             version=cfg.version,
             stage=cfg.stage,
-            task=task.name,
-            prompt=task.prompt,
-            labels=list(task.labels or ()),
+            task=cfg.optim.task,
+            prompt=prompt,
+            labels=list(labels),
             min_pixels=cfg.model.min_pixels,
             max_pixels=cfg.model.max_pixels,
             dtype=cfg.model.dtype,

@@ -27,7 +27,7 @@ from hazard.model.vlm import (
 def encode_batch(
     processor,
     batch: dict,
-    prompt: str,
+    prompt: str | None,
     max_length: int,
     *,
     from_row: bool = False,
@@ -37,16 +37,18 @@ def encode_batch(
 
     A sample is its images, `prompt` and answer (a template task), or with `from_row` (a task
     whose prompt comes from the row) its `conversation` column, loss on `loss_turns`; a row
-    without turns is asked `prompt`. A sample over max_length is skipped with a message naming
-    its id, never truncated; a row without an answer (an unlabelled test row) is never trained
-    on: ValueError naming it."""
+    without turns is asked `prompt` (None: the row's own `prompt` column, as a mixed run
+    asks each template row its task's prompt). A sample over max_length is skipped with a
+    message naming its id, never truncated; a row without an answer (an unlabelled test row)
+    is never trained on: ValueError naming it."""
     encoded, answers, skipped = [], [], []
     ids = batch["id"] if "id" in batch else [str(i) for i in range(len(batch["answer"]))]
     if from_row and "conversation" not in batch:
         raise ValueError("the task takes its prompt from the row but the data has no conversation")
     turns = batch["conversation"] if from_row else [None] * len(ids)
-    for sample_id, images, answer, conv in zip(
-        ids, batch["images"], batch["answer"], turns, strict=True
+    asked = [prompt] * len(ids) if prompt is not None else batch["prompt"]
+    for sample_id, images, answer, conv, question in zip(
+        ids, batch["images"], batch["answer"], turns, asked, strict=True
     ):
         if len(images) == 0:
             raise ValueError(
@@ -61,7 +63,7 @@ def encode_batch(
             )
         pics = [open_stored_image(bytes(b)) for b in images]
         if conv is None:
-            messages = template_messages(prompt, str(answer), len(pics))
+            messages = template_messages(str(question), str(answer), len(pics))
         else:
             messages = conversation_messages(json.loads(conv))
         try:
@@ -97,7 +99,7 @@ class MicroBatch:
 def prepare_micro_batch(
     processor,
     batch: dict,
-    prompt: str,
+    prompt: str | None,
     max_length: int,
     class_weights: dict,
     from_row: bool = False,
