@@ -3,6 +3,9 @@
 Between stages, rows carry SAMPLE_SCHEMA plus internal columns:
 - `_order` (int64): the row's position in the source listing, for deterministic tie-breaks;
 - `_image_uris` (list<string>): where each of the row's images is read from (file:// or s3://);
+- `_box_units` (string): `"pixels"` when the row's box answer is in pixels of its first image
+  (FLARE's detection answers), set by import and cleared by decode, which rewrites the answer in
+  0-1000 (pipelines/box_units.py); null: the answer is in the stored 0-1000 space already;
 - `_reject_reason` (string, null = kept), `_reject_detail` (string) and `_reject_stage`
   (string): set by the stage that rejects the row (`reject`). Rejected rows flow on with their
   images dropped; the write stage turns them into quarantine records and counts every row.
@@ -20,6 +23,8 @@ from hazard.core.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA
 
 ORDER = "_order"
 IMAGE_URIS = "_image_uris"
+BOX_UNITS = "_box_units"
+PIXELS = "pixels"
 REJECT_REASON = "_reject_reason"
 REJECT_DETAIL = "_reject_detail"
 REJECT_STAGE = "_reject_stage"
@@ -29,6 +34,7 @@ STAGE_SCHEMA = pa.schema(
     + [
         pa.field(ORDER, pa.int64()),
         pa.field(IMAGE_URIS, pa.list_(pa.string())),
+        pa.field(BOX_UNITS, pa.string()),
         pa.field(REJECT_REASON, pa.string()),
         pa.field(REJECT_DETAIL, pa.string()),
         pa.field(REJECT_STAGE, pa.string()),

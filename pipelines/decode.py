@@ -15,6 +15,10 @@ Adds, on kept rows: `content_hash` = `hazard.core.schema.content_hash` of the OR
 original
 file when decoding changed nothing, else upright, RGB, within `validation.pixel_budget`,
 re-encoded per `encode_format`/`jpeg_quality`).
+Rewrites (decode), on kept rows marked `_box_units: "pixels"` (FLARE's detection answers,
+pipelines/common.py): `answer` and the last assistant turn of `conversation` in 0-1000
+(pipelines/box_units.py), from the first image's width and height as stored, before any
+resizing; the mark is then cleared.
 Rejects (stage "decode"): `missing_file`, `unreadable` (any other storage or OS error, e.g. a
 NUL byte in the path, a directory, no permission; or the file changed between probe and
 decode), and the decode reasons of hazard.infra.images: `too_many_bytes` (judged from the file size,
@@ -22,13 +26,16 @@ before reading), `undecodable`, `unsupported_format`, `too_small`, `too_large`,
 `aspect_ratio` (200:1 or more once within the pixel budget: the models refuse it). All but
 `undecodable` for a file whose header and structure pass (e.g. a truncated JPEG) are found by
 the probe. Every image of a row must pass; for rows with several images the detail names the
-one that failed.
+one that failed. Pixel box rows: `box_outside_image` (a box beyond the first image), and
+`bad_answer` for a box under one 0-1000 unit once rounded or a first image with an EXIF
+orientation (rotated or mirrored when decoded: which frame its boxes are in is unknown).
 
 `probe_row` and `decode_row` are plain functions (no Ray), e.g. for benchmarks.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -41,13 +48,23 @@ from hazard.config.storage import StorageConfig
 from hazard.core.schema import content_hash
 from hazard.infra import storage
 from hazard.infra.images import (
+    Decoded,
     ImageRejected,
     bytes_to_store,
     check_byte_count,
     decode_image,
     probe_image,
 )
-from pipelines.common import IMAGE_URIS, REJECT_REASON, map_rows, reject, stage_table
+from pipelines.box_units import BoxOutsideImage, answer_to_norm1000
+from pipelines.common import (
+    BOX_UNITS,
+    IMAGE_URIS,
+    PIXELS,
+    REJECT_REASON,
+    map_rows,
+    reject,
+    stage_table,
+)
 
 STAGE = "decode"
 
@@ -78,10 +95,15 @@ def _guards(rules: ValidationConfig) -> dict[str, Any]:
     }
 
 
+def _decode(data: bytes, rules: ValidationConfig) -> tuple[bytes, Decoded]:
+    """The bytes to store for one source image under `rules` and its decoding; ImageRejected."""
+    decoded = decode_image(data, **_guards(rules))
+    return bytes_to_store(data, decoded, rules.encode_format, rules.jpeg_quality), decoded
+
+
 def decode_for_storage(data: bytes, rules: ValidationConfig) -> bytes:
     """The bytes to store for one source image under `rules`; raises ImageRejected."""
-    decoded = decode_image(data, **_guards(rules))
-    return bytes_to_store(data, decoded, rules.encode_format, rules.jpeg_quality)
+    return _decode(data, rules)[0]
 
 
 def probe_for_storage(data: bytes, rules: ValidationConfig) -> None:
@@ -138,13 +160,48 @@ def decode_row(
     filesystems: dict[str, pafs.FileSystem] | None = None,
 ) -> dict[str, Any]:
     """One in-flight row with its images read, decoded and set, or the row rejected. A row
-    probed before (`content_hash` set) is rejected `unreadable` if its files changed since."""
-    out = _read_row(row, config, filesystems, decode_for_storage)
+    probed before (`content_hash` set) is rejected `unreadable` if its files changed since.
+    A pixel box row gets its answer in 0-1000 (module docstring)."""
+    decodings: list[Decoded] = []
+
+    def check(data: bytes, rules: ValidationConfig) -> bytes:
+        stored, decoded = _decode(data, rules)
+        decodings.append(decoded)
+        return stored
+
+    out = _read_row(row, config, filesystems, check)
     probed = row.get("content_hash")
     if probed and out.get(REJECT_REASON) is None and out["content_hash"] != probed:
         detail = f"its files changed while the job ran (content hash {probed[:12]}… before)"
         return reject(out, "unreadable", detail, STAGE)
+    if out.get(BOX_UNITS) == PIXELS and out.get(REJECT_REASON) is None:
+        return boxes_to_norm1000(out, decodings[0])
     return out
+
+
+def boxes_to_norm1000(row: dict[str, Any], first: Decoded) -> dict[str, Any]:
+    """A kept pixel box row with its answer and last assistant turn in 0-1000 of its `first`
+    image (pipelines.box_units.answer_to_norm1000), or rejected; the mark cleared."""
+    if row["answer"] is None:
+        return {**row, BOX_UNITS: None}
+    if first.oriented:
+        detail = (
+            f"pixel boxes on an image with EXIF orientation {first.orientation} (rotated or "
+            "mirrored when decoded): which frame the boxes are in is unknown"
+        )
+        return reject(row, "bad_answer", detail, STAGE)
+    width, height = first.original_size
+    try:
+        answer = answer_to_norm1000(row["answer"], width, height)
+    except BoxOutsideImage as e:
+        return reject(row, "box_outside_image", f"{row['answer']} {e}", STAGE)
+    except ValueError as e:
+        return reject(row, "bad_answer", f"{row['answer']} {e}", STAGE)
+    turns = json.loads(row["conversation"])
+    last = max(i for i, t in enumerate(turns) if t["role"] == "assistant")
+    turns[last] = {**turns[last], "content": answer}
+    conversation = json.dumps(turns, ensure_ascii=False)
+    return {**row, "answer": answer, "conversation": conversation, BOX_UNITS: None}
 
 
 def _map_batch(batch: pa.Table, row_fn, config: DataConfig, filesystems) -> pa.Table:

@@ -11,10 +11,13 @@ strings as given (stripped), numbers as written (`7`, `0.25`), a list of labels 
 `; ` (multi-label), a list of boxes as JSON, and FLARE's box answers, a JSON
 object `{"<label>": [[x1, y1, x2, y2], ...], ...}` (given as an object or as its JSON text),
 rewritten as Qwen2.5-VL's `[{"bbox_2d": [...], "label": "<label>"}, ...]`, which `grounding`
-(labels dropped) and `instance_detection` (labels kept) read. Box coordinates are taken as
-they are and must lie in 0-1000 (the stored reference's scale): FLARE's pixel boxes of
-images wider or taller than 1000 px fail that check and are quarantined (`bad_answer`, "has a
-bad box"); converting pixels with each image's size is not done here (import opens no image).
+(labels dropped) and `instance_detection` (labels kept) read. FLARE's box coordinates are
+pixels of the row's image, which import does not open: a box task's answer is checked in pixel
+space (`pipelines.box_units.pixel_answer_problem`: four finite numbers, x1 < x2, y1 < y2, none
+negative, labels where the task needs them; `bad_answer` otherwise, whatever the image's size)
+and the row is marked `_box_units: "pixels"` (pipelines/common.py); decode rewrites its answer
+and assistant turn in 0-1000 from the first image's width and height, and quarantines a box
+outside the image (`box_outside_image`). Other formats' boxes are 0-1000 already.
 Task: `task: mixed` maps each row's `TaskType` (`source.task_field`) through
 `pipelines.row_task.FLARE_TASKS` and `source.task_map`; a single task gives every row that task.
 Split: with `source.split_field` (FLARE: `Split`), the row's value (train/training,
@@ -34,12 +37,15 @@ from typing import Any, TextIO
 
 from hazard.config.data import DataConfig
 from hazard.core.schema import IMAGE_PLACEHOLDER
-from pipelines.common import REJECT_REASON, reject
+from hazard.core.tasks import TaskSpec, get_task
+from pipelines.box_units import is_box_task, pixel_answer_problem
+from pipelines.common import BOX_UNITS, PIXELS, REJECT_REASON, reject
 from pipelines.import_llamafactory import Turns, chat_records
 from pipelines.sources import (
     STAGE,
     RowProblem,
     Source,
+    check_answer,
     check_json_head,
     finalize,
     inside,
@@ -141,6 +147,14 @@ def turns(sample: dict[str, Any], where: str) -> Turns:
     return "", [user, {"role": "assistant", "content": answer_text(sample[ANSWER], where)}]
 
 
+def check_flare_answer(task: TaskSpec, answer: str, where: str) -> None:
+    """`check_answer`, but a box task's answer is pixels of an image of unknown size."""
+    if not is_box_task(task):
+        check_answer(task, answer, where)
+    elif problem := pixel_answer_problem(task, answer):
+        raise RowProblem("bad_answer", f"{where}: {show(answer)} {problem}")
+
+
 def _with_split(row: dict[str, Any], sample: Any, field: str, where: str) -> dict[str, Any]:
     """The kept row with its split from `sample[field]`, or rejected `bad_split`."""
     value = sample.get(field)
@@ -158,8 +172,11 @@ def iter_rows(stream: TextIO, source: Source) -> Iterator[dict[str, Any]]:
     field = source.options["split_field"]
 
     def rows() -> Iterator[dict[str, Any]]:
-        records = chat_records(stream, source, turns, IMAGES, source.options["jsonl"])
+        jsonl = source.options["jsonl"]
+        records = chat_records(stream, source, turns, IMAGES, jsonl, check_flare_answer)
         for where, sample, row in records:
+            if row["task"] is not None and is_box_task(get_task(row["task"])):
+                row[BOX_UNITS] = PIXELS
             if field is not None and row[REJECT_REASON] is None:
                 row = _with_split(row, sample, field, where)
             yield row

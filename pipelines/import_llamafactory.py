@@ -101,6 +101,7 @@ TAG_DEFAULTS: dict[str, str | None] = {
 }
 
 Turns = tuple[str, list[dict[str, str]]]  # (system prompt, alternating user/assistant turns)
+AnswerCheck = Callable[[TaskSpec, str, str], None]  # (task, answer, where); raises RowProblem
 
 
 # --- planning (driver) ------------------------------------------------------------------------
@@ -375,11 +376,13 @@ def chat_row(
     turns_of: Callable[[dict[str, Any], str], Turns],
     images_column: str,
     resolve: ImageResolver,
+    check: AnswerCheck = check_answer,
 ) -> dict[str, Any]:
     """One chat sample (sharegpt, alpaca, LLaVA or FLARE) as a row, rejected at its first
     problem. Its split is the source's (`options["split"]`); turns that end with the user's
     (only `turns_of` of an unlabelled split gives them) make an unlabelled row, answer None.
-    `task` None (a `task: mixed` job): the row's own task (`pipelines.row_task.task_of`)."""
+    `task` None (a `task: mixed` job): the row's own task (`pipelines.row_task.task_of`).
+    `check(task, answer, where)` judges the reference answer (FLARE's reads pixel boxes)."""
     row = base_row(source, task, index, f"{source.annotation_name}:{index}")
     row["split"] = source.options.get("split")
     try:
@@ -420,7 +423,7 @@ def chat_row(
                 f"{len(paths)} image(s)",
             )
         if labelled:
-            check_answer(task, row["answer"], where)
+            check(task, row["answer"], where)
         if len(paths) > 1 and not task.multi_image:
             raise RowProblem(
                 "image_count_mismatch",
@@ -461,12 +464,14 @@ def chat_records(
     turns_of: Callable[[dict[str, Any], str], Turns],
     images_column: str,
     jsonl: bool,
+    check: AnswerCheck = check_answer,
 ) -> Iterator[tuple[str, Any, dict[str, Any]]]:
     """(where, record, row) per record of a chat annotation file, ids not yet made unique."""
     task = None if source.task == MIXED else get_task(source.task)
     resolve = ImageResolver(source)
     for i, where, v in iter_json_records(stream, source.annotation_name, jsonl):
-        yield where, v, chat_row(source, task, i, where, v, turns_of, images_column, resolve)
+        row = chat_row(source, task, i, where, v, turns_of, images_column, resolve, check)
+        yield where, v, row
 
 
 def iter_rows(stream: TextIO, source: Source) -> Iterator[dict[str, Any]]:
