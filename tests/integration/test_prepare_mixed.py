@@ -1,11 +1,13 @@
 """A FLARE question file and a mixed-task LLaVA file, each prepared in one run on real Ray.
 
 FLARE: the test writes real PNGs and a question file of every FLARE task type plus one bad
-row of each kind (tests/helpers/flare.py: missing image, box outside 0-1000, unparseable
-number, answer outside a closed set, unknown TaskType, bad Split) and prepares it with
-`task: mixed`; the lineage's per-task and per-reason counts must equal what the test computes
-from the rows it wrote. LLaVA: rows of five task shapes without a task key; each written row's
-task must be the one its answer's shape gives, row by row.
+row of each kind (tests/helpers/flare.py: missing image, a box that is not one, a pixel box
+outside its image, unparseable number, answer outside a closed set, unknown TaskType, bad Split)
+and prepares it with `task: mixed`; the lineage's per-task and per-reason counts must equal what
+the test computes from the rows it wrote, and each kept detection row's answer (pixels, one of
+them over 1000 on a 1200 x 800 image) must come out in 0-1000 as computed by hand.
+LLaVA: rows of five task shapes without a task key; each written row's task must be the one
+its answer's shape gives, row by row.
 """
 
 from __future__ import annotations
@@ -19,8 +21,16 @@ import pytest
 
 from hazard.config.data import AugmentConfig, DataConfig, RayConfig, SourceConfig
 from hazard.core.schema import SPLITS
+from hazard.core.tasks import get_task
 from pipelines.prepare import prepare
-from tests.helpers.flare import IMAGE_DIR, flare_rows, png, write_flare
+from tests.helpers.flare import (
+    DECODE_REASONS,
+    IMAGE_DIR,
+    NORM_ANSWERS,
+    flare_rows,
+    png,
+    write_flare,
+)
 
 COPIES = 1
 IMPORT_REASONS = {"bad_answer", "unknown_task", "bad_split", "unknown_label"}
@@ -60,7 +70,7 @@ def _expected_tasks(cases) -> dict[str, dict]:
     for record, expect, split in cases:
         if expect == "unknown_task":
             continue  # no task known: counted in the quarantine only
-        if expect in IMPORT_REASONS or expect == "missing_file":
+        if expect in IMPORT_REASONS | DECODE_REASONS:
             task = (
                 rejected_task.get(expect)
                 or {
@@ -88,7 +98,7 @@ def test_flare_counts_per_task_equal_the_rows_written(flare_run):
 
 def test_flare_quarantine_by_reason(flare_run):
     cases, report, out = flare_run
-    bad = [e for _, e, _ in cases if e in IMPORT_REASONS or e == "missing_file"]
+    bad = [e for _, e, _ in cases if e in IMPORT_REASONS | DECODE_REASONS]
     assert report["quarantine"]["by_reason"] == dict(sorted(Counter(bad).items()))
     table = pq.read_table(out / "quarantine.parquet").to_pylist()
     assert Counter(r["reason"] for r in table) == Counter(bad)
@@ -98,7 +108,7 @@ def test_flare_splits_and_no_copy_of_a_box_row(flare_run):
     cases, report, out = flare_run
     rows = _written(out)
     originals = [r for r in rows if r["parent_id"] is None]
-    kept = [(rec, e, s) for rec, e, s in cases if e not in IMPORT_REASONS | {"missing_file"}]
+    kept = [(rec, e, s) for rec, e, s in cases if e not in IMPORT_REASONS | DECODE_REASONS]
     names = {"train": "train", "Validation": "val", "val": "val", "test": "test"}
     assert Counter(r["split"] for r in originals) == Counter(names[s] for _, _, s in kept)
     copies = [r for r in rows if r["parent_id"] is not None]
@@ -108,6 +118,15 @@ def test_flare_splits_and_no_copy_of_a_box_row(flare_run):
         turns = json.loads(r["conversation"])
         assert turns[-1] == {"role": "assistant", "content": r["answer"]}
         assert turns[0]["content"].count("<image>") == len(r["images"])
+
+
+def test_flare_pixel_boxes_are_written_in_0_1000(flare_run):
+    _, _, out = flare_run
+    boxes = [r for r in _written(out) if r["task"] in BOX_TASKS]
+    assert sorted(r["prompt"] for r in boxes) == sorted(NORM_ANSWERS)
+    for r in boxes:
+        assert json.loads(r["answer"]) == NORM_ANSWERS[r["prompt"]], r["prompt"]
+        assert get_task(r["task"]).answer.check(r["answer"]) is None
 
 
 # --- LLaVA, tasks inferred ---------------------------------------------------------------------
