@@ -9,7 +9,8 @@
 #    downloads several GB of CUDA wheels.
 # 3. Runs the `gpu`-marked checks on the tiny Qwen2.5-VL, each in its own pytest process:
 #    vLLM vs transformers label probabilities (bf16, max_model_len 2048), the transformers engine
-#    on CUDA, one DeepSpeed bf16 training step on CUDA; ~2-4 minutes once installed.
+#    on CUDA, one DeepSpeed bf16 training step on CUDA, QLoRA (4-bit NF4 base, 10 DeepSpeed bf16
+#    steps, the adapter saved and merged); ~3-5 minutes once installed.
 # 4. Prints one line per check: PASS/FAIL/SKIP, the check, its figure.
 #
 # Exit status: 0 every check passed; 1 a check failed or was skipped; 2 no usable GPU here
@@ -25,6 +26,7 @@ CHECKS=(
   "vllm-vs-transformers=tests/integration/test_vllm_engine.py::test_vllm_label_probabilities_match_transformers"
   "transformers-engine-cuda=tests/integration/test_gpu_smoke.py::test_transformers_engine_runs_on_cuda_in_bf16"
   "deepspeed-bf16-step=tests/integration/test_gpu_smoke.py::test_one_deepspeed_bf16_step_on_cuda"
+  "qlora-4bit=tests/integration/test_qlora_gpu.py::test_qlora_trains_over_a_4bit_base_and_saves_a_mergeable_safetensors_adapter"
 )
 
 say() { echo "gpu-smoke: $*"; }
