@@ -229,9 +229,10 @@ class StageRecipe:
         if "macro_f1" in summary:
             figures = (
                 f"macro-F1 {summary['macro_f1']:.3f} accuracy {summary['accuracy']:.3f} "
-                f"balanced {summary['balanced_accuracy']:.3f} high-risk recall "
-                f"{_figure(summary['high_risk_recall'])}"
+                f"balanced {summary['balanced_accuracy']:.3f}"
             )
+            if "high_risk" in (self.task.labels if self.task else ()):
+                figures += f" high-risk recall {_figure(summary['high_risk_recall'])}"
         self._log(
             f"eval step {state.step}: {figures}"
             + (" (best so far)" if improved else f" (best: step {state.tracker.best_step})")
