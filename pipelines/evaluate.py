@@ -208,21 +208,16 @@ class EvalScorer:
 
             self.engine = make_engine(engine, model.uri, dtype, vllm)
             return
-        from hazard.model.device import load_scoring_model, place_model
-        from hazard.model.vlm import load_processor
+        from hazard.model.answering import load_answering_model
 
-        path, lo, hi = model.uri, model.min_pixels, model.max_pixels
+        path = model.uri
         if model.kind == "bundle":
             from hazard.infra.bundle import open_bundle
 
             path = str(open_bundle(model.uri).path)
-        if model.kind == "adapter":
-            from hazard.model.training.export import merge_adapter
-
-            self.net = place_model(merge_adapter(path, Path(model.adapter), dtype), dtype)
-        else:
-            self.net = load_scoring_model(path, dtype)
-        self.processor = load_processor(path, hi, lo)
+        self.net, self.processor = load_answering_model(
+            path, dtype, model.max_pixels, model.min_pixels, model.adapter
+        )
 
     def answerer(self, task: str):
         """The Answerer of `task` (built once per actor)."""

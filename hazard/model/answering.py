@@ -1,5 +1,6 @@
 """Answer samples of any task with a loaded model: what a row is asked, and how it is answered.
 
+- `load_answering_model`: a checkpoint folder (with a LoRA adapter merged in) for answering.
 - `ask_messages`: the chat messages a stored row is asked: the task's template prompt after its
   images, or (a row-prompt task, `TaskSpec.prompt_source == "row"`) the row's own turns up to
   its last user turn, so the reference answer is never shown.
@@ -34,6 +35,28 @@ from hazard.model.vlm import (
 )
 
 Sample = tuple[list[dict], list[Image.Image]]  # (messages ending with a user turn, images)
+
+
+def load_answering_model(
+    path: str,
+    dtype: str,
+    max_pixels: int | None = None,
+    min_pixels: int | None = None,
+    adapter: str | None = None,
+):
+    """(model, processor) of a local checkpoint folder (a bundle's or a base model's) on the
+    scoring device (`hazard.model.device`), the processor within the pixel limits; with
+    `adapter` (a PEFT folder) that LoRA adapter merged in first, in fp32."""
+    from hazard.model.device import load_scoring_model, place_model
+    from hazard.model.vlm import load_processor
+
+    if adapter is None:
+        model = load_scoring_model(path, dtype)
+    else:
+        from hazard.model.training.export import merge_adapter
+
+        model = place_model(merge_adapter(path, adapter, dtype), dtype)
+    return model, load_processor(path, max_pixels, min_pixels)
 
 
 def ask_messages(

@@ -70,13 +70,12 @@ class BundleAnswerer:
             return
         if engine != "transformers":
             raise ValueError(f"unknown engine {engine!r}; expected 'transformers' or 'vllm'")
-        from hazard.model.answering import Answerer
-        from hazard.model.device import load_scoring_model
-        from hazard.model.vlm import load_processor
+        from hazard.model.answering import Answerer, load_answering_model
 
-        path = open_bundle(uri).path
-        processor = load_processor(path, self.meta.max_pixels, self.meta.min_pixels)
-        model = load_scoring_model(path, dtype)
+        path = str(open_bundle(uri).path)
+        model, processor = load_answering_model(
+            path, dtype, self.meta.max_pixels, self.meta.min_pixels
+        )
         self.answerer = Answerer(model, processor, self.spec, self.meta.prompt, self.labels)
 
     def messages(self, n_images: int, conversation: str | None) -> list[dict]:
