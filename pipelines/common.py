@@ -106,25 +106,17 @@ def map_rows(ds: ray.data.Dataset, fn, ray_cfg: RayConfig, **fn_kwargs) -> ray.d
     )
 
 
-def map_with_actors(
-    ds: ray.data.Dataset,
-    actor: type,
-    kwargs: dict[str, Any],
-    *,
-    batch_size: int,
-    num_actors: int,
-    cpus_per_actor: float,
-    gpus_per_actor: float = 0,
-) -> ray.data.Dataset:
-    """`ds` mapped by a fixed pool of `num_actors` instances of `actor` (built with `kwargs`;
-    each holds a model), `batch_size` rows per call in pyarrow format: how the consistency
-    filter, batch scoring and evaluation score rows."""
+def map_with_actors(ds: ray.data.Dataset, actor: type, kwargs: dict[str, Any], pool: Any):
+    """`ds` mapped by a fixed pool of `pool.num_actors` instances of `actor` (built with
+    `kwargs`; each holds a model), `pool.batch_size` rows per call in pyarrow format, each actor
+    reserving `pool.cpus_per_actor` and `pool.gpus_per_actor` (a job config that has those
+    four fields): how batch scoring and evaluation score rows."""
     return ds.map_batches(
         actor,
         fn_constructor_kwargs=kwargs,
-        batch_size=batch_size,
+        batch_size=pool.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor or None,
+        compute=ray.data.ActorPoolStrategy(size=pool.num_actors),
+        num_cpus=pool.cpus_per_actor,
+        num_gpus=pool.gpus_per_actor or None,
     )

@@ -335,10 +335,7 @@ def score_model(cfg: EvalConfig, model: EvalModel, files, light, out: str) -> li
             "engine": cfg.engine,
             "vllm": cfg.vllm.model_dump(),
         },
-        batch_size=cfg.batch_size,
-        num_actors=cfg.num_actors,
-        cpus_per_actor=cfg.cpus_per_actor,
-        gpus_per_actor=cfg.gpus_per_actor,
+        cfg,
     )
     schema = output_schema(choices)
     rows: list[dict[str, Any]] = []

@@ -307,10 +307,7 @@ def score_dataset(cfg: ScoreDatasetConfig) -> dict:
             "engine": cfg.engine,
             "vllm": cfg.vllm.model_dump(),
         },
-        batch_size=cfg.batch_size,
-        num_actors=cfg.num_actors,
-        cpus_per_actor=cfg.cpus_per_actor,
-        gpus_per_actor=cfg.gpus_per_actor,
+        cfg,
     )
     listed = scored_n = escalated = 0
     failed: dict[str, int] = {}

@@ -167,10 +167,7 @@ def score_task_dataset(cfg: ScoreDatasetConfig) -> dict:
             "engine": cfg.engine,
             "vllm": cfg.vllm.model_dump(),
         },
-        batch_size=cfg.batch_size,
-        num_actors=cfg.num_actors,
-        cpus_per_actor=cfg.cpus_per_actor,
-        gpus_per_actor=cfg.gpus_per_actor,
+        cfg,
     )
     schema = task_output_schema(meta.labels)
     rows: list[dict[str, Any]] = []
