@@ -33,6 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from hazard.config.storage import StorageConfig
+from hazard.core.metrics import as_json
 from hazard.core.tasks import get_task
 from hazard.infra.storage import join_uri, write_bytes
 
@@ -63,18 +64,6 @@ def output_schema(choices: Sequence[str]) -> pa.Schema:
             pa.field("error_detail", pa.string()),
         ]
     )
-
-
-def _jsonable(value: Any) -> Any:
-    """Metric values as JSON: named tuples (ParseRate, DetectionScores) as objects, float keys
-    (IoU thresholds) as text."""
-    if hasattr(value, "_asdict"):
-        return {k: _jsonable(v) for k, v in value._asdict().items()}
-    if isinstance(value, dict):
-        return {(f"{k:g}" if isinstance(k, float) else k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def count_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -114,7 +103,7 @@ def summarise(
             metrics, headline = task_metrics(name, labelled)
         tasks[name] = {
             "counts": count_rows(mine),
-            "metrics": _jsonable(metrics),
+            "metrics": as_json(metrics),
             "headline": headline,
         }
     return {

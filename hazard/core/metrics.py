@@ -244,3 +244,15 @@ def average_precision(curve: Sequence[PRPoint]) -> float:
         ap += (point.recall - prev_recall) * point.precision
         prev_recall = point.recall
     return float(ap)
+
+
+def as_json(value: Any) -> Any:
+    """Metric values as JSON-ready data: named tuples (ParseRate, DetectionScores) as objects,
+    float keys (IoU thresholds) as their shortest text ("0.5"), tuples as lists."""
+    if hasattr(value, "_asdict"):
+        return {k: as_json(v) for k, v in value._asdict().items()}
+    if isinstance(value, dict):
+        return {(f"{k:g}" if isinstance(k, float) else k): as_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_json(v) for v in value]
+    return value

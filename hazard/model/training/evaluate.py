@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hazard.core.metrics import classification_report
+from hazard.core.metrics import as_json, classification_report
 from hazard.core.tasks import TaskSpec
 
 CLASSIFICATION_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "high_risk_recall")
@@ -62,18 +62,7 @@ def split_report(spec: TaskSpec, labels, preds: list, truth: list) -> dict[str, 
         report = kind.metrics(refs, parsed)
     name, value, higher = kind.headline(report)
     score = None if value is None else (value if higher else -value)
-    return _plain(report) | {"headline": {"name": name, "value": value}, "score": score}
-
-
-def _plain(value: Any) -> Any:
-    """Named tuples (ParseRate, DetectionScores) as dicts and float keys as text (JSON)."""
-    if hasattr(value, "_asdict"):
-        return {k: _plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, dict):
-        return {(f"{k:g}" if isinstance(k, float) else k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+    return as_json(report) | {"headline": {"name": name, "value": value}, "score": score}
 
 
 def _gather(mine: tuple, world: int) -> tuple[list, list, list]:
