@@ -7,7 +7,8 @@ Files under `out` (folder or s3://):
   text; None under likelihood scoring), correct (the parsed prediction equals the reference,
   `AnswerKind.same`; None: unlabelled), p_<choice> per closed answer likelihood ranks, error,
   error_detail (`output_schema`); `baseline/predictions.parquet` likewise for a baseline;
-- `metrics.json` (`summarise`): `model`, `split`, `data`, `counts` and per task `tasks.<name>`
+- `metrics.json` (`summarise`): `model`, `split`, `data`, `counts`, `overall` (`overall`) and
+  per task `tasks.<name>`
   = {counts, metrics, headline}: the task's answer kind's `metrics` over its labelled rows,
   references read and predictions re-read from their stored text (so the figures are those of
   predictions.parquet); a failed labelled row is an unparsed prediction; None when the task has
@@ -111,7 +112,23 @@ def summarise(
         "split": split,
         "data": data,
         "counts": count_rows(rows),
+        "overall": overall(tasks),
         "tasks": tasks,
+    }
+
+
+def overall(tasks: dict[str, dict]) -> dict[str, Any]:
+    """The split's one figure: the mean over tasks with labelled rows of each task's headline
+    oriented so that higher wins (an error such as MAE negated), as `eval.metric: score`
+    selects checkpoints in training; None when no task has one."""
+    scores = []
+    for task in tasks.values():
+        head = task["headline"]
+        if head is not None and head["value"] is not None:
+            scores.append(head["value"] if head["higher_is_better"] else -head["value"])
+    return {
+        "score": sum(scores) / len(scores) if scores else None,
+        "tasks_scored": len(scores),
     }
 
 

@@ -128,6 +128,8 @@ def test_mixed_split_metrics_from_the_stored_text():
     # multiple choice: 1 of 2 labelled right
     assert tasks["multiple_choice"]["headline"]["value"] == pytest.approx(0.5)
     assert tasks["multiple_choice"]["counts"]["unlabelled"] == 1
+    # overall: the mean of -MAE, F1 and accuracy = (-1.0 + 0.8 + 0.5) / 3
+    assert report["overall"] == {"score": pytest.approx(0.1), "tasks_scored": 3}
     files = answers_files(MIXED, "flare")
     assert sorted(files) == ["flare_counting.json", "flare_grounding.json",
                              "flare_multiple_choice.json"]  # fmt: skip
