@@ -32,7 +32,9 @@ FLAGS = ("model", "adapter", "baseline", "data", "split", "out", "task")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Score a prepared split with a bundle or a base model; write metrics."
+        description="Score a prepared split with a bundle, a base model or a base model and "
+        "an adapter (optionally against a baseline); write metrics, predictions, answers files "
+        "and report.html."
     )
     add_config_args(parser, "batch_size=4", config_required=False)
     for flag in FLAGS:
