@@ -37,7 +37,10 @@ REPO = lock_images.REPO
 # Lock pins not installed in a lock environment, with the reason. vLLM is the GPU serving
 # engine: a CUDA build that the CPU tests never import (its tests carry the `gpu` marker and
 # run in `make gpu-smoke`); what only vLLM needs (flashinfer, xgrammar, ...) goes with it.
-LEFT_OUT = {"vllm": "GPU serving engine (CUDA kernels); tested by `make gpu-smoke`"}
+LEFT_OUT = {
+    "vllm": "GPU serving engine (CUDA kernels); tested by `make gpu-smoke`",
+    "bitsandbytes": "4-bit QLoRA kernels (CUDA); tested by `make gpu-smoke` (qlora-4bit)",
+}
 # Written into a built environment: which lock it holds (read by the tests).
 RECORD = "hazard-lock.json"
 
