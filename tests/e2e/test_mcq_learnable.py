@@ -5,8 +5,9 @@ split, test rows with an `id` and no `output`) whose answer is learnable from th
 cover's colour family names the option (red A, green B, blue C, grey D), each cover a different
 shade, the option titles the same for every row. `configs/tiny/mcq_data.yaml` prepares it and
 `configs/tiny/mcq.yaml` (shortened) fine-tunes the tiny model; `hazard eval` then scores the
-labelled `val` split with the bundle against the same base model without fine-tuning, and the
-unlabelled `test` split for the submission file.
+labelled `val` split with the base model plus the best checkpoint's LoRA adapter against the
+same base model without fine-tuning (the adapter's scores must equal those the bundle recorded
+for `val` at export), and the unlabelled `test` split with the bundle for the submission file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from PIL import Image
 
 from hazard.config import load_config
 from hazard.config.data import DataConfig
+from hazard.infra.bundle import read_meta
 from pipelines.prepare import prepare
 from ray_jobs.eval import main as eval_main
 from ray_jobs.train import run as train_run
@@ -78,11 +80,11 @@ def run(ray_local, tmp_path_factory, tiny_model_path):
     cfg = stage_config(
         data,
         root / "train",
-        160,
+        120,
         [
             "optim.warmup_steps=10",
             "optim.batch_size=8",
-            "eval.every_steps=40",
+            "eval.every_steps=30",
             "checkpoint.every_steps=0",
             "scaling.num_workers=1",
             "scaling.cpus_per_worker=1",
@@ -90,18 +92,16 @@ def run(ray_local, tmp_path_factory, tiny_model_path):
         stage_file="configs/tiny/mcq.yaml",
     )
     train = train_run(cfg)
-    model = str(root / "train" / "model")
+    model = root / "train" / "model"
     common = ["--data", str(data), "--set", "batch_size=8", "--set", "dataset=image2text"]
-    val, test = root / "eval_val", root / "eval_test"
-    assert eval_main(["--model", model, "--split", "val", "--out", str(val),
-                      "--baseline", str(tiny_model_path), *common]) == 0  # fmt: skip
-    assert eval_main(["--model", model, "--split", "test", "--out", str(test), *common]) == 0
     # the best checkpoint's LoRA adapter over the base model, as a user evaluates a run
     adapter = kept_checkpoints(train["checkpoint_dir"])[train["best_step"]] / "adapter"
-    merged = root / "eval_adapter"
-    assert eval_main(["--model", str(tiny_model_path), "--adapter", str(adapter), "--split", "val",
-                      "--out", str(merged), *common]) == 0  # fmt: skip
-    return {"entries": entries, "train": train, "val": val, "test": test, "adapter": merged}
+    val, test = root / "eval_val", root / "eval_test"
+    base = str(tiny_model_path)
+    assert eval_main(["--model", base, "--adapter", str(adapter), "--split", "val",
+                      "--out", str(val), "--baseline", base, *common]) == 0  # fmt: skip
+    assert eval_main(["--model", str(model), "--split", "test", "--out", str(test), *common]) == 0
+    return {"entries": entries, "train": train, "val": val, "test": test, "bundle": model}
 
 
 def test_fine_tuned_beats_the_base_model(run):
@@ -139,13 +139,13 @@ def test_answers_file_has_one_valid_letter_per_test_id(run):
 
 def test_base_plus_adapter_scores_as_its_bundle(run):
     """The bundle is the best checkpoint's adapter merged into the base: scoring the base with
-    that adapter gives the bundle's probabilities."""
-    bundle = pq.read_table(run["val"] / "predictions.parquet").to_pylist()
-    merged = pq.read_table(run["adapter"] / "predictions.parquet").to_pylist()
-    assert [r["id"] for r in merged] == [r["id"] for r in bundle]
-    for a, b in zip(merged, bundle, strict=True):
-        assert [a[f"p_{o}"] for o in "ABCD"] == pytest.approx(
-            [b[f"p_{o}"] for o in "ABCD"], abs=1e-5
-        )
-    report = json.loads((run["adapter"] / "metrics.json").read_text())
+    that adapter gives the probabilities the bundle's export recorded for `val`."""
+    meta = read_meta(run["bundle"])
+    merged = pq.read_table(run["val"] / "predictions.parquet").to_pylist()
+    assert meta.labels == list("ABCD")
+    recorded = meta.val_predictions.probabilities
+    assert len(recorded) == len(merged)
+    for row, probs in zip(merged, recorded, strict=True):
+        assert [row[f"p_{o}"] for o in "ABCD"] == pytest.approx(probs, abs=1e-5)
+    report = json.loads((run["val"] / "metrics.json").read_text())
     assert report["model"]["kind"] == "adapter" and report["model"]["adapter"].endswith("adapter")
