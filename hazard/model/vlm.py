@@ -3,8 +3,9 @@
 The same `from_pretrained` path loads the tiny test model and the real 7B/3B checkpoints.
 A sample is encoded as chat messages (`encode_conversation`): a row's own turns, or for a
 fixed-prompt task [user: images + prompt, assistant: answer] (`encode`).
-Answers are read, not generated: `label_probabilities` restricts the model's distribution to
-the task's label set, so every prediction is a valid label by construction.
+Closed answers are read, not generated: `choice_log_likelihoods` (and `label_probabilities`
+for a fixed prompt) restricts the model's distribution to the task's answer set, so every
+prediction is valid by construction; generated answers are `hazard.model.answering`'s.
 """
 
 from __future__ import annotations
@@ -380,30 +381,3 @@ def label_probabilities(
 ) -> torch.Tensor:
     """Probabilities over `labels` (rows sum to 1), from `label_log_likelihoods`."""
     return torch.softmax(label_log_likelihoods(model, processor, images, prompt, labels), dim=-1)
-
-
-def score_split(
-    model,
-    processor,
-    split_dir: str,
-    prompt: str,
-    labels: tuple[str, ...],
-    batch_size: int,
-    rank: int = 0,
-    world: int = 1,
-    storage=None,
-) -> tuple[list[list[float]], list[str]]:
-    """Label probabilities and true answers for every `world`-th row of a Parquet split
-    (a local folder or `s3://` prefix; `storage` a StorageConfig), starting at `rank` (so
-    `world` workers score each row exactly once)."""
-    from hazard.infra.storage import read_parquet
-
-    table = read_parquet(split_dir, storage, columns=["images", "answer"])
-    rows = list(range(rank, table.num_rows, world))
-    probs, truth = [], []
-    for i in range(0, len(rows), batch_size):
-        part = table.take(rows[i : i + batch_size]).to_pydict()
-        images = [[open_stored_image(b) for b in imgs] for imgs in part["images"]]
-        probs.extend(label_probabilities(model, processor, images, prompt, labels).tolist())
-        truth.extend(part["answer"])
-    return probs, truth

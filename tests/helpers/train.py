@@ -49,3 +49,19 @@ def stage_config(
 def kept_checkpoints(run_dir) -> dict[int, Path]:
     """The step checkpoints Ray Train kept in a local run folder, by step."""
     return {int(p.name.split("_")[1]): p for p in Path(run_dir).glob("step_*")}
+
+
+def score_split(model, processor, split_dir: str, prompt: str, labels, batch_size: int):
+    """Label probabilities and true answers of every row of a local Parquet split, scored with
+    `hazard.model.vlm.label_probabilities` (a second path beside training's validation)."""
+    from hazard.infra.storage import read_parquet
+    from hazard.model.vlm import label_probabilities, open_stored_image
+
+    table = read_parquet(split_dir, None, columns=["images", "answer"])
+    probs, truth = [], []
+    for i in range(0, table.num_rows, batch_size):
+        part = table.slice(i, batch_size).to_pydict()
+        images = [[open_stored_image(b) for b in imgs] for imgs in part["images"]]
+        probs.extend(label_probabilities(model, processor, images, prompt, labels).tolist())
+        truth.extend(part["answer"])
+    return probs, truth

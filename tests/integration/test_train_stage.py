@@ -24,13 +24,14 @@ from hazard.core.labels import RISK_LABELS
 from hazard.core.metrics import classification_report
 from hazard.infra.bundle import open_bundle
 from hazard.infra.storage import sha256_file
-from hazard.model.vlm import load_model, load_processor, score_split
+from hazard.model.vlm import load_model, load_processor
 from ray_jobs.train import run
 from tests.helpers.train import (
     ADAPTER,
     STAGE1,
     kept_checkpoints,
     prepare_small,
+    score_split,
     stage_config,
 )
 
